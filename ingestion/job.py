@@ -1,0 +1,195 @@
+"""Ingest: JSON-lines files dropped in the landing folder -> the master dataset, exactly once.
+
+Each micro-batch becomes one commit of the append-only master table; every
+event in it carries that commit's version as its ``ingest_tag``, the unit in
+which the batch layer states its coverage. A line that does not parse, does
+not fit the schema, or repeats an ``event_id`` seen within the dedup horizon
+goes to the quarantine table with its raw text, file and reason: the number of
+input lines always equals master rows plus quarantine rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pyspark.sql import Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from lambda_core.config import Settings
+from lambda_core.errors import LambdaError
+from lambda_core.pipeline import Pipeline
+from lambda_core.streaming import CheckpointAppId, idempotent_append, with_trigger
+from lambda_core.tables import QUARANTINE_SCHEMA, Locations, ensure_table, latest_version
+from lambda_core.views import INGEST_TAG, INGESTED_AT, SOURCE_FILE, EventSource
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.streaming import StreamingQuery
+
+__all__ = ["IngestBatch", "parse_events", "setup_ingest_tables", "split_batch", "start_ingest"]
+
+RAW = "raw"
+REASON = "reason"
+_CORRUPT = "_corrupt"
+_BRANCH = "_branch"
+_RAW_EXCERPT = 60
+
+
+def _typed(column: str, dtype: T.DataType) -> F.Column:
+    raw = F.col(f"_j.{column}")
+    if isinstance(dtype, T.StringType):
+        return raw
+    if isinstance(dtype, T.TimestampType):
+        return F.expr(f"try_to_timestamp(`_j`.`{column}`)")
+    return F.expr(f"try_cast(`_j`.`{column}` AS {dtype.simpleString()})")
+
+
+def parse_events(lines: DataFrame, source: EventSource) -> DataFrame:
+    """Parse ``raw`` JSON lines into the source's typed columns plus a ``reason`` (null when valid).
+
+    Pure: usable on a batch DataFrame in tests and inside the ingest stream. Every
+    field is first read as text, so a wrong type is reported as such instead of
+    silently becoming null.
+    """
+    text_schema = T.StructType(
+        [T.StructField(f.name, T.StringType(), True) for f in source.schema.fields]
+        + [T.StructField(_CORRUPT, T.StringType(), True)]
+    )
+    parsed = lines.withColumn(
+        "_j", F.from_json(F.col(RAW), text_schema, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT})
+    )
+    typed = [_typed(f.name, f.dataType).alias(f.name) for f in source.schema.fields]
+    checks = [
+        F.when(F.trim(F.col(RAW)) == "", F.lit("empty_line")),
+        F.when(
+            F.col("_j").isNull() | F.col(f"_j.{_CORRUPT}").isNotNull(),
+            F.lit("malformed_json: not a JSON object"),
+        ),
+    ]
+    for field in source.schema.fields:
+        raw = F.col(f"_j.{field.name}")
+        if field.name in source.required:
+            blank = raw.isNull() | (F.trim(raw) == "")
+            checks.append(F.when(blank, F.lit(f"missing_field: {field.name}")))
+        checks.append(
+            F.when(
+                raw.isNotNull() & (F.trim(raw) != "") & _typed(field.name, field.dataType).isNull(),
+                F.concat(
+                    F.lit(f"wrong_type: {field.name} expected {field.dataType.simpleString()}, got "),
+                    F.substring(raw, 1, _RAW_EXCERPT),
+                ),
+            )
+        )
+    return parsed.select(RAW, SOURCE_FILE, *typed, F.coalesce(*checks).alias(REASON))
+
+
+def split_batch(batch: DataFrame, source: EventSource) -> tuple[DataFrame, DataFrame]:
+    """Split one ingest micro-batch into (events for master, rows for quarantine).
+
+    ``batch`` holds every parsed line (branch ``all``) and, from the stateful
+    dedup operator, the event ids seen for the first time within the horizon
+    (branch ``first``). One copy of each first-seen id is kept; the others are
+    duplicates. Copies are numbered deterministically, so a replay is identical.
+    """
+    event_id = source.id_column
+    lines = batch.filter(F.col(_BRANCH) == "all").drop(_BRANCH)
+    firsts = batch.filter(F.col(_BRANCH) == "first").select(event_id, F.lit(True).alias("_first")).distinct()
+    valid = lines.filter(F.col(REASON).isNull())
+    numbered = valid.withColumn(
+        "_copy", F.row_number().over(Window.partitionBy(event_id).orderBy(SOURCE_FILE, RAW))
+    ).join(firsts, event_id, "left")
+    keep = F.coalesce(F.col("_first"), F.lit(False)) & (F.col("_copy") == 1)
+    events = numbered.filter(keep).select(*source.schema.fieldNames(), SOURCE_FILE, INGESTED_AT)
+    duplicates = numbered.filter(~keep).withColumn(
+        REASON, F.lit(f"duplicate: {event_id} already ingested within the dedup horizon")
+    )
+    quarantine = lines.filter(F.col(REASON).isNotNull()).unionByName(duplicates.select(*lines.columns))
+    return events, quarantine.select(
+        RAW, SOURCE_FILE, REASON, F.col(INGESTED_AT).alias("quarantined_at")
+    )
+
+
+def setup_ingest_tables(spark: SparkSession, pipeline: Pipeline, locations: Locations) -> None:
+    ensure_table(spark, locations.master, pipeline.source.master_schema)
+    ensure_table(spark, locations.quarantine, QUARANTINE_SCHEMA)
+
+
+@dataclass
+class IngestBatch:
+    """The foreachBatch body: one master commit (tagged with its own version) and one quarantine commit."""
+
+    spark: SparkSession
+    source: EventSource
+    locations: Locations
+    app_id: CheckpointAppId
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        app_id = self.app_id.get(self.spark)
+        batch.persist()
+        try:
+            events, quarantine = split_batch(batch, self.source)
+            events.persist()
+            if not events.isEmpty():
+                # Only this job writes master, so the next commit's version is known before writing.
+                before = latest_version(self.spark, self.locations.master)
+                tagged = events.withColumn(INGEST_TAG, F.lit(before + 1).cast("long"))
+                idempotent_append(
+                    tagged.select(*self.source.master_schema.fieldNames()), self.locations.master, app_id, batch_id
+                )
+                after = latest_version(self.spark, self.locations.master)
+                if after not in (before, before + 1):
+                    raise LambdaError(
+                        f"master table {self.locations.master} moved from version {before} to {after} during one "
+                        "ingest commit: another process writes it. Only the ingest job may write the master "
+                        "dataset; stop the other writer and restart ingest (its checkpoint makes this safe)."
+                    )
+            events.unpersist()
+            idempotent_append(
+                quarantine.withColumn("ingest_batch", F.lit(batch_id).cast("long")).select(
+                    *QUARANTINE_SCHEMA.fieldNames()
+                ),
+                self.locations.quarantine,
+                app_id,
+                batch_id,
+            )
+        finally:
+            batch.unpersist()
+
+
+def ingest_stream(spark: SparkSession, source: EventSource, settings: Settings, landing: str) -> DataFrame:
+    """Lines of the landing folder, parsed, plus the ids the dedup state sees for the first time."""
+    lines = (
+        spark.readStream.format("text")
+        .option("maxFilesPerTrigger", settings.ingest.max_files_per_trigger)
+        .load(landing)
+        .select(F.col("value").alias(RAW), F.col("_metadata.file_path").alias(SOURCE_FILE))
+    )
+    # current_timestamp() is the micro-batch's timestamp, stored in the offset log: a replay sees the same.
+    parsed = parse_events(lines, source).withColumn(INGESTED_AT, F.current_timestamp())
+    firsts = (
+        parsed.filter(F.col(REASON).isNull())
+        .select(source.id_column, INGESTED_AT)
+        .withWatermark(INGESTED_AT, settings.ingest.dedup_horizon)
+        .dropDuplicatesWithinWatermark([source.id_column])
+        .withColumn(_BRANCH, F.lit("first"))
+    )
+    return parsed.withColumn(_BRANCH, F.lit("all")).unionByName(firsts, allowMissingColumns=True)
+
+
+def start_ingest(
+    spark: SparkSession, pipeline: Pipeline, settings: Settings, locations: Locations, *, once: bool = False
+) -> StreamingQuery:
+    """Start the ingest stream (``once``: process what has landed, then stop)."""
+    locations.ensure_local_dirs()
+    setup_ingest_tables(spark, pipeline, locations)
+    checkpoint = locations.checkpoint("ingest")
+    body = IngestBatch(spark, pipeline.source, locations, CheckpointAppId("ingest", checkpoint))
+    writer = (
+        ingest_stream(spark, pipeline.source, settings, locations.landing)
+        .writeStream.queryName(f"ingest_{pipeline.name}")
+        .option("checkpointLocation", checkpoint)
+        .foreachBatch(body)
+    )
+    return with_trigger(writer, settings.ingest.trigger, once=once).start()

@@ -1,0 +1,177 @@
+"""The one Spark session factory: Java check, Delta jars, and every setting in one place.
+
+Jobs, the demo and the tests all get their session here, so a setting that
+matters for correctness (time zone, shuffle partitions frozen into streaming
+checkpoints, the state store) is never chosen twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lambda_core.config import SparkSettings
+from lambda_core.errors import EnvironmentProblem
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+__all__ = ["DELTA_COORDINATE", "check_java", "get_spark", "required_packages"]
+
+SCALA_BINARY = "2.13"
+MIN_JAVA = 17
+
+
+def _delta_coordinate() -> str:
+    """Maven coordinate of the Delta jar that matches the installed pyspark and delta-spark."""
+    import pyspark
+
+    spark_minor = ".".join(pyspark.__version__.split(".")[:2])
+    delta_version = importlib.metadata.version("delta-spark")
+    return f"io.delta:delta-spark_{spark_minor}_{SCALA_BINARY}:{delta_version}"
+
+
+DELTA_COORDINATE = _delta_coordinate()
+
+
+def required_packages(extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    return (DELTA_COORDINATE, *extra)
+
+
+def check_java() -> str:
+    """Return the Java version string, or explain how to get Java 17+."""
+    java_home = os.environ.get("JAVA_HOME")
+    java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+    hint = (
+        "install OpenJDK 17 or newer (Debian/Ubuntu: apt-get install openjdk-17-jre-headless; "
+        "macOS: brew install openjdk@17) and put it on PATH or set JAVA_HOME"
+    )
+    if not java or not Path(java).exists():
+        where = f"JAVA_HOME={java_home}" if java_home else "PATH"
+        raise EnvironmentProblem(f"Java was not found on {where}: Spark needs Java {MIN_JAVA}+; {hint}.")
+    try:
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EnvironmentProblem(f"could not run '{java} -version' ({exc}); {hint}.") from None
+    text = out.stderr + out.stdout
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', text)
+    if not match:
+        raise EnvironmentProblem(f"could not read the Java version from '{java} -version': {text.strip()!r}")
+    major = int(match.group(1))
+    if major == 1 and match.group(2):  # "1.8" style
+        major = int(match.group(2))
+    if major < MIN_JAVA:
+        raise EnvironmentProblem(f"{java} is Java {major}; Spark 4 needs Java {MIN_JAVA}+: {hint}.")
+    return match.group(0)
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("LAMBDA_PIPELINE_CACHE") or os.environ.get("XDG_CACHE_HOME")
+    return Path(base) / "lambda-pipeline" if base else Path.home() / ".cache" / "lambda-pipeline"
+
+
+def _manifest(packages: tuple[str, ...]) -> Path:
+    digest = hashlib.sha256("\n".join(packages).encode()).hexdigest()[:16]
+    return _cache_dir() / f"jars-{digest}.txt"
+
+
+def _cached_jars(packages: tuple[str, ...]) -> list[str] | None:
+    manifest = _manifest(packages)
+    if not manifest.is_file():
+        return None
+    jars = [line for line in manifest.read_text().splitlines() if line]
+    return jars if jars and all(Path(j).is_file() for j in jars) else None
+
+
+def _remember_jars(spark: SparkSession, packages: tuple[str, ...]) -> None:
+    jars = [j.removeprefix("file://").removeprefix("file:") for j in spark.conf.get("spark.jars", "").split(",")]
+    jars = [j for j in jars if j.endswith(".jar") and Path(j).is_file()]
+    if jars:
+        manifest = _manifest(packages)
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_text("\n".join(jars) + "\n")
+
+
+def get_spark(
+    settings: SparkSettings | None = None,
+    *,
+    app_name: str | None = None,
+    extra_conf: dict[str, str] | None = None,
+    packages: tuple[str, ...] = (),
+) -> SparkSession:
+    """Create (or return the running) Spark session with Delta enabled.
+
+    The first call on a machine resolves the JVM packages from Maven Central
+    through Spark's own resolver (about 90 MB, cached under ~/.ivy2.5.2); the
+    resolved jar paths are then remembered so later starts skip resolution.
+    Under ``spark-submit`` the JVM already runs: pass ``--packages`` there.
+    """
+    from pyspark.sql import SparkSession
+
+    settings = settings or SparkSettings()
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    check_java()
+    wanted = required_packages(packages)
+    conf: dict[str, str] = {
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": str(settings.shuffle_partitions),
+        # Delta rebuilds table state with this many tasks (default 50): far too many on 2 cores.
+        "spark.databricks.delta.snapshotPartitions": str(max(1, settings.shuffle_partitions)),
+        "spark.sql.streaming.stateStore.providerClass": (
+            "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
+        ),
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.streaming.forceDeleteTempCheckpointLocation": "true",
+        "spark.driver.extraJavaOptions": "-Dlog4j2.level=WARN",
+    }
+    conf.update(settings.conf)
+    conf.update(extra_conf or {})
+    # spark-submit starts the JVM first and hands Python its gateway port: packages come from --packages.
+    launched_by_submit = "PYSPARK_GATEWAY_PORT" in os.environ
+    cached = None if launched_by_submit else _cached_jars(wanted)
+    if not launched_by_submit:
+        if cached:
+            conf["spark.jars"] = ",".join(cached)
+        else:
+            print(f"Resolving JVM packages {', '.join(wanted)} from Maven Central (first run only)...",
+                  file=sys.stderr)
+            conf["spark.jars.packages"] = ",".join(wanted)
+    builder = SparkSession.builder.master(settings.master).appName(app_name or settings.app_name)
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    try:
+        spark = builder.getOrCreate()
+    except Exception as exc:  # the JVM failed to start or to resolve a package
+        raise EnvironmentProblem(
+            f"Spark could not start ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+            f"If package resolution failed, check access to Maven Central for {', '.join(wanted)}, or "
+            f"pre-fetch with: mvn dependency:get -Dartifact={wanted[0]}"
+        ) from exc
+    spark.sparkContext.setLogLevel(settings.log_level)
+    _check_delta(spark)
+    if not cached and not launched_by_submit:
+        _remember_jars(spark, wanted)
+    return spark
+
+
+def _check_delta(spark: SparkSession) -> None:
+    from delta.tables import DeltaTable
+
+    try:  # a missing jar shows as "'JavaPackage' object is not callable"
+        DeltaTable.isDeltaTable(spark, "file:///nonexistent-lambda-pipeline-probe")
+    except Exception:
+        raise EnvironmentProblem(
+            f"the Delta Lake jars are not on Spark's classpath; under spark-submit pass "
+            f"--packages {DELTA_COORDINATE}"
+        ) from None

@@ -1,0 +1,169 @@
+"""Where every table and checkpoint lives, and the record that ties the layers together.
+
+The layers never import each other: they meet here, through table locations,
+the coverage record and the quarantine schema.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pyspark.sql import types as T
+
+from lambda_core.config import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+__all__ = [
+    "COVERAGE_SCHEMA",
+    "QUARANTINE_SCHEMA",
+    "Coverage",
+    "Locations",
+    "ensure_table",
+    "latest_coverage",
+    "latest_version",
+    "sql_path",
+]
+
+QUARANTINE_SCHEMA = T.StructType(
+    [
+        T.StructField("raw", T.StringType(), True),
+        T.StructField("source_file", T.StringType(), True),
+        T.StructField("reason", T.StringType(), False),
+        T.StructField("ingest_batch", T.LongType(), False),
+        T.StructField("quarantined_at", T.TimestampType(), False),
+    ]
+)
+
+COVERAGE_SCHEMA = T.StructType(
+    [
+        T.StructField("run_id", T.StringType(), False),
+        T.StructField("master_version", T.LongType(), False),
+        T.StructField("view_versions", T.MapType(T.StringType(), T.LongType(), False), False),
+        T.StructField("master_events", T.LongType(), False),
+        T.StructField("published_at", T.TimestampType(), False),
+    ]
+)
+
+
+def _is_uri(root: str) -> bool:
+    return "://" in root
+
+
+@dataclass(frozen=True)
+class Locations:
+    """Every path of a deployment, derived from the work directory and the config."""
+
+    workdir: str
+    settings: Settings
+
+    @classmethod
+    def create(cls, settings: Settings, workdir: str | Path | None = None) -> Locations:
+        root = str(workdir) if workdir is not None else settings.workdir
+        if not _is_uri(root):
+            root = str(Path(root).expanduser().resolve())
+        return cls(root, settings)
+
+    def _under(self, *parts: str) -> str:
+        first = parts[0]
+        if _is_uri(first) or posixpath.isabs(first):
+            return posixpath.join(*parts)
+        return posixpath.join(self.workdir, *parts)
+
+    @property
+    def landing(self) -> str:
+        return self._under(self.settings.ingest.landing_dir)
+
+    @property
+    def warehouse(self) -> str:
+        return self._under(self.settings.warehouse)
+
+    @property
+    def master(self) -> str:
+        return posixpath.join(self.warehouse, "master", self.settings.tables.master)
+
+    @property
+    def quarantine(self) -> str:
+        return posixpath.join(self.warehouse, "master", self.settings.tables.quarantine)
+
+    @property
+    def coverage(self) -> str:
+        return posixpath.join(self.warehouse, "batch", f"_{self.settings.tables.coverage}")
+
+    def batch_view(self, view: str) -> str:
+        return posixpath.join(self.warehouse, "batch", view)
+
+    def speed_partials(self, view: str) -> str:
+        return posixpath.join(self.warehouse, "speed", view)
+
+    def checkpoint(self, job: str) -> str:
+        return posixpath.join(self._under(self.settings.checkpoints), job)
+
+    def ensure_local_dirs(self) -> None:
+        for path in (self.landing, self.warehouse):
+            if not _is_uri(path):
+                Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def sql_path(path: str) -> str:
+    """A path quoted for ``delta.`path``` in SQL."""
+    return "delta.`" + path.replace("`", "``") + "`"
+
+
+def ensure_table(
+    spark: SparkSession, path: str, schema: T.StructType, partition_by: tuple[str, ...] = ()
+) -> None:
+    """Create the Delta table at ``path`` if absent (version 0, empty)."""
+    from delta.tables import DeltaTable
+
+    if DeltaTable.isDeltaTable(spark, path):
+        return
+    builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
+    if partition_by:
+        builder = builder.partitionedBy(*partition_by)
+    builder.execute()
+
+
+def latest_version(spark: SparkSession, path: str) -> int:
+    """The newest committed version of a Delta table."""
+    from delta.tables import DeltaTable
+
+    return int(DeltaTable.forPath(spark, path).history(1).select("version").first()[0])
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """What a published batch covers: every master commit up to ``master_version``.
+
+    ``view_versions`` pins the batch-view table version published with it, so a
+    reader that takes one coverage row reads a consistent (coverage, view) pair.
+    """
+
+    run_id: str
+    master_version: int
+    view_versions: dict[str, int]
+    master_events: int
+    published_at: datetime
+
+    @staticmethod
+    def none() -> Coverage:
+        """Before the first batch: nothing is covered (master version 0 is the empty table)."""
+        return Coverage("none", 0, {}, 0, datetime.fromtimestamp(0))
+
+
+def latest_coverage(spark: SparkSession, path: str, version: int | None = None) -> Coverage:
+    """The newest coverage record (as of a table version, if given)."""
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    coverage: DataFrame = reader.load(path)
+    row = coverage.orderBy(coverage.master_version.desc(), coverage.published_at.desc()).first()
+    if row is None:
+        return Coverage.none()
+    return Coverage(row.run_id, int(row.master_version), dict(row.view_versions), int(row.master_events),
+                    row.published_at)

@@ -1,0 +1,201 @@
+"""``lambda-pipeline``: ingest | batch | speed | query | demo, one config and work directory for all.
+
+Thin on purpose: parse arguments, load the config, call a function of a layer.
+Errors a user can fix print as one line and exit non-zero; no stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from lambda_core.config import Settings, duration_seconds, load_settings
+from lambda_core.errors import LambdaError
+from lambda_core.pipeline import Pipeline
+from lambda_core.tables import Locations
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+__all__ = ["Context", "build_parser", "main"]
+
+
+@dataclass
+class Context:
+    """What every verb needs: validated settings, locations, the pipeline, and (lazily) Spark."""
+
+    settings: Settings
+    locations: Locations
+    pipeline: Pipeline
+    _spark: SparkSession | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Context:
+        from pipelines.registry import get_pipeline
+
+        settings = load_settings(args.config, args.overrides)
+        return cls(settings, Locations.create(settings, args.workdir), get_pipeline(settings.pipeline, str(args.config or "config")))
+
+    @property
+    def spark(self) -> SparkSession:
+        if self._spark is None:
+            from lambda_core.session import get_spark
+
+            self._spark = get_spark(self.settings.spark)
+        return self._spark
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file (default: conf/local.yaml)")
+    parser.add_argument("--workdir", help="root of tables, checkpoints and landing folder (default: config 'workdir')")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set speed.trigger='2 seconds' (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lambda-pipeline", description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    ingest = verbs.add_parser("ingest", help="stream landed JSON-lines files into the master dataset")
+    ingest.add_argument("--once", action="store_true", help="ingest what has landed, then stop")
+    speed = verbs.add_parser("speed", help="maintain the speed layer's partials for uncovered events")
+    speed.add_argument("--once", action="store_true", help="catch up with the master table, then stop")
+    batch = verbs.add_parser("batch", help="recompute and publish the batch views")
+    batch.add_argument("--every", nargs="?", const="config", metavar="DURATION",
+                       help="run repeatedly; without a value, every batch.interval of the config")
+    batch.add_argument("--force", action="store_true", help="recompute even if master has not changed")
+    query = verbs.add_parser("query", help="read-only SQL over serving.*, batch.*, speed.*, master.*")
+    query.add_argument("sql", help='e.g. "SELECT * FROM serving.page_activity ORDER BY window_start DESC"')
+    query.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    query.add_argument("--limit", type=int, default=1000, help="rows to print at most (default 1000)")
+    query.add_argument("--provenance", action="store_true", help="also print versions and freshness of each view")
+    demo = verbs.add_parser("demo", help="generator -> ingest -> batch -> speed -> merged query")
+    demo.add_argument("--events", type=int, default=20_000, help="valid events to generate (default 20000)")
+    demo.add_argument("--seed", type=int, default=None, help="generator seed (default: new each run)")
+    for sub in (ingest, speed, batch, query, demo):
+        _common(sub)
+    return parser
+
+
+def _print_frame(frame: DataFrame, fmt: str, limit: int) -> int:
+    rows = frame.limit(limit + 1).collect()
+    shown = rows[:limit]
+    columns = frame.columns
+    if fmt == "json":
+        for row in shown:
+            print(json.dumps(row.asDict(recursive=True), default=str))
+    elif fmt == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows([[("" if v is None else v) for v in row] for row in shown])
+    else:
+        cells = [[("NULL" if v is None else str(v)) for v in row] for row in shown]
+        widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+        line = "+".join("-" * (w + 2) for w in widths)
+        print(" | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+        print(line)
+        for r in cells:
+            print(" | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+        if len(rows) > limit:
+            print(f"... (more than {limit} rows; use --limit)")
+    return len(shown)
+
+
+def _cmd_ingest(ctx: Context, args: argparse.Namespace) -> int:
+    from ingestion.job import start_ingest
+    from lambda_core.streaming import run_until_stopped
+
+    query = start_ingest(ctx.spark, ctx.pipeline, ctx.settings, ctx.locations, once=args.once)
+    print(f"ingest: watching {ctx.locations.landing} -> {ctx.locations.master}" + (" (once)" if args.once else ""))
+    run_until_stopped([query], once=args.once)
+    return 0
+
+
+def _cmd_speed(ctx: Context, args: argparse.Namespace) -> int:
+    from lambda_core.streaming import run_until_stopped
+    from speed_layer.job import start_speed
+
+    query = start_speed(ctx.spark, ctx.pipeline, ctx.settings, ctx.locations, once=args.once)
+    print(f"speed: {ctx.locations.master} -> {ctx.locations.warehouse}/speed" + (" (once)" if args.once else ""))
+    run_until_stopped([query], once=args.once)
+    return 0
+
+
+def _cmd_batch(ctx: Context, args: argparse.Namespace) -> int:
+    from batch_layer.job import run_batch
+
+    interval = None
+    if args.every is not None:
+        text = ctx.settings.batch.interval if args.every == "config" else args.every
+        try:
+            interval = duration_seconds(text)
+        except ValueError as exc:
+            raise LambdaError(f"--every: {exc}") from None
+    while True:
+        coverage, staged = run_batch(ctx.spark, ctx.pipeline, ctx.locations, force=args.force)
+        if staged is None:
+            print(f"batch: up to date, coverage = master version {coverage.master_version}")
+        else:
+            print(
+                f"batch: published run {staged.run_id[:8]} covering master version {staged.master_version} "
+                f"({staged.master_events} rows) in {staged.seconds:.1f}s; views {staged.view_versions}"
+            )
+        if interval is None:
+            return 0
+        time.sleep(interval)  # the schedule itself; Ctrl-C stops between runs
+
+
+def _cmd_query(ctx: Context, args: argparse.Namespace) -> int:
+    from serving_layer.catalog import ServingLayer
+
+    serving = ServingLayer(ctx.spark, ctx.pipeline, ctx.locations)
+    frame = serving.query(args.sql)
+    _print_frame(frame, args.format, args.limit)
+    if args.provenance:
+        for view in ctx.pipeline.views:
+            print(json.dumps({"provenance": serving.provenance(view.name).as_dict()}, default=str), file=sys.stderr)
+    return 0
+
+
+def _cmd_demo(ctx: Context, args: argparse.Namespace) -> int:
+    from pipelines.demo import run_demo
+
+    run_demo(ctx, events=args.events, seed=args.seed)
+    return 0
+
+
+COMMANDS = {"ingest": _cmd_ingest, "speed": _cmd_speed, "batch": _cmd_batch, "query": _cmd_query, "demo": _cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        ctx = Context.from_args(args)
+        return COMMANDS[args.verb](ctx, args)
+    except LambdaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from pyspark.errors import PySparkException
+
+        if isinstance(exc, PySparkException):
+            first = str(exc).strip().splitlines()[0]
+            print(f"error: Spark refused the request: {first}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Seeded clickstream generator: JSON-lines files with late, duplicated and malformed events.
+
+Files are written under a hidden name and renamed into the landing folder, so
+the ingest stream never reads half a file. The returned stats are the ground
+truth the tests and the demo reconcile against.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+__all__ = ["ClickstreamGenerator", "GeneratedFile", "MALFORMED_KINDS"]
+
+PAGES = tuple(
+    f"/{p}" for p in ("home", "search", "cart", "checkout", "product/1", "product/2", "product/3", "product/4",
+                      "blog", "about", "help", "login", "signup", "account", "orders", "deals", "news", "careers",
+                      "contact", "terms")
+)
+MALFORMED_KINDS = ("truncated_json", "wrong_type", "missing_field", "bad_time", "not_an_object", "empty_line")
+
+
+@dataclass
+class GeneratedFile:
+    path: Path
+    lines: int = 0
+    events: int = 0
+    duplicates: int = 0
+    late: int = 0
+    malformed: Counter[str] = field(default_factory=Counter)
+    event_ids: list[str] = field(default_factory=list)
+    written_at: float = 0.0
+
+
+class ClickstreamGenerator:
+    """Deterministic for a given seed: the same seed writes the same lines (times aside)."""
+
+    def __init__(
+        self,
+        seed: int = 7,
+        *,
+        late_fraction: float = 0.05,
+        duplicate_fraction: float = 0.03,
+        malformed_fraction: float = 0.02,
+        users: int = 2_000,
+        pages: tuple[str, ...] = PAGES,
+        prefix: str = "clicks",
+    ) -> None:
+        for name, value in (("late", late_fraction), ("duplicate", duplicate_fraction), ("malformed", malformed_fraction)):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name}_fraction must be within [0, 1), got {value}")
+        self.rng = random.Random(seed)
+        self.seed, self.late, self.dup, self.bad = seed, late_fraction, duplicate_fraction, malformed_fraction
+        self.users, self.pages, self.prefix = users, pages, prefix
+        self._recent: deque[str] = deque(maxlen=200)
+        self._counter = 0
+        self._files = 0
+
+    def _event(self, now: datetime) -> tuple[str, str, bool]:
+        self._counter += 1
+        event_id = f"{self.seed:x}-{self.rng.getrandbits(48):012x}-{self._counter:08d}"
+        late = self.rng.random() < self.late
+        offset = self.rng.uniform(120, 1800) if late else self.rng.uniform(0, 5)
+        event_time = (now - timedelta(seconds=offset)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        record = {
+            "event_id": event_id,
+            "user_id": f"u{self.rng.randrange(self.users):05d}",
+            "page": self.rng.choice(self.pages),
+            "event_time": event_time,
+            "duration_ms": self.rng.randrange(50, 120_000),
+        }
+        return event_id, json.dumps(record, separators=(",", ":")), late
+
+    def _malformed(self, kind: str, now: datetime) -> str:
+        _, line, _ = self._event(now)
+        record = json.loads(line)
+        if kind == "truncated_json":
+            return line[: len(line) // 2]
+        if kind == "wrong_type":
+            record["duration_ms"] = "about a minute"
+        elif kind == "missing_field":
+            del record["user_id"]
+        elif kind == "bad_time":
+            record["event_time"] = "yesterday at noon"
+        elif kind == "not_an_object":
+            return json.dumps([record["event_id"], record["page"]])
+        elif kind == "empty_line":
+            return ""
+        return json.dumps(record, separators=(",", ":"))
+
+    def lines(self, events: int, now: datetime | None = None) -> tuple[list[str], GeneratedFile]:
+        """``events`` distinct valid events, plus duplicates and malformed lines mixed in."""
+        now = now or datetime.now(timezone.utc)
+        out: list[str] = []
+        stats = GeneratedFile(Path())
+        for _ in range(events):
+            event_id, line, late = self._event(now)
+            out.append(line)
+            stats.events += 1
+            stats.late += late
+            stats.event_ids.append(event_id)
+            self._recent.append(line)
+            if self.rng.random() < self.dup:
+                out.append(self.rng.choice(self._recent))
+                stats.duplicates += 1
+            if self.rng.random() < self.bad:
+                kind = self.rng.choice(MALFORMED_KINDS)
+                out.append(self._malformed(kind, now))
+                stats.malformed[kind] += 1
+        if out and out[-1] == "":  # a trailing empty line is not a line to a reader
+            out.append(self._event(now)[1])
+            stats.events += 1
+            stats.event_ids.append(json.loads(out[-1])["event_id"])
+        stats.lines = len(out)
+        return out, stats
+
+    def write_file(self, landing: str | Path, events: int) -> GeneratedFile:
+        """Write one file atomically into ``landing`` (hidden name first, then rename)."""
+        landing = Path(landing)
+        landing.mkdir(parents=True, exist_ok=True)
+        lines, stats = self.lines(events)
+        self._files += 1
+        name = f"{self.prefix}-{self.seed:x}-{self._files:06d}-{time.time_ns()}.jsonl"
+        hidden = landing / f".{name}.tmp"
+        hidden.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        final = landing / name
+        os.replace(hidden, final)
+        stats.path, stats.written_at = final, time.time()
+        return stats
+
+    def write(self, landing: str | Path, events: int, files: int = 1) -> list[GeneratedFile]:
+        """``events`` valid events spread over ``files`` files."""
+        per_file = [events // files + (1 if i < events % files else 0) for i in range(files)]
+        return [self.write_file(landing, n) for n in per_file if n > 0]
+
+    def run_at_rate(
+        self, landing: str | Path, rate: float, seconds: float, files_per_second: float = 2.0
+    ) -> list[GeneratedFile]:
+        """Write at ``rate`` valid events per second for ``seconds`` (bounded in time and count)."""
+        interval = 1.0 / files_per_second
+        per_file = max(1, round(rate * interval))
+        written: list[GeneratedFile] = []
+        start = time.monotonic()
+        ticks = max(1, int(seconds * files_per_second))
+        for tick in range(ticks):
+            written.append(self.write_file(landing, per_file))
+            delay = start + (tick + 1) * interval - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # pacing the producer, not synchronising with Spark
+        return written

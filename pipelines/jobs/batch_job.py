@@ -1,0 +1,8 @@
+"""spark-submit entry: `spark-submit --packages <delta> pipelines/jobs/batch_job.py [options]`."""
+
+import sys
+
+from pipelines.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["batch", *sys.argv[1:]]))

@@ -1,0 +1,8 @@
+"""spark-submit entry: `spark-submit --packages <delta> pipelines/jobs/demo_job.py [options]`."""
+
+import sys
+
+from pipelines.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["demo", *sys.argv[1:]]))

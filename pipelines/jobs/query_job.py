@@ -1,0 +1,8 @@
+"""spark-submit entry: `spark-submit --packages <delta> pipelines/jobs/query_job.py [options]`."""
+
+import sys
+
+from pipelines.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["query", *sys.argv[1:]]))

@@ -1,0 +1,112 @@
+"""Speed layer: partial states, per ingest tag, for the master commits no batch covers yet.
+
+A Structured Streaming query over the master table (append-only, so a plain
+Delta streaming source). Each micro-batch:
+
+1. reads the newest coverage ``V`` and keeps the events with ``ingest_tag > V``;
+2. appends each view's partial states, keyed by (keys, window, ingest_tag), to
+   that view's speed table, with ``txnAppId``/``txnVersion`` so a replayed
+   micro-batch writes nothing twice;
+3. deletes the partials a newer coverage made redundant (it is the only writer
+   of its tables, so appends and purges never conflict), and compacts now and then.
+
+No state is kept across micro-batches: a late event is just an old window in a
+new tag, counted immediately and absorbed by the next batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from pyspark.sql import functions as F
+
+from lambda_core.config import Settings
+from lambda_core.pipeline import Pipeline
+from lambda_core.streaming import CheckpointAppId, idempotent_append, with_trigger
+from lambda_core.tables import COVERAGE_SCHEMA, Locations, ensure_table, latest_coverage
+from lambda_core.views import INGEST_TAG
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.streaming import StreamingQuery
+
+__all__ = ["SpeedBatch", "purge_covered", "setup_speed_tables", "speed_partials", "start_speed"]
+
+
+def speed_partials(events: DataFrame, pipeline: Pipeline, covered_through: int) -> dict[str, DataFrame]:
+    """Pure: each view's partial states over the events that coverage does not include."""
+    uncovered = events.filter(F.col(INGEST_TAG) > covered_through)
+    return {view.name: view.partials(uncovered, by_tag=True) for view in pipeline.views}
+
+
+def setup_speed_tables(spark: SparkSession, pipeline: Pipeline, locations: Locations) -> None:
+    empty = spark.createDataFrame([], pipeline.source.master_schema)
+    for name, partials in speed_partials(empty, pipeline, 0).items():
+        ensure_table(spark, locations.speed_partials(name), partials.schema)
+
+
+def purge_covered(spark: SparkSession, pipeline: Pipeline, locations: Locations, covered_through: int) -> None:
+    """Delete partials whose tag a published batch covers (serving ignores them already)."""
+    from delta.tables import DeltaTable
+
+    for view in pipeline.views:
+        DeltaTable.forPath(spark, locations.speed_partials(view.name)).delete(F.col(INGEST_TAG) <= covered_through)
+
+
+@dataclass
+class SpeedBatch:
+    """The foreachBatch body of the speed query."""
+
+    spark: SparkSession
+    pipeline: Pipeline
+    locations: Locations
+    app_id: CheckpointAppId
+    compact_every: int
+    purged_through: int = field(default=-1)
+
+    def __call__(self, events: DataFrame, batch_id: int) -> None:
+        app_id = self.app_id.get(self.spark)
+        covered = latest_coverage(self.spark, self.locations.coverage).master_version
+        events.persist()
+        try:
+            for name, partials in speed_partials(events, self.pipeline, covered).items():
+                if not partials.isEmpty():
+                    idempotent_append(partials, self.locations.speed_partials(name), app_id, batch_id)
+        finally:
+            events.unpersist()
+        if covered > self.purged_through:
+            purge_covered(self.spark, self.pipeline, self.locations, covered)
+            self.purged_through = covered
+        if self.compact_every and batch_id > 0 and batch_id % self.compact_every == 0:
+            self.compact()
+
+    def compact(self) -> None:
+        """Every micro-batch adds small files; serving reads slow down with them."""
+        from delta.tables import DeltaTable
+
+        for view in self.pipeline.views:
+            DeltaTable.forPath(self.spark, self.locations.speed_partials(view.name)).optimize().executeCompaction()
+
+
+def start_speed(
+    spark: SparkSession, pipeline: Pipeline, settings: Settings, locations: Locations, *, once: bool = False
+) -> StreamingQuery:
+    """Start the speed stream (``once``: catch up with master, then stop)."""
+    ensure_table(spark, locations.master, pipeline.source.master_schema)
+    ensure_table(spark, locations.coverage, COVERAGE_SCHEMA)
+    setup_speed_tables(spark, pipeline, locations)
+    checkpoint = locations.checkpoint("speed")
+    # Used only when the checkpoint is new: nothing at or below the coverage needs reading.
+    start = latest_coverage(spark, locations.coverage).master_version
+    body = SpeedBatch(spark, pipeline, locations, CheckpointAppId("speed", checkpoint), settings.speed.compact_every)
+    writer = (
+        spark.readStream.format("delta")
+        .option("startingVersion", start)
+        .option("maxFilesPerTrigger", settings.speed.max_files_per_trigger)
+        .load(locations.master)
+        .writeStream.queryName(f"speed_{pipeline.name}")
+        .option("checkpointLocation", checkpoint)
+        .foreachBatch(body)
+    )
+    return with_trigger(writer, settings.speed.trigger, once=once).start()
