@@ -130,10 +130,25 @@ def ensure_table(
 
 
 def latest_version(spark: SparkSession, path: str) -> int:
-    """The newest committed version of a Delta table."""
+    """The newest committed version of a Delta table.
+
+    Asks the Delta log for its current snapshot (tens of milliseconds) rather
+    than ``history()``, which runs a Spark job over the commit files.
+    """
+    return _snapshot_identity(spark, path)[0]
+
+
+def _snapshot_identity(spark: SparkSession, path: str) -> tuple[int, str]:
+    """(newest version, table id): the id tells a re-created table from the old one."""
     from delta.tables import DeltaTable
 
-    return int(DeltaTable.forPath(spark, path).history(1).select("version").first()[0])
+    table = DeltaTable.forPath(spark, path)
+    try:
+        none = spark._jvm.scala.Option.empty()  # type: ignore[union-attr]
+        snapshot = table._jdt.deltaLog().update(False, none, none)
+        return int(snapshot.version()), str(snapshot.metadata().id())
+    except Exception:  # a Delta release with another internal signature: the public, slower way
+        return int(table.history(1).select("version").first()[0]), ""
 
 
 @dataclass(frozen=True)
@@ -156,14 +171,27 @@ class Coverage:
         return Coverage("none", 0, {}, 0, datetime.fromtimestamp(0))
 
 
+_coverage_cache: dict[tuple[str, str, int], Coverage] = {}
+
+
 def latest_coverage(spark: SparkSession, path: str, version: int | None = None) -> Coverage:
-    """The newest coverage record (as of a table version, if given)."""
-    reader = spark.read.format("delta")
-    if version is not None:
-        reader = reader.option("versionAsOf", version)
-    coverage: DataFrame = reader.load(path)
+    """The newest coverage record (as of a table version, if given).
+
+    Read on every speed micro-batch, so the answer is cached by table version:
+    an unchanged coverage table costs one look at the Delta log.
+    """
+    newest, table_id = _snapshot_identity(spark, path)
+    version = newest if version is None else version
+    cached = _coverage_cache.get((path, table_id, version))
+    if cached is not None:
+        return cached
+    coverage: DataFrame = spark.read.format("delta").option("versionAsOf", version).load(path)
     row = coverage.orderBy(coverage.master_version.desc(), coverage.published_at.desc()).first()
-    if row is None:
-        return Coverage.none()
-    return Coverage(row.run_id, int(row.master_version), dict(row.view_versions), int(row.master_events),
-                    row.published_at)
+    result = (
+        Coverage.none()
+        if row is None
+        else Coverage(row.run_id, int(row.master_version), dict(row.view_versions), int(row.master_events),
+                      row.published_at)
+    )
+    _coverage_cache[(path, table_id, version)] = result
+    return result

@@ -1,0 +1,44 @@
+"""One Spark session for the whole run, from the project's own session factory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lambda_core.config import Settings, SparkSettings, load_settings
+from lambda_core.tables import Locations
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory):
+    from lambda_core.session import get_spark
+
+    warehouse = tmp_path_factory.mktemp("spark-warehouse")
+    session = get_spark(
+        SparkSettings(
+            master="local[2]",
+            app_name="lambda-pipeline-tests",
+            shuffle_partitions=2,
+            log_level="ERROR",
+            conf={"spark.ui.enabled": "false", "spark.sql.warehouse.dir": str(warehouse)},
+        )
+    )
+    yield session
+    session.stop()
+
+
+@pytest.fixture()
+def settings() -> Settings:
+    """The shipped default config, with fast triggers for tests."""
+    return load_settings(
+        None, ["ingest.trigger=200 milliseconds", "speed.trigger=200 milliseconds", "speed.compact_every=5"]
+    )
+
+
+@pytest.fixture()
+def locations(settings: Settings, tmp_path: Path) -> Locations:
+    """Each test gets its own work directory, so its own tables and checkpoints."""
+    loc = Locations.create(settings, tmp_path / "work")
+    loc.ensure_local_dirs()
+    return loc

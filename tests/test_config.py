@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lambda_core.config import DEFAULT_CONFIG, duration_seconds, load_settings
+from lambda_core.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "conf.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_default_loads_with_its_values() -> None:
+    settings = load_settings(DEFAULT_CONFIG)
+    assert settings.spark.master == "local[2]"
+    assert settings.tables.master == "master_events"
+    assert duration_seconds(settings.ingest.dedup_horizon) == 15 * 60
+
+
+def test_unknown_key_names_file_and_dotted_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "speed:\n  trigerr: 1 second\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert err.value.key == "speed.trigerr"
+    assert str(path) in str(err.value) and "unknown key" in str(err.value)
+
+
+def test_bad_duration_names_key_and_expected_form(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, "batch:\n  interval: soon\n"))
+    assert err.value.key == "batch.interval"
+    assert "expected a duration like" in str(err.value) and "'soon'" in str(err.value)
+
+
+def test_bad_number_and_bad_table_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, "spark:\n  shuffle_partitions: 0\n"))
+    assert err.value.key == "spark.shuffle_partitions"
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, "tables:\n  master: 'drop table; x'\n"))
+    assert err.value.key == "tables.master"
+
+
+def test_overrides_apply_and_are_validated_like_the_file() -> None:
+    settings = load_settings(None, ["speed.trigger=3 seconds", "spark.conf.spark.sql.ansi.enabled=false"])
+    assert settings.speed.trigger == "3 seconds"
+    assert settings.spark.conf == {"spark.sql.ansi.enabled": "false"}
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, ["speed.nope=1"])
+    assert err.value.key == "speed.nope" and err.value.source == str(DEFAULT_CONFIG)
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, ["no-equals-sign"])
+    assert err.value.source == "--set"
+
+
+def test_missing_file_and_invalid_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_settings(tmp_path / "absent.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(write(tmp_path, "speed: [unclosed\n"))
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("500 ms", 0.5), ("1 second", 1), ("2 minutes", 120), ("1h", 3600)])
+def test_durations(text: str, seconds: float) -> None:
+    assert duration_seconds(text) == seconds

@@ -1,0 +1,106 @@
+"""A view compiles into every layer from one declaration, or fails when declared."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+from chispa import assert_df_equality
+from pyspark.sql import types as T
+
+from lambda_core.errors import ViewDefinitionError
+from lambda_core.views import (
+    INGEST_TAG,
+    INGESTED_AT_MAX,
+    TumblingWindow,
+    View,
+    approx_distinct,
+    avg_of,
+    count,
+    max_of,
+    sum_of,
+)
+from pipelines.clickstream import CLICKS, PAGE_ACTIVITY
+
+MINUTE = TumblingWindow("event_time", "1 minute")
+
+
+def test_unknown_column_fails_at_definition() -> None:
+    with pytest.raises(ViewDefinitionError, match=r"sum\(durations\) names an unknown column"):
+        View("v", CLICKS, ("page",), MINUTE, {"total": sum_of("durations")})
+
+
+def test_non_mergeable_aggregate_fails_with_a_hint() -> None:
+    with pytest.raises(ViewDefinitionError, match=r"not a mergeable aggregate.*approx_quantile"):
+        View("v", CLICKS, ("page",), MINUTE, {"p50": "median"})  # type: ignore[dict-item]
+
+
+def test_type_mismatch_key_and_window_errors() -> None:
+    with pytest.raises(ViewDefinitionError, match="needs a column of type"):
+        View("v", CLICKS, ("page",), MINUTE, {"total": sum_of("page")})
+    with pytest.raises(ViewDefinitionError, match="key 'site'"):
+        View("v", CLICKS, ("site",), MINUTE, {"n": count()})
+    with pytest.raises(ViewDefinitionError, match="must be a timestamp"):
+        View("v", CLICKS, ("page",), TumblingWindow("page", "1 minute"), {"n": count()})
+    with pytest.raises(ViewDefinitionError, match="whole number of seconds"):
+        TumblingWindow("event_time", "500 ms")
+
+
+def test_declaration_compiles_to_state_and_merge_sql() -> None:
+    assert PAGE_ACTIVITY.partial_sql() == [
+        "count(1) AS `events`",
+        "sum(`duration_ms`) AS `total_duration_ms`",
+        "max(`duration_ms`) AS `max_duration_ms`",
+        "hll_sketch_agg(`user_id`, 12) AS `unique_users__hll`",
+    ]
+    assert PAGE_ACTIVITY.merge_sql()[3] == (
+        "coalesce(hll_sketch_estimate(hll_union_agg(`unique_users__hll`, false)), 0) AS `unique_users`"
+    )
+    view = View("v", CLICKS, ("page",), MINUTE, {"mean": avg_of("duration_ms")})
+    assert view.merge_sql() == ["try_divide(sum(`mean__sum`), sum(`mean__count`)) AS `mean`"]
+
+
+def _events(spark):
+    rows = [
+        ("e1", "u1", "/a", datetime(2026, 1, 1, 10, 0, 5), 100, 1, datetime(2026, 1, 1, 10, 1), "f"),
+        ("e2", "u2", "/a", datetime(2026, 1, 1, 10, 0, 50), 300, 2, datetime(2026, 1, 1, 10, 2), "f"),
+        ("e3", "u1", "/a", datetime(2026, 1, 1, 10, 1, 1), 50, 2, datetime(2026, 1, 1, 10, 2), "f"),
+        ("e4", "u3", "/b", datetime(2026, 1, 1, 10, 0, 0), 7, 2, datetime(2026, 1, 1, 10, 2), "f"),
+    ]
+    return spark.createDataFrame(rows, CLICKS.master_schema)
+
+
+def test_batch_and_speed_compile_from_the_same_declaration(spark) -> None:
+    view = View("v", CLICKS, ("page",), MINUTE, {"n": count(), "longest": max_of("duration_ms")})
+    events = _events(spark)
+    batch = view.partials(events, by_tag=False)
+    speed = view.partials(events, by_tag=True)
+    assert INGEST_TAG not in batch.columns and INGESTED_AT_MAX not in batch.columns
+    assert {INGEST_TAG, INGESTED_AT_MAX} <= set(speed.columns)
+    assert speed.count() == 4  # the /a 10:00 window splits by tag into two partial rows
+    schema = T.StructType(
+        [
+            T.StructField("page", T.StringType()),
+            T.StructField("window_start", T.TimestampType()),
+            T.StructField("window_end", T.TimestampType()),
+            T.StructField("n", T.LongType()),
+            T.StructField("longest", T.LongType()),
+        ]
+    )
+    expected = spark.createDataFrame(
+        [
+            ("/a", datetime(2026, 1, 1, 10, 0), datetime(2026, 1, 1, 10, 1), 2, 300),
+            ("/a", datetime(2026, 1, 1, 10, 1), datetime(2026, 1, 1, 10, 2), 1, 50),
+            ("/b", datetime(2026, 1, 1, 10, 0), datetime(2026, 1, 1, 10, 1), 1, 7),
+        ],
+        schema,
+    )
+    for states in (batch, speed):
+        assert_df_equality(view.finalize(states), expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_distinct_users_merge_across_layers(spark) -> None:
+    view = View("v", CLICKS, ("page",), MINUTE, {"users": approx_distinct("user_id")})
+    events = _events(spark).filter("page = '/a'")
+    merged = view.finalize(view.partials(events, by_tag=True)).orderBy("window_start").collect()
+    assert [r.users for r in merged] == [2, 1]
