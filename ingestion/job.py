@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming import StreamingQuery
 
-__all__ = ["IngestBatch", "parse_events", "setup_ingest_tables", "split_batch", "start_ingest"]
+__all__ = ["IngestBatch", "parse_events", "route_batch", "setup_ingest_tables", "start_ingest"]
 
 RAW = "raw"
 REASON = "reason"
@@ -85,30 +85,32 @@ def parse_events(lines: DataFrame, source: EventSource) -> DataFrame:
     return parsed.select(RAW, SOURCE_FILE, *typed, F.coalesce(*checks).alias(REASON))
 
 
-def split_batch(batch: DataFrame, source: EventSource) -> tuple[DataFrame, DataFrame]:
-    """Split one ingest micro-batch into (events for master, rows for quarantine).
+def route_batch(batch: DataFrame, source: EventSource) -> DataFrame:
+    """Route one ingest micro-batch: ``reason`` null for master, else why it goes to quarantine.
 
     ``batch`` holds every parsed line (branch ``all``) and, from the stateful
     dedup operator, the event ids seen for the first time within the horizon
-    (branch ``first``). One copy of each first-seen id is kept; the others are
-    duplicates. Copies are numbered deterministically, so a replay is identical.
+    (branch ``first``). One copy of each first-seen id goes to master; the other
+    copies are duplicates. Copies are numbered deterministically, so a replayed
+    micro-batch routes every line the same way.
     """
     event_id = source.id_column
     lines = batch.filter(F.col(_BRANCH) == "all").drop(_BRANCH)
     firsts = batch.filter(F.col(_BRANCH) == "first").select(event_id, F.lit(True).alias("_first")).distinct()
-    valid = lines.filter(F.col(REASON).isNull())
-    numbered = valid.withColumn(
-        "_copy", F.row_number().over(Window.partitionBy(event_id).orderBy(SOURCE_FILE, RAW))
+    numbered = lines.withColumn(
+        "_copy",
+        F.when(
+            F.col(REASON).isNull(),
+            F.row_number().over(Window.partitionBy(event_id, F.col(REASON).isNull()).orderBy(SOURCE_FILE, RAW)),
+        ),
     ).join(firsts, event_id, "left")
-    keep = F.coalesce(F.col("_first"), F.lit(False)) & (F.col("_copy") == 1)
-    events = numbered.filter(keep).select(*source.schema.fieldNames(), SOURCE_FILE, INGESTED_AT)
-    duplicates = numbered.filter(~keep).withColumn(
-        REASON, F.lit(f"duplicate: {event_id} already ingested within the dedup horizon")
-    )
-    quarantine = lines.filter(F.col(REASON).isNotNull()).unionByName(duplicates.select(*lines.columns))
-    return events, quarantine.select(
-        RAW, SOURCE_FILE, REASON, F.col(INGESTED_AT).alias("quarantined_at")
-    )
+    duplicate = F.col(REASON).isNull() & ~(F.coalesce(F.col("_first"), F.lit(False)) & (F.col("_copy") == 1))
+    return numbered.withColumn(
+        REASON,
+        F.when(duplicate, F.lit(f"duplicate: {event_id} already ingested within the dedup horizon")).otherwise(
+            F.col(REASON)
+        ),
+    ).drop("_copy", "_first")
 
 
 def setup_ingest_tables(spark: SparkSession, pipeline: Pipeline, locations: Locations) -> None:
@@ -126,36 +128,38 @@ class IngestBatch:
     app_id: CheckpointAppId
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
-        app_id = self.app_id.get(self.spark)
-        batch.persist()
+        routed = route_batch(batch, self.source).persist()
         try:
-            events, quarantine = split_batch(batch, self.source)
-            events.persist()
-            if not events.isEmpty():
-                # Only this job writes master, so the next commit's version is known before writing.
-                before = latest_version(self.spark, self.locations.master)
-                tagged = events.withColumn(INGEST_TAG, F.lit(before + 1).cast("long"))
-                idempotent_append(
-                    tagged.select(*self.source.master_schema.fieldNames()), self.locations.master, app_id, batch_id
+            counts = {bool(ok): n for ok, n in routed.groupBy(F.col(REASON).isNull().alias("ok")).count().collect()}
+            if not counts:  # a no-data batch (the watermark moved): nothing to write
+                return
+            app_id = self.app_id.get(self.spark)
+            if counts.get(True):
+                self._append_master(routed.filter(F.col(REASON).isNull()), app_id, batch_id)
+            if counts.get(False):
+                quarantine = routed.filter(F.col(REASON).isNotNull()).select(
+                    RAW,
+                    SOURCE_FILE,
+                    REASON,
+                    F.lit(batch_id).cast("long").alias("ingest_batch"),
+                    F.col(INGESTED_AT).alias("quarantined_at"),
                 )
-                after = latest_version(self.spark, self.locations.master)
-                if after not in (before, before + 1):
-                    raise LambdaError(
-                        f"master table {self.locations.master} moved from version {before} to {after} during one "
-                        "ingest commit: another process writes it. Only the ingest job may write the master "
-                        "dataset; stop the other writer and restart ingest (its checkpoint makes this safe)."
-                    )
-            events.unpersist()
-            idempotent_append(
-                quarantine.withColumn("ingest_batch", F.lit(batch_id).cast("long")).select(
-                    *QUARANTINE_SCHEMA.fieldNames()
-                ),
-                self.locations.quarantine,
-                app_id,
-                batch_id,
-            )
+                idempotent_append(quarantine, self.locations.quarantine, app_id, batch_id)
         finally:
-            batch.unpersist()
+            routed.unpersist()
+
+    def _append_master(self, events: DataFrame, app_id: str, batch_id: int) -> None:
+        # Only this job writes master, so the next commit's version is known before writing.
+        before = latest_version(self.spark, self.locations.master)
+        tagged = events.withColumn(INGEST_TAG, F.lit(before + 1).cast("long"))
+        idempotent_append(tagged.select(*self.source.master_schema.fieldNames()), self.locations.master, app_id, batch_id)
+        after = latest_version(self.spark, self.locations.master)
+        if after not in (before, before + 1):
+            raise LambdaError(
+                f"master table {self.locations.master} moved from version {before} to {after} during one "
+                "ingest commit: another process writes it. Only the ingest job may write the master "
+                "dataset; stop the other writer and restart ingest (its checkpoint makes this safe)."
+            )
 
 
 def ingest_stream(spark: SparkSession, source: EventSource, settings: Settings, landing: str) -> DataFrame:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from lambda_core.errors import ReadOnlyViolation
+from lambda_core.errors import LambdaError, ReadOnlyViolation
 from lambda_core.pipeline import Pipeline
 from lambda_core.tables import Coverage, Locations, latest_coverage, latest_version, sql_path
 from lambda_core.views import INGEST_TAG, INGESTED_AT_MAX, View
@@ -66,8 +66,10 @@ class Pinned:
 
     view: str
     coverage: Coverage
-    batch_version: int
-    speed_version: int
+    batch_version: int | None
+    """None until a batch including this view is published."""
+    speed_version: int | None
+    """None until the speed layer has created its table."""
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,8 @@ class Provenance:
     covered_master_version: int
     batch_run_id: str
     batch_published_at: datetime | None
-    batch_view_version: int
-    speed_table_version: int
+    batch_view_version: int | None
+    speed_table_version: int | None
     uncovered_tags: tuple[int, int] | None
     newest_event_window: datetime | None
     newest_ingested_at: datetime | None
@@ -109,20 +111,42 @@ class ServingLayer:
     def _view(self, qualified: str, sql: str) -> None:
         self.spark.sql(f"CREATE OR REPLACE VIEW {qualified} AS {sql}")
 
+    def _version(self, path: str) -> int | None:
+        """Newest version, or None where the layer has not created its table yet."""
+        from delta.tables import DeltaTable
+
+        return latest_version(self.spark, path) if DeltaTable.isDeltaTable(self.spark, path) else None
+
     def pin(self, view: View) -> Pinned:
-        speed_version = latest_version(self.spark, self.locations.speed_partials(view.name))
-        coverage = latest_coverage(self.spark, self.locations.coverage)
-        batch_version = coverage.view_versions.get(view.name, 0)
-        return Pinned(view.name, coverage, batch_version, speed_version)
+        speed_version = self._version(self.locations.speed_partials(view.name))
+        coverage = (
+            latest_coverage(self.spark, self.locations.coverage)
+            if self._version(self.locations.coverage) is not None
+            else Coverage.none()
+        )
+        return Pinned(view.name, coverage, coverage.view_versions.get(view.name), speed_version)
+
+    def _empty_states(self, view: View, with_tag: bool) -> str:
+        empty = self.spark.createDataFrame([], self.pipeline.source.master_schema)
+        fields = view.partials(empty, by_tag=with_tag).schema.fields
+        columns = ", ".join(f"CAST(NULL AS {f.dataType.simpleString()}) AS `{f.name}`" for f in fields)
+        return f"SELECT {view.state_select()} FROM (SELECT {columns}) WHERE false"
 
     def states_sql(self, view: View, pinned: Pinned) -> tuple[str, str]:
         """SQL of the batch states and of the uncovered speed states, at the pinned versions."""
         columns = view.state_select()
-        batch = f"SELECT {columns} FROM {sql_path(self.locations.batch_view(view.name))} VERSION AS OF {pinned.batch_version}"
-        speed = (
-            f"SELECT {columns} FROM {sql_path(self.locations.speed_partials(view.name))} "
-            f"VERSION AS OF {pinned.speed_version} WHERE {INGEST_TAG} > {pinned.coverage.master_version}"
-        )
+        if pinned.batch_version is None:
+            batch = self._empty_states(view, with_tag=False)
+        else:
+            path = sql_path(self.locations.batch_view(view.name))
+            batch = f"SELECT {columns} FROM {path} VERSION AS OF {pinned.batch_version}"
+        if pinned.speed_version is None:
+            speed = self._empty_states(view, with_tag=True)
+        else:
+            speed = (
+                f"SELECT {columns} FROM {sql_path(self.locations.speed_partials(view.name))} "
+                f"VERSION AS OF {pinned.speed_version} WHERE {INGEST_TAG} > {pinned.coverage.master_version}"
+            )
         return batch, speed
 
     def refresh(self) -> dict[str, Pinned]:
@@ -130,8 +154,13 @@ class ServingLayer:
         for name in LAYERS:
             self._database(name)
         tables = self.locations.settings.tables
-        self._view(f"master.{tables.master}", f"SELECT * FROM {sql_path(self.locations.master)}")
-        self._view(f"master.{tables.quarantine}", f"SELECT * FROM {sql_path(self.locations.quarantine)}")
+        for name, path in ((tables.master, self.locations.master), (tables.quarantine, self.locations.quarantine)):
+            if self._version(path) is None:
+                raise LambdaError(
+                    f"no Delta table at {path}: nothing was ingested in this work directory yet; "
+                    "run 'lambda-pipeline ingest' (or 'demo') with the same --workdir and --config first"
+                )
+            self._view(f"master.{name}", f"SELECT * FROM {sql_path(path)}")
         for view in self.pipeline.views:
             pinned = self.pin(view)
             batch, speed = self.states_sql(view, pinned)
@@ -160,10 +189,8 @@ class ServingLayer:
             f"SELECT min({INGEST_TAG}) AS lo, max({INGEST_TAG}) AS hi, max({INGESTED_AT_MAX}) AS newest, "
             f"max(window_start) AS newest_window FROM ({speed_sql})"
         ).first()
-        batch_window = self.spark.sql(
-            f"SELECT max(window_start) AS w FROM {sql_path(self.locations.batch_view(view.name))} "
-            f"VERSION AS OF {pinned.batch_version}"
-        ).first()
+        batch, _ = self.states_sql(view, pinned)
+        batch_window = self.spark.sql(f"SELECT max(window_start) AS w FROM ({batch})").first()
         cov = pinned.coverage
         newest_window = max((w for w in (stats.newest_window, batch_window.w) if w is not None), default=None)
         newest_ingested = stats.newest
