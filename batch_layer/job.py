@@ -51,10 +51,7 @@ def deduplicate(events: DataFrame, source: EventSource) -> DataFrame:
     unique = marked.filter(F.col("_rep").isNull())
     first = Window.partitionBy(source.id_column).orderBy(INGEST_TAG)
     settled = (
-        marked.filter(F.col("_rep"))
-        .withColumn("_n", F.row_number().over(first))
-        .filter(F.col("_n") == 1)
-        .drop("_n")
+        marked.filter(F.col("_rep")).withColumn("_n", F.row_number().over(first)).filter(F.col("_n") == 1).drop("_n")
     )
     return unique.unionByName(settled).drop("_h", "_rep")
 
@@ -78,7 +75,9 @@ class StagedBatch:
     seconds: float
 
 
-def stage_batch(spark: SparkSession, pipeline: Pipeline, locations: Locations, *, master_version: int | None = None) -> StagedBatch:
+def stage_batch(
+    spark: SparkSession, pipeline: Pipeline, locations: Locations, *, master_version: int | None = None
+) -> StagedBatch:
     """Recompute every view at one master version and write the batch-view tables."""
     started = time.perf_counter()
     version = latest_version(spark, locations.master) if master_version is None else master_version
@@ -109,7 +108,9 @@ def publish(spark: SparkSession, locations: Locations, staged: StagedBatch) -> C
     return Coverage(*row)
 
 
-def run_batch(spark: SparkSession, pipeline: Pipeline, locations: Locations, *, force: bool = False) -> tuple[Coverage, StagedBatch | None]:
+def run_batch(
+    spark: SparkSession, pipeline: Pipeline, locations: Locations, *, force: bool = False
+) -> tuple[Coverage, StagedBatch | None]:
     """Stage and publish, unless the newest coverage already covers master's newest version.
 
     Returns the coverage now served and the staged run (``None`` when nothing was to do),
@@ -118,8 +119,10 @@ def run_batch(spark: SparkSession, pipeline: Pipeline, locations: Locations, *, 
     setup_batch_tables(spark, pipeline, locations)
     current = latest_coverage(spark, locations.coverage)
     master_version = latest_version(spark, locations.master)
-    if not force and current.master_version >= master_version and all(
-        v.name in current.view_versions for v in pipeline.views
+    if (
+        not force
+        and current.master_version >= master_version
+        and all(v.name in current.view_versions for v in pipeline.views)
     ):
         return current, None
     staged = stage_batch(spark, pipeline, locations, master_version=master_version)

@@ -88,14 +88,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=10_000_000, help="rows of the master table (default 10M)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of each case (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each case first (default 1)")
-    parser.add_argument("--files", type=int, default=None,
-                        help="data files of the master table (default: one per 500k rows, at least 2)")
-    parser.add_argument("--workdir", default=None,
-                        help="work directory (default: a fresh temp dir, removed at the end)")
+    parser.add_argument(
+        "--files",
+        type=int,
+        default=None,
+        help="data files of the master table (default: one per 500k rows, at least 2)",
+    )
+    parser.add_argument(
+        "--workdir", default=None, help="work directory (default: a fresh temp dir, removed at the end)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp work directory")
     parser.add_argument("--config", default=None, help="YAML config (default: conf/local.yaml)")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override like the CLI's --set (repeatable)")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override like the CLI's --set (repeatable)",
+    )
     parser.add_argument("--output", default=str(RESULTS_DIR / f"{NAME}.json"), help="JSON results file")
     args = parser.parse_args(argv)
     if args.events < 1000:
@@ -278,8 +288,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         version = build_master(spark, loc, args.events, files)
         build_seconds = time.perf_counter() - t0
-        print(f"master: {args.events:,} rows in {files} files, version {version}, built in {build_seconds:.1f}s",
-              flush=True)
+        print(
+            f"master: {args.events:,} rows in {files} files, version {version}, built in {build_seconds:.1f}s",
+            flush=True,
+        )
 
         cases = make_cases(spark, loc, version)
         names = list(cases)
@@ -310,17 +322,21 @@ def main(argv: list[str] | None = None) -> int:
             "project/hand_nodedup_median": a.median / c.median,
         }
         print()
-        print(f"Batch recompute over {args.events:,} master rows (snapshot version {version}), "
-              f"{args.repeat} timed run(s) per case after {args.warmup} warm-up(s):")
+        print(
+            f"Batch recompute over {args.events:,} master rows (snapshot version {version}), "
+            f"{args.repeat} timed run(s) per case after {args.warmup} warm-up(s):"
+        )
         print_table(results, args.events)
         print()
         print("time ratios (>1 = project slower):")
         for k, v in ratios.items():
             print(f"  {k:<30} {v:6.2f}x")
-        print(f"output check: {'OK' if check['ok'] else 'MISMATCH'} "
-              f"(project {check['project_events']:,} events / {check['project_groups']:,} groups; "
-              f"hand dedup {check['hand_dedup_events']:,} / {check['hand_dedup_groups']:,}; "
-              f"no dedup {check['hand_nodedup_events']:,}; duplicate rows {check['duplicate_rows']:,})")
+        print(
+            f"output check: {'OK' if check['ok'] else 'MISMATCH'} "
+            f"(project {check['project_events']:,} events / {check['project_groups']:,} groups; "
+            f"hand dedup {check['hand_dedup_events']:,} / {check['hand_dedup_groups']:,}; "
+            f"no dedup {check['hand_nodedup_events']:,}; duplicate rows {check['duplicate_rows']:,})"
+        )
 
         out = {
             "benchmark": NAME,
@@ -335,12 +351,22 @@ def main(argv: list[str] | None = None) -> int:
                 "workdir": loc.workdir,
             },
             "environment": environment(spark, settings),
-            "master": {"version": version, "build_seconds": build_seconds, "pages": len(PAGES), "users": USERS,
-                       "tags": TAGS, "duplicate_every": DUPLICATE_EVERY},
+            "master": {
+                "version": version,
+                "build_seconds": build_seconds,
+                "pages": len(PAGES),
+                "users": USERS,
+                "tags": TAGS,
+                "duplicate_every": DUPLICATE_EVERY,
+            },
             "cases": {
-                n: {**asdict(r), "best": r.best, "median": r.median,
+                n: {
+                    **asdict(r),
+                    "best": r.best,
+                    "median": r.median,
                     "events_per_second_best": args.events / r.best,
-                    "events_per_second_median": args.events / r.median}
+                    "events_per_second_median": args.events / r.median,
+                }
                 for n, r in results.items()
             },
             "ratios": ratios,

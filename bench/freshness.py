@@ -72,23 +72,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=2000.0, help="valid events per second (default 2000)")
     parser.add_argument("--seconds", type=float, default=60.0, help="measured production time (default 60)")
-    parser.add_argument("--warmup", type=float, default=5.0,
-                        help="production time before the measured part, not measured (default 5)")
+    parser.add_argument(
+        "--warmup", type=float, default=5.0, help="production time before the measured part, not measured (default 5)"
+    )
     parser.add_argument("--files-per-second", type=float, default=2.0, help="files written per second (default 2)")
     parser.add_argument("--poll-ms", type=float, default=100.0, help="poll interval of the speed table (default 100)")
-    parser.add_argument("--timeout", type=float, default=None,
-                        help="overall limit in seconds once streaming starts (default: warmup + seconds + 120)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="overall limit in seconds once streaming starts (default: warmup + seconds + 120)",
+    )
     parser.add_argument("--seed", type=int, default=7, help="generator seed (default 7)")
     parser.add_argument("--late-fraction", type=float, default=0.05)
     parser.add_argument("--duplicate-fraction", type=float, default=0.03)
     parser.add_argument("--malformed-fraction", type=float, default=0.02)
-    parser.add_argument("--workdir", default=None,
-                        help="work directory (default: a fresh temp dir, removed at the end)")
+    parser.add_argument(
+        "--workdir", default=None, help="work directory (default: a fresh temp dir, removed at the end)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp work directory")
     parser.add_argument("--config", default=None, help="YAML config (default: conf/local.yaml)")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override like the CLI's --set, applied after the defaults "
-                             f"{list(DEFAULT_OVERRIDES)} (repeatable)")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"config override like the CLI's --set, applied after the defaults {list(DEFAULT_OVERRIDES)} (repeatable)",
+    )
     parser.add_argument("--output", default=str(RESULTS_DIR / f"{NAME}.json"), help="JSON results file")
     args = parser.parse_args(argv)
     if args.rate <= 0 or args.seconds <= 0 or args.files_per_second <= 0 or args.warmup < 0 or args.poll_ms <= 0:
@@ -165,8 +175,16 @@ class Produced:
 class Producer(threading.Thread):
     """Writes files at a fixed pace (bounded in count); stops early when ``stop`` is set."""
 
-    def __init__(self, generator: ClickstreamGenerator, landing: str, rate: float, seconds: float, warmup: float,
-                 files_per_second: float, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        generator: ClickstreamGenerator,
+        landing: str,
+        rate: float,
+        seconds: float,
+        warmup: float,
+        files_per_second: float,
+        stop: threading.Event,
+    ) -> None:
         super().__init__(name="producer", daemon=True)
         self.generator, self.landing, self.stop = generator, landing, stop
         self.interval = 1.0 / files_per_second
@@ -334,11 +352,15 @@ def main(argv: list[str] | None = None) -> int:
     loc.ensure_local_dirs()
     print(f"work directory: {loc.workdir}", flush=True)
     print(f"triggers: ingest {settings.ingest.trigger!r}, speed {settings.speed.trigger!r}", flush=True)
-    spark = get_spark(settings.spark, app_name=f"bench-{NAME}",
-                      extra_conf={"spark.sql.streaming.numRecentProgressUpdates": "10000"})
-    generator = ClickstreamGenerator(args.seed, late_fraction=args.late_fraction,
-                                     duplicate_fraction=args.duplicate_fraction,
-                                     malformed_fraction=args.malformed_fraction)
+    spark = get_spark(
+        settings.spark, app_name=f"bench-{NAME}", extra_conf={"spark.sql.streaming.numRecentProgressUpdates": "10000"}
+    )
+    generator = ClickstreamGenerator(
+        args.seed,
+        late_fraction=args.late_fraction,
+        duplicate_fraction=args.duplicate_fraction,
+        malformed_fraction=args.malformed_fraction,
+    )
     queries: list[StreamingQuery] = []
     stop = threading.Event()
     producer: Producer | None = None
@@ -349,8 +371,11 @@ def main(argv: list[str] | None = None) -> int:
         start_ingest(spark, CLICKSTREAM, settings, loc, once=True).awaitTermination()
         coverage, _ = run_batch(spark, CLICKSTREAM, loc)
         covered = coverage.master_version
-        print(f"seed ingested and batch published (coverage = master version {covered}) "
-              f"in {time.perf_counter() - t0:.1f}s", flush=True)
+        print(
+            f"seed ingested and batch published (coverage = master version {covered}) "
+            f"in {time.perf_counter() - t0:.1f}s",
+            flush=True,
+        )
 
         speed_table = loc.speed_partials(PAGE_ACTIVITY.name)
         queries.append(start_speed(spark, CLICKSTREAM, settings, loc))
@@ -361,8 +386,11 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         deadline = started + timeout
         producer.start()
-        print(f"streaming started; producing {producer.per_file} events/file, {args.files_per_second:g} files/s "
-              f"for {args.warmup:g}s warm-up + {args.seconds:g}s measured", flush=True)
+        print(
+            f"streaming started; producing {producer.per_file} events/file, {args.files_per_second:g} files/s "
+            f"for {args.warmup:g}s warm-up + {args.seconds:g}s measured",
+            flush=True,
+        )
 
         mapping: dict[str, int] = {}
         next_mapping = 0.0
@@ -385,8 +413,11 @@ def main(argv: list[str] | None = None) -> int:
                 if not pending:
                     break
             if loop_start >= next_report:
-                print(f"  +{loop_start - started:5.0f}s: {len(producer.files)} files written, speed version "
-                      f"{tracker.version}, newest visible tag {tracker.max_tag}", flush=True)
+                print(
+                    f"  +{loop_start - started:5.0f}s: {len(producer.files)} files written, speed version "
+                    f"{tracker.version}, newest visible tag {tracker.max_tag}",
+                    flush=True,
+                )
                 next_report = loop_start + 10.0
             rest = poll - (time.monotonic() - loop_start)
             if rest > 0:
@@ -407,19 +438,21 @@ def main(argv: list[str] | None = None) -> int:
                 commit = read_commit(loc.master, tag)
                 master_commit[tag] = commit.millis / 1000.0 if commit and commit.millis is not None else None
             m_time = master_commit.get(tag) if tag is not None else None
-            records.append({
-                "file": f.name,
-                "events": f.events,
-                "lines": f.lines,
-                "warmup": f.warmup,
-                "written_at": f.written_at,
-                "tag": tag,
-                "speed_version": seen.speed_version if seen else None,
-                "visible": (seen.commit_time - f.written_at) if seen and seen.commit_time is not None else None,
-                "observed": (seen.observed_at - f.written_at) if seen else None,
-                "ingest": (m_time - f.written_at) if m_time is not None else None,
-                "speed": (seen.commit_time - m_time) if seen and seen.commit_time is not None and m_time else None,
-            })
+            records.append(
+                {
+                    "file": f.name,
+                    "events": f.events,
+                    "lines": f.lines,
+                    "warmup": f.warmup,
+                    "written_at": f.written_at,
+                    "tag": tag,
+                    "speed_version": seen.speed_version if seen else None,
+                    "visible": (seen.commit_time - f.written_at) if seen and seen.commit_time is not None else None,
+                    "observed": (seen.observed_at - f.written_at) if seen else None,
+                    "ingest": (m_time - f.written_at) if m_time is not None else None,
+                    "speed": (seen.commit_time - m_time) if seen and seen.commit_time is not None and m_time else None,
+                }
+            )
         measured = [r for r in records if not r["warmup"]]
         done = [r for r in measured if r["visible"] is not None]
         keys = ("visible", "observed", "ingest", "speed")
@@ -431,8 +464,10 @@ def main(argv: list[str] | None = None) -> int:
         streams = {q.name: progress_stats(q) for q in queries}
 
         print()
-        print(f"Freshness (file written -> its events visible in serving.page_activity), "
-              f"{len(done)}/{len(measured)} measured files (+{len(records) - len(measured)} warm-up files):")
+        print(
+            f"Freshness (file written -> its events visible in serving.page_activity), "
+            f"{len(done)}/{len(measured)} measured files (+{len(records) - len(measured)} warm-up files):"
+        )
         header = f"{'latency, seconds':<44} {'p50':>7} {'p95':>7} {'p99':>7} {'max':>7}"
         print(header)
         print("-" * len(header))
@@ -446,17 +481,25 @@ def main(argv: list[str] | None = None) -> int:
             s = stats[key]
             print(f"{label:<44} {fmt(s['p50'])} {fmt(s['p95'])} {fmt(s['p99'])} {fmt(s['max'])}")
         print()
-        print(f"produced: {produced_events:,} events ({produced_lines:,} lines) in {len(measured)} files over "
-              f"{span:.1f}s = {produced_events / span:,.0f} events/s (target {args.rate:g}); "
-              f"{tags_per_file} ingest commits for them")
-        print(f"triggers: ingest {settings.ingest.trigger!r} (max {settings.ingest.max_files_per_trigger} files), "
-              f"speed {settings.speed.trigger!r}, speed compact_every {settings.speed.compact_every}")
+        print(
+            f"produced: {produced_events:,} events ({produced_lines:,} lines) in {len(measured)} files over "
+            f"{span:.1f}s = {produced_events / span:,.0f} events/s (target {args.rate:g}); "
+            f"{tags_per_file} ingest commits for them"
+        )
+        print(
+            f"triggers: ingest {settings.ingest.trigger!r} (max {settings.ingest.max_files_per_trigger} files), "
+            f"speed {settings.speed.trigger!r}, speed compact_every {settings.speed.compact_every}"
+        )
         for name, s in streams.items():
-            print(f"  {name:<18} {s['batches_with_data']:4d} batches with data, trigger p50 "
-                  f"{s['trigger_ms_p50']:.0f} ms, p95 {s['trigger_ms_p95']:.0f} ms, max {s['trigger_ms_max']:.0f} ms")
+            print(
+                f"  {name:<18} {s['batches_with_data']:4d} batches with data, trigger p50 "
+                f"{s['trigger_ms_p50']:.0f} ms, p95 {s['trigger_ms_p95']:.0f} ms, max {s['trigger_ms_max']:.0f} ms"
+            )
         poll_p50, poll_p95 = (percentile(tracker.poll_seconds, q) * 1000 for q in (50, 95))
-        print(f"poller: {tracker.polls} polls, {tracker.queries} tag queries, poll p50 {poll_p50:.0f} ms, "
-              f"p95 {poll_p95:.0f} ms")
+        print(
+            f"poller: {tracker.polls} polls, {tracker.queries} tag queries, poll p50 {poll_p50:.0f} ms, "
+            f"p95 {poll_p95:.0f} ms"
+        )
         if timed_out:
             print(f"WARNING: timed out after {timeout:.0f}s; {len(measured) - len(done)} files never became visible")
 
@@ -474,9 +517,12 @@ def main(argv: list[str] | None = None) -> int:
                 "timeout": timeout,
                 "overrides": overrides,
                 "workdir": loc.workdir,
-                "generator": {"seed": args.seed, "late_fraction": args.late_fraction,
-                              "duplicate_fraction": args.duplicate_fraction,
-                              "malformed_fraction": args.malformed_fraction},
+                "generator": {
+                    "seed": args.seed,
+                    "late_fraction": args.late_fraction,
+                    "duplicate_fraction": args.duplicate_fraction,
+                    "malformed_fraction": args.malformed_fraction,
+                },
             },
             "settings": {
                 "ingest_trigger": settings.ingest.trigger,
@@ -493,12 +539,20 @@ def main(argv: list[str] | None = None) -> int:
             "files_written_warmup": len(records) - len(measured),
             "timed_out": timed_out,
             "drained_after_seconds": drained_after,
-            "produced": {"events": produced_events, "lines": produced_lines, "span_seconds": span,
-                         "events_per_second": produced_events / span if span else math.nan,
-                         "ingest_commits": tags_per_file},
+            "produced": {
+                "events": produced_events,
+                "lines": produced_lines,
+                "span_seconds": span,
+                "events_per_second": produced_events / span if span else math.nan,
+                "ingest_commits": tags_per_file,
+            },
             "streams": streams,
-            "poller": {"polls": tracker.polls, "tag_queries": tracker.queries,
-                       "poll_ms_p50": poll_p50, "poll_ms_p95": poll_p95},
+            "poller": {
+                "polls": tracker.polls,
+                "tag_queries": tracker.queries,
+                "poll_ms_p50": poll_p50,
+                "poll_ms_p95": poll_p95,
+            },
             "tags": {str(t): asdict(s) for t, s in sorted(tracker.seen.items())},
             "files": records,
         }

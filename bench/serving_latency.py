@@ -66,20 +66,28 @@ QUERY = "SELECT page, sum(events) AS events FROM {view} GROUP BY page"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000, help="valid events in total (default 200000)")
-    parser.add_argument("--batch-share", type=float, default=0.8,
-                        help="share of the events covered by the batch layer (default 0.8)")
+    parser.add_argument(
+        "--batch-share", type=float, default=0.8, help="share of the events covered by the batch layer (default 0.8)"
+    )
     parser.add_argument("--batch-files", type=int, default=4, help="files of the batch-covered part (default 4)")
-    parser.add_argument("--speed-files", type=int, default=5,
-                        help="files of the speed part, one ingest commit each (default 5)")
+    parser.add_argument(
+        "--speed-files", type=int, default=5, help="files of the speed part, one ingest commit each (default 5)"
+    )
     parser.add_argument("--queries", type=int, default=30, help="timed runs of each case (default 30)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs of each case first (default 3)")
     parser.add_argument("--seed", type=int, default=11, help="generator seed (default 11)")
-    parser.add_argument("--workdir", default=None,
-                        help="work directory (default: a fresh temp dir, removed at the end)")
+    parser.add_argument(
+        "--workdir", default=None, help="work directory (default: a fresh temp dir, removed at the end)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp work directory")
     parser.add_argument("--config", default=None, help="YAML config (default: conf/local.yaml)")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override like the CLI's --set (repeatable)")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override like the CLI's --set (repeatable)",
+    )
     parser.add_argument("--output", default=str(RESULTS_DIR / f"{NAME}.json"), help="JSON results file")
     args = parser.parse_args(argv)
     if args.events < 100 or not 0.0 < args.batch_share < 1.0:
@@ -124,13 +132,17 @@ def prepare(spark: SparkSession, settings: Settings, loc: Locations, args: argpa
     generator.write(loc.landing, batch_events, files=args.batch_files)
     start_ingest(spark, CLICKSTREAM, settings, loc, once=True).awaitTermination()
     coverage, _ = run_batch(spark, CLICKSTREAM, loc)
-    print(f"  batch part: {batch_events:,} events ingested, coverage = master version {coverage.master_version} "
-          f"(+{time.perf_counter() - t0:.0f}s)", flush=True)
+    print(
+        f"  batch part: {batch_events:,} events ingested, coverage = master version {coverage.master_version} "
+        f"(+{time.perf_counter() - t0:.0f}s)",
+        flush=True,
+    )
 
     # One landing file per ingest micro-batch (= one master commit, one tag) and one master file per speed
     # micro-batch: maxFilesPerTrigger is a read option, so changing it between runs keeps the checkpoints valid.
-    one_by_one = load_settings(args.config, [*args.override, "ingest.max_files_per_trigger=1",
-                                             "speed.max_files_per_trigger=1"])
+    one_by_one = load_settings(
+        args.config, [*args.override, "ingest.max_files_per_trigger=1", "speed.max_files_per_trigger=1"]
+    )
     generator.write(loc.landing, speed_events, files=args.speed_files)
     start_ingest(spark, CLICKSTREAM, one_by_one, loc, once=True).awaitTermination()
     start_speed(spark, CLICKSTREAM, one_by_one, loc, once=True).awaitTermination()
@@ -143,13 +155,17 @@ def prepare(spark: SparkSession, settings: Settings, loc: Locations, args: argpa
         "master_version": latest_version(spark, loc.master),
         "speed_table_version": latest_version(spark, speed_table),
         "speed_table_files": int(speed_files.numFiles),
-        "batch_view_files": int(spark.sql(
-            f"DESCRIBE DETAIL {sql_path(loc.batch_view(PAGE_ACTIVITY.name))}").first().numFiles),
+        "batch_view_files": int(
+            spark.sql(f"DESCRIBE DETAIL {sql_path(loc.batch_view(PAGE_ACTIVITY.name))}").first().numFiles
+        ),
         "prepare_seconds": time.perf_counter() - t0,
     }
-    print(f"  speed part: {speed_events:,} events in master versions {coverage.master_version + 1}.."
-          f"{info['master_version']}, speed table version {info['speed_table_version']} "
-          f"({info['speed_table_files']} files) (+{info['prepare_seconds']:.0f}s)", flush=True)
+    print(
+        f"  speed part: {speed_events:,} events in master versions {coverage.master_version + 1}.."
+        f"{info['master_version']}, speed table version {info['speed_table_version']} "
+        f"({info['speed_table_files']} files) (+{info['prepare_seconds']:.0f}s)",
+        flush=True,
+    )
     return info
 
 
@@ -189,8 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch": (sql["batch"], lambda: spark.sql(sql["batch"]).collect()),
             "refresh": ("ServingLayer.refresh()", serving.refresh),
             "speed": (sql["speed"], lambda: spark.sql(sql["speed"]).collect()),
-            "query_api": (f"ServingLayer.query({sql['serving']!r})",
-                          lambda: serving.query(sql["serving"]).collect()),
+            "query_api": (f"ServingLayer.query({sql['serving']!r})", lambda: serving.query(sql["serving"]).collect()),
         }
         names = list(cases)
         for _ in range(args.warmup):
@@ -205,8 +220,10 @@ def main(argv: list[str] | None = None) -> int:
                 seconds[n].append(time.perf_counter() - t)
 
         # Sanity: the merged view counts every master event once (batch + speed, no overlap).
-        totals = {layer: int(spark.sql(f"SELECT coalesce(sum(events), 0) FROM {layer}.{view}").first()[0])
-                  for layer in ("serving", "batch", "speed")}
+        totals = {
+            layer: int(spark.sql(f"SELECT coalesce(sum(events), 0) FROM {layer}.{view}").first()[0])
+            for layer in ("serving", "batch", "speed")
+        }
         master_rows = int(spark.sql(f"SELECT count(*) FROM {sql_path(loc.master)}").first()[0])
         ok = totals["serving"] == totals["batch"] + totals["speed"] == master_rows
         pinned = serving.pinned[view]
@@ -217,24 +234,32 @@ def main(argv: list[str] | None = None) -> int:
             "merged/batch_p95": stats["merged"]["p95"] / stats["batch"]["p95"],
         }
         print()
-        print(f"Serving latency over {args.events:,} events ({prepared['batch_events']:,} batch-covered, "
-              f"{prepared['speed_events']:,} in speed), {args.queries} timed runs per case "
-              f"after {args.warmup} warm-up(s):")
+        print(
+            f"Serving latency over {args.events:,} events ({prepared['batch_events']:,} batch-covered, "
+            f"{prepared['speed_events']:,} in speed), {args.queries} timed runs per case "
+            f"after {args.warmup} warm-up(s):"
+        )
         header = f"{'case':<10} {'p50 ms':>9} {'p95 ms':>9} {'min ms':>9} {'mean ms':>9} {'max ms':>9}  what"
         print(header)
         print("-" * len(header))
         for n in names:
             s = stats[n]
             what = cases[n][0]
-            print(f"{n:<10} {s['p50']:>9.1f} {s['p95']:>9.1f} {s['min']:>9.1f} {s['mean']:>9.1f} {s['max']:>9.1f}  "
-                  f"{what[:70]}")
+            print(
+                f"{n:<10} {s['p50']:>9.1f} {s['p95']:>9.1f} {s['min']:>9.1f} {s['mean']:>9.1f} {s['max']:>9.1f}  "
+                f"{what[:70]}"
+            )
         print()
         print(f"merged/batch: p50 {ratios['merged/batch_p50']:.2f}x, p95 {ratios['merged/batch_p95']:.2f}x")
-        print(f"pinned: coverage master version {pinned.coverage.master_version}, batch view version "
-              f"{pinned.batch_version}, speed table version {pinned.speed_version} "
-              f"({prepared['speed_table_files']} speed files, {prepared['batch_view_files']} batch-view files)")
-        print(f"totals check: {'OK' if ok else 'MISMATCH'} (serving {totals['serving']:,} = batch "
-              f"{totals['batch']:,} + speed {totals['speed']:,}; master rows {master_rows:,})")
+        print(
+            f"pinned: coverage master version {pinned.coverage.master_version}, batch view version "
+            f"{pinned.batch_version}, speed table version {pinned.speed_version} "
+            f"({prepared['speed_table_files']} speed files, {prepared['batch_view_files']} batch-view files)"
+        )
+        print(
+            f"totals check: {'OK' if ok else 'MISMATCH'} (serving {totals['serving']:,} = batch "
+            f"{totals['batch']:,} + speed {totals['speed']:,}; master rows {master_rows:,})"
+        )
 
         out = {
             "benchmark": NAME,
@@ -253,8 +278,11 @@ def main(argv: list[str] | None = None) -> int:
             },
             "environment": environment(spark, settings),
             "prepared": prepared,
-            "pinned": {"coverage_master_version": pinned.coverage.master_version,
-                       "batch_version": pinned.batch_version, "speed_version": pinned.speed_version},
+            "pinned": {
+                "coverage_master_version": pinned.coverage.master_version,
+                "batch_version": pinned.batch_version,
+                "speed_version": pinned.speed_version,
+            },
             "cases": {n: {"what": cases[n][0], "ms": stats[n], "seconds": seconds[n]} for n in names},
             "ratios": ratios,
             "totals_check": {"ok": ok, **totals, "master_rows": master_rows},

@@ -10,6 +10,7 @@ input lines always equals master rows plus quarantine rows.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -134,8 +135,9 @@ class IngestBatch:
             if not counts:  # a no-data batch (the watermark moved): nothing to write
                 return
             app_id = self.app_id.get(self.spark)
+            writes = []
             if counts.get(True):
-                self._append_master(routed.filter(F.col(REASON).isNull()), app_id, batch_id)
+                writes.append(lambda: self._append_master(routed.filter(F.col(REASON).isNull()), app_id, batch_id))
             if counts.get(False):
                 quarantine = routed.filter(F.col(REASON).isNotNull()).select(
                     RAW,
@@ -144,7 +146,11 @@ class IngestBatch:
                     F.lit(batch_id).cast("long").alias("ingest_batch"),
                     F.col(INGESTED_AT).alias("quarantined_at"),
                 )
-                idempotent_append(quarantine, self.locations.quarantine, app_id, batch_id)
+                writes.append(lambda: idempotent_append(quarantine, self.locations.quarantine, app_id, batch_id))
+            # Two independent, idempotent commits: small Delta commits are latency-bound, so overlap them.
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                for future in [pool.submit(write) for write in writes]:
+                    future.result()
         finally:
             routed.unpersist()
 
@@ -152,7 +158,9 @@ class IngestBatch:
         # Only this job writes master, so the next commit's version is known before writing.
         before = latest_version(self.spark, self.locations.master)
         tagged = events.withColumn(INGEST_TAG, F.lit(before + 1).cast("long"))
-        idempotent_append(tagged.select(*self.source.master_schema.fieldNames()), self.locations.master, app_id, batch_id)
+        idempotent_append(
+            tagged.select(*self.source.master_schema.fieldNames()), self.locations.master, app_id, batch_id
+        )
         after = latest_version(self.spark, self.locations.master)
         if after not in (before, before + 1):
             raise LambdaError(

@@ -171,6 +171,6 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = ())
             message = "unknown key; check its spelling against conf/local.yaml"
         else:
             message = first["msg"].removeprefix("Value error, ")
-            if "input" in first and first["type"] != "missing":
+            if "input" in first and first["type"] != "missing" and "got " not in message:
                 message += f" (got {first['input']!r})"
         raise ConfigError(source, key, message) from None

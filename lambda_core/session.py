@@ -120,6 +120,9 @@ def get_spark(
     if active is not None:
         return active
     check_java()
+    if settings.master.startswith("local"):
+        # Local runs talk to loopback only (and skip the "hostname resolves to a loopback address" warning).
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     wanted = required_packages(packages)
     conf: dict[str, str] = {
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -133,7 +136,6 @@ def get_spark(
         ),
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.streaming.forceDeleteTempCheckpointLocation": "true",
-        "spark.driver.extraJavaOptions": "-Dlog4j2.level=WARN",
     }
     conf.update(settings.conf)
     conf.update(extra_conf or {})
@@ -144,8 +146,7 @@ def get_spark(
         if cached:
             conf["spark.jars"] = ",".join(cached)
         else:
-            print(f"Resolving JVM packages {', '.join(wanted)} from Maven Central (first run only)...",
-                  file=sys.stderr)
+            print(f"Resolving JVM packages {', '.join(wanted)} from Maven Central (first run only)...", file=sys.stderr)
             conf["spark.jars.packages"] = ",".join(wanted)
     builder = SparkSession.builder.master(settings.master).appName(app_name or settings.app_name)
     for key, value in conf.items():
@@ -172,6 +173,5 @@ def _check_delta(spark: SparkSession) -> None:
         DeltaTable.isDeltaTable(spark, "file:///nonexistent-lambda-pipeline-probe")
     except Exception:
         raise EnvironmentProblem(
-            f"the Delta Lake jars are not on Spark's classpath; under spark-submit pass "
-            f"--packages {DELTA_COORDINATE}"
+            f"the Delta Lake jars are not on Spark's classpath; under spark-submit pass --packages {DELTA_COORDINATE}"
         ) from None

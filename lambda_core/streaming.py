@@ -6,13 +6,14 @@ import json
 import posixpath
 import signal
 import threading
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
 
-__all__ = ["CheckpointAppId", "idempotent_append", "run_until_stopped", "with_trigger"]
+__all__ = ["CheckpointAppId", "idempotent_append", "run_until_stopped", "stop_between_batches", "with_trigger"]
 
 
 def with_trigger(writer: DataStreamWriter, interval: str, *, once: bool) -> DataStreamWriter:
@@ -39,13 +40,20 @@ class CheckpointAppId:
 
 def idempotent_append(frame: DataFrame, path: str, app_id: str, batch_id: int) -> None:
     """Append once per (app id, batch id): a replayed micro-batch is skipped by Delta itself."""
-    (
-        frame.write.format("delta")
-        .mode("append")
-        .option("txnAppId", app_id)
-        .option("txnVersion", batch_id)
-        .save(path)
-    )
+    (frame.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", batch_id).save(path))
+
+
+def stop_between_batches(query: StreamingQuery, timeout: float = 60.0) -> None:
+    """Stop a query when no micro-batch is running (bounded wait), then stop it regardless.
+
+    Interrupting a running micro-batch is safe for the data (the checkpoint and
+    idempotent commits replay it), but Spark can fail noisily while unwinding it.
+    """
+    deadline = time.monotonic() + timeout
+    while query.isActive and query.status.get("isTriggerActive") and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling the query's own status, bounded by the deadline
+    if query.isActive:
+        query.stop()
 
 
 def run_until_stopped(queries: list[StreamingQuery], *, once: bool) -> None:
@@ -60,8 +68,7 @@ def run_until_stopped(queries: list[StreamingQuery], *, once: bool) -> None:
         while not stop.is_set() and all(q.isActive for q in queries):
             stop.wait(1.0)
         for query in queries:
-            if query.isActive:
-                query.stop()
+            stop_between_batches(query)
         for query in queries:
             if query.exception() is not None:
                 raise query.exception()  # type: ignore[misc]

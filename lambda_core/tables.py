@@ -115,9 +115,7 @@ def sql_path(path: str) -> str:
     return "delta.`" + path.replace("`", "``") + "`"
 
 
-def ensure_table(
-    spark: SparkSession, path: str, schema: T.StructType, partition_by: tuple[str, ...] = ()
-) -> None:
+def ensure_table(spark: SparkSession, path: str, schema: T.StructType, partition_by: tuple[str, ...] = ()) -> None:
     """Create the Delta table at ``path`` if absent (version 0, empty)."""
     from delta.tables import DeltaTable
 
@@ -190,8 +188,9 @@ def latest_coverage(spark: SparkSession, path: str, version: int | None = None) 
     result = (
         Coverage.none()
         if row is None
-        else Coverage(row.run_id, int(row.master_version), dict(row.view_versions), int(row.master_events),
-                      row.published_at)
+        else Coverage(
+            row.run_id, int(row.master_version), dict(row.view_versions), int(row.master_events), row.published_at
+        )
     )
     _coverage_cache[(path, table_id, version)] = result
     return result

@@ -85,7 +85,9 @@ class EventSource:
         names = set(self.schema.fieldNames())
         for role, column in (("id_column", self.id_column), ("time_column", self.time_column)):
             if column not in names:
-                raise ViewDefinitionError(f"source '{self.name}': {role} '{column}' is not in its schema {sorted(names)}")
+                raise ViewDefinitionError(
+                    f"source '{self.name}': {role} '{column}' is not in its schema {sorted(names)}"
+                )
         if not isinstance(self.schema[self.time_column].dataType, T.TimestampType):
             raise ViewDefinitionError(f"source '{self.name}': time_column '{self.time_column}' must be a timestamp")
         clash = names & _RESERVED
@@ -132,9 +134,7 @@ class TumblingWindow:
 
     def start_sql(self) -> str:
         # Arithmetic rather than window(): one expression usable in SQL views and DataFrames alike.
-        return (
-            f"timestamp_seconds(floor(unix_seconds({_quote(self.column)}) / {self.seconds}) * {self.seconds})"
-        )
+        return f"timestamp_seconds(floor(unix_seconds({_quote(self.column)}) / {self.seconds}) * {self.seconds})"
 
     def end_sql(self) -> str:
         return f"{self.start_sql()} + make_dt_interval(0, 0, 0, {self.seconds})"
@@ -275,7 +275,9 @@ class View:
         columns = self.source.schema.fieldNames()
         for key in self.keys:
             if key not in columns:
-                raise ViewDefinitionError(f"{where}: key '{key}' is not a column of source '{self.source.name}' {columns}")
+                raise ViewDefinitionError(
+                    f"{where}: key '{key}' is not a column of source '{self.source.name}' {columns}"
+                )
         if self.window.column not in columns:
             raise ViewDefinitionError(f"{where}: window column '{self.window.column}' is not in {columns}")
         if not isinstance(self.source.column_type(self.window.column), T.TimestampType):
@@ -288,8 +290,11 @@ class View:
                 hint = _NOT_MERGEABLE.get(str(aggregate).lower())
                 raise ViewDefinitionError(
                     f"{where}: measure '{measure}' is {aggregate!r}, which is not a mergeable aggregate"
-                    + (f"; {hint}" if hint else "; use count, sum_of, min_of, max_of, avg_of, "
-                       "approx_distinct or approx_quantile")
+                    + (
+                        f"; {hint}"
+                        if hint
+                        else "; use count, sum_of, min_of, max_of, avg_of, approx_distinct or approx_quantile"
+                    )
                 )
             if not _IDENTIFIER.match(measure):
                 raise ViewDefinitionError(f"{where}: measure name {measure!r} must be an identifier")

@@ -39,7 +39,11 @@ class Context:
         from pipelines.registry import get_pipeline
 
         settings = load_settings(args.config, args.overrides)
-        return cls(settings, Locations.create(settings, args.workdir), get_pipeline(settings.pipeline, str(args.config or "config")))
+        return cls(
+            settings,
+            Locations.create(settings, args.workdir),
+            get_pipeline(settings.pipeline, str(args.config or "config")),
+        )
 
     @property
     def spark(self) -> SparkSession:
@@ -54,7 +58,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config file (default: conf/local.yaml)")
     parser.add_argument("--workdir", help="root of tables, checkpoints and landing folder (default: config 'workdir')")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config value, e.g. --set speed.trigger='2 seconds' (repeatable)",
     )
 
@@ -68,8 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     speed = verbs.add_parser("speed", help="maintain the speed layer's partials for uncovered events")
     speed.add_argument("--once", action="store_true", help="catch up with the master table, then stop")
     batch = verbs.add_parser("batch", help="recompute and publish the batch views")
-    batch.add_argument("--every", nargs="?", const="config", metavar="DURATION",
-                       help="run repeatedly; without a value, every batch.interval of the config")
+    batch.add_argument(
+        "--every",
+        nargs="?",
+        const="config",
+        metavar="DURATION",
+        help="run repeatedly; without a value, every batch.interval of the config",
+    )
     batch.add_argument("--force", action="store_true", help="recompute even if master has not changed")
     query = verbs.add_parser("query", help="read-only SQL over serving.*, batch.*, speed.*, master.*")
     query.add_argument("sql", help='e.g. "SELECT * FROM serving.page_activity ORDER BY window_start DESC"')

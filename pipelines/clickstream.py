@@ -7,7 +7,7 @@ from pyspark.sql import types as T
 from lambda_core.pipeline import Pipeline
 from lambda_core.views import EventSource, TumblingWindow, View, approx_distinct, count, max_of, sum_of
 
-__all__ = ["CLICKSTREAM", "CLICKS", "PAGE_ACTIVITY"]
+__all__ = ["CLICKS", "CLICKSTREAM", "PAGE_ACTIVITY"]
 
 CLICKS = EventSource(
     name="clicks",

@@ -91,9 +91,12 @@ def _report(ctx: Context, serving, malformed: Counter[str]) -> None:
         f"FROM master.{tables.quarantine} GROUP BY 1 ORDER BY 2 DESC"
     ).show(truncate=False)
     prov = serving.provenance("page_activity")
+    lag = "n/a" if prov.freshness_lag_seconds is None else f"{prov.freshness_lag_seconds:.1f}s"
     print(
         f"provenance: batch covers master versions <= {prov.covered_master_version}; speed tags "
         f"{prov.uncovered_tags}; newest ingested at {prov.newest_ingested_at}; "
-        f"freshness lag {prov.freshness_lag_seconds if prov.freshness_lag_seconds is None else round(prov.freshness_lag_seconds, 1)}s"
+        f"freshness lag {lag}"
     )
-    print(f'\nTry: lambda-pipeline query "SELECT * FROM serving.page_activity LIMIT 5" --workdir {ctx.locations.workdir}')
+    print(
+        f'\nTry: lambda-pipeline query "SELECT * FROM serving.page_activity LIMIT 5" --workdir {ctx.locations.workdir}'
+    )

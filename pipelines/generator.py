@@ -16,12 +16,32 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-__all__ = ["ClickstreamGenerator", "GeneratedFile", "MALFORMED_KINDS"]
+__all__ = ["MALFORMED_KINDS", "ClickstreamGenerator", "GeneratedFile"]
 
 PAGES = tuple(
-    f"/{p}" for p in ("home", "search", "cart", "checkout", "product/1", "product/2", "product/3", "product/4",
-                      "blog", "about", "help", "login", "signup", "account", "orders", "deals", "news", "careers",
-                      "contact", "terms")
+    f"/{p}"
+    for p in (
+        "home",
+        "search",
+        "cart",
+        "checkout",
+        "product/1",
+        "product/2",
+        "product/3",
+        "product/4",
+        "blog",
+        "about",
+        "help",
+        "login",
+        "signup",
+        "account",
+        "orders",
+        "deals",
+        "news",
+        "careers",
+        "contact",
+        "terms",
+    )
 )
 MALFORMED_KINDS = ("truncated_json", "wrong_type", "missing_field", "bad_time", "not_an_object", "empty_line")
 
@@ -52,7 +72,11 @@ class ClickstreamGenerator:
         pages: tuple[str, ...] = PAGES,
         prefix: str = "clicks",
     ) -> None:
-        for name, value in (("late", late_fraction), ("duplicate", duplicate_fraction), ("malformed", malformed_fraction)):
+        for name, value in (
+            ("late", late_fraction),
+            ("duplicate", duplicate_fraction),
+            ("malformed", malformed_fraction),
+        ):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name}_fraction must be within [0, 1), got {value}")
         self.rng = random.Random(seed)

@@ -105,8 +105,9 @@ class ServingLayer:
     # ---- registration ---------------------------------------------------------------
 
     def _database(self, name: str) -> None:
-        location = f"{self.locations.warehouse}/_catalog/{name}.db"
-        self.spark.sql(f"CREATE DATABASE IF NOT EXISTS {name} LOCATION '{location}'")
+        if not self.spark.catalog.databaseExists(name):
+            location = f"{self.locations.warehouse}/_catalog/{name}.db"
+            self.spark.sql(f"CREATE DATABASE IF NOT EXISTS {name} LOCATION '{location}'")
 
     def _view(self, qualified: str, sql: str) -> None:
         self.spark.sql(f"CREATE OR REPLACE VIEW {qualified} AS {sql}")
@@ -184,7 +185,9 @@ class ServingLayer:
         view = self.pipeline.view(view_name)
         pinned = self.pinned.get(view_name) or self.refresh()[view_name]
         _, speed = self.states_sql(view, pinned)
-        speed_sql = speed.replace(f"SELECT {view.state_select()}", f"SELECT {INGEST_TAG}, {INGESTED_AT_MAX}, window_start", 1)
+        speed_sql = speed.replace(
+            f"SELECT {view.state_select()}", f"SELECT {INGEST_TAG}, {INGESTED_AT_MAX}, window_start", 1
+        )
         stats = self.spark.sql(
             f"SELECT min({INGEST_TAG}) AS lo, max({INGEST_TAG}) AS hi, max({INGESTED_AT_MAX}) AS newest, "
             f"max(window_start) AS newest_window FROM ({speed_sql})"

@@ -68,13 +68,13 @@ class SpeedBatch:
     def __call__(self, events: DataFrame, batch_id: int) -> None:
         app_id = self.app_id.get(self.spark)
         covered = latest_coverage(self.spark, self.locations.coverage).master_version
-        events.persist()
+        uncovered = events.filter(F.col(INGEST_TAG) > covered).persist()
         try:
-            for name, partials in speed_partials(events, self.pipeline, covered).items():
-                if not partials.isEmpty():
+            if uncovered.count():  # fills the cache every view then reads; no empty commits
+                for name, partials in speed_partials(uncovered, self.pipeline, covered).items():
                     idempotent_append(partials, self.locations.speed_partials(name), app_id, batch_id)
         finally:
-            events.unpersist()
+            uncovered.unpersist()
         if covered > self.purged_through:
             purge_covered(self.spark, self.pipeline, self.locations, covered)
             self.purged_through = covered

@@ -15,6 +15,7 @@ import pytest
 
 from batch_layer.job import run_batch
 from ingestion.job import start_ingest
+from lambda_core.streaming import stop_between_batches
 from pipelines.clickstream import CLICKSTREAM
 from pipelines.generator import ClickstreamGenerator
 from serving_layer.catalog import ServingLayer
@@ -30,11 +31,17 @@ def _probe(spark, serving: ServingLayer, locations) -> int:
     covered = pinned.coverage.master_version
     speed_tags = [
         r.ingest_tag
-        for r in spark.read.format("delta").option("versionAsOf", pinned.speed_version)
-        .load(locations.speed_partials("page_activity")).filter(f"ingest_tag > {covered}")
-        .select("ingest_tag").distinct().collect()
+        for r in spark.read.format("delta")
+        .option("versionAsOf", pinned.speed_version)
+        .load(locations.speed_partials("page_activity"))
+        .filter(f"ingest_tag > {covered}")
+        .select("ingest_tag")
+        .distinct()
+        .collect()
     ]
-    in_view = f"ingest_tag <= {covered}" + (f" OR ingest_tag IN ({', '.join(map(str, speed_tags))})" if speed_tags else "")
+    in_view = f"ingest_tag <= {covered}" + (
+        f" OR ingest_tag IN ({', '.join(map(str, speed_tags))})" if speed_tags else ""
+    )
     # Sketches of the same users merged in another order: allow HLL's tiny union error.
     assert_same_view(got, recompute(spark, locations.master, in_view), users_tolerance=0.02)
     return sum(r["events"] for r in got.values())
@@ -61,8 +68,8 @@ def test_serving_is_exact_during_streaming_and_converges(spark, settings, locati
         ingest.processAllAvailable()
         speed.processAllAvailable()
     finally:
-        ingest.stop()
-        speed.stop()
+        stop_between_batches(ingest)
+        stop_between_batches(speed)
     assert published >= 2
     assert visible[-1] > 0 and visible == sorted(visible), "the served count must only grow while ingesting"
 
@@ -77,6 +84,7 @@ def test_serving_is_exact_during_streaming_and_converges(spark, settings, locati
     # A final batch moves everything to the batch layer without changing the answer.
     run_batch(spark, CLICKSTREAM, locations)
     assert _probe(spark, serving, locations) == len(generated)
-    share = spark.sql("SELECT (SELECT sum(events) FROM batch.page_activity) b, "
-                      "(SELECT count(*) FROM speed.page_activity) s").first()
+    share = spark.sql(
+        "SELECT (SELECT sum(events) FROM batch.page_activity) b, (SELECT count(*) FROM speed.page_activity) s"
+    ).first()
     assert share.b == len(generated) and share.s == 0

@@ -89,5 +89,7 @@ def test_every_line_reconciles_and_tags_are_commit_versions(spark, settings, loc
     # Each ingest run made one master commit, and its rows carry that commit's version.
     tags = sorted(r.ingest_tag for r in master.select("ingest_tag").distinct().collect())
     assert tags == [1, 2] and latest_version(spark, locations.master) == 2
-    quarantined_files = {r.source_file.rsplit("/", 1)[-1] for r in quarantine.select("source_file").distinct().collect()}
+    quarantined_files = {
+        r.source_file.rsplit("/", 1)[-1] for r in quarantine.select("source_file").distinct().collect()
+    }
     assert quarantined_files <= {f.path.name for f in files}

@@ -45,12 +45,15 @@ def test_replayed_speed_and_ingest_batches_write_nothing_twice(spark, settings, 
     start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
     start_speed(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
 
-    assert all(Path(locations.checkpoint(j), "commits", str(b)).exists()
-               for j, b in zip(("speed", "ingest"), replayed, strict=True)), "the batches were not replayed"
+    assert all(
+        Path(locations.checkpoint(j), "commits", str(b)).exists()
+        for j, b in zip(("speed", "ingest"), replayed, strict=True)
+    ), "the batches were not replayed"
     assert spark.read.format("delta").load(locations.master).count() == before_master
     assert latest_version(spark, locations.master) == master_version
     assert_df_equality(
-        _sorted_rows(spark, partials), spark.createDataFrame(before_speed, _sorted_rows(spark, partials).schema),
+        _sorted_rows(spark, partials),
+        spark.createDataFrame(before_speed, _sorted_rows(spark, partials).schema),
         ignore_row_order=True,
     )
 
@@ -63,8 +66,11 @@ def test_speed_restarted_between_micro_batches_converges(spark, settings, locati
         start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
         start_speed(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()  # stop, then restart
     serving.refresh()
-    assert_same_view(by_key(spark.sql("SELECT * FROM serving.page_activity")), recompute(spark, locations.master),
-                     users_tolerance=0.0)
+    assert_same_view(
+        by_key(spark.sql("SELECT * FROM serving.page_activity")),
+        recompute(spark, locations.master),
+        users_tolerance=0.0,
+    )
 
 
 def test_batch_killed_before_publishing_leaves_previous_view_served(spark, settings, locations) -> None:
@@ -80,17 +86,25 @@ def test_batch_killed_before_publishing_leaves_previous_view_served(spark, setti
     start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
     staged = stage_batch(spark, CLICKSTREAM, locations)  # the crash: views written, coverage not appended
     batch_table = locations.batch_view("page_activity")
-    assert latest_version(spark, batch_table) == staged.view_versions["page_activity"] > published.view_versions[
-        "page_activity"]
+    assert (
+        latest_version(spark, batch_table)
+        == staged.view_versions["page_activity"]
+        > published.view_versions["page_activity"]
+    )
 
     pinned = serving.refresh()["page_activity"]
-    assert pinned.coverage.run_id == published.run_id and pinned.batch_version == published.view_versions["page_activity"]
+    assert (
+        pinned.coverage.run_id == published.run_id and pinned.batch_version == published.view_versions["page_activity"]
+    )
     assert by_key(spark.sql("SELECT * FROM batch.page_activity")) == served_before
     # Nothing is lost meanwhile: the speed layer serves what the unpublished batch would have covered.
     start_speed(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
     serving.refresh()
-    assert_same_view(by_key(spark.sql("SELECT * FROM serving.page_activity")), recompute(spark, locations.master),
-                     users_tolerance=0.02)
+    assert_same_view(
+        by_key(spark.sql("SELECT * FROM serving.page_activity")),
+        recompute(spark, locations.master),
+        users_tolerance=0.02,
+    )
     # Publishing the staged run later is the atomic switch.
     publish(spark, locations, staged)
     assert latest_coverage(spark, locations.coverage).run_id == staged.run_id

@@ -1,0 +1,56 @@
+"""The command line as a user meets it: clear errors without Spark, and the demo end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
+    conf = tmp_path / "bad.yaml"
+    conf.write_text("speed:\n  trigger: fast\n")
+    result = run_cli("batch", "--config", str(conf), timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: {conf}: key 'speed.trigger': expected a duration like '1 second', '500 ms' or '5 minutes', got 'fast'"
+    )
+
+
+def test_bad_override_names_the_key() -> None:
+    result = run_cli("query", "SELECT 1", "--set", "spark.shuffle_partitions=-1", timeout=60)
+    assert result.returncode == 2 and "key 'spark.shuffle_partitions'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.integration
+def test_demo_runs_end_to_end_and_reruns(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    first = run_cli("demo", "--events", "600", "--seed", "4", "--workdir", str(workdir))
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "batch layer :       480" in first.stdout
+    assert "speed layer :       120" in first.stdout
+    assert "merged      :       600" in first.stdout
+    again = run_cli("demo", "--events", "100", "--seed", "5", "--workdir", str(workdir))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "merged      :       700" in again.stdout
+    query = run_cli(
+        "query", "SELECT sum(events) AS n FROM serving.page_activity", "--format", "csv", "--workdir", str(workdir)
+    )
+    assert query.returncode == 0 and query.stdout.splitlines() == ["n", "700"]
