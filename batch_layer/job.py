@@ -38,16 +38,34 @@ if TYPE_CHECKING:
 __all__ = ["StagedBatch", "deduplicate", "publish", "run_batch", "setup_batch_tables", "stage_batch"]
 
 
-def deduplicate(events: DataFrame, source: EventSource) -> DataFrame:
+BROADCAST_REPEATS = 2_000_000
+"""Up to this many repeated id hashes are broadcast (16 MB): no shuffle of the snapshot at all."""
+
+
+def repeated_ids(events: DataFrame, source: EventSource) -> DataFrame:
+    """64-bit hashes of the event ids that occur more than once: a narrow, fixed-width aggregation."""
+    return (
+        events.select(F.xxhash64(source.id_column).alias("_h"))
+        .groupBy("_h")
+        .count()
+        .filter(F.col("count") > 1)
+        .select("_h", F.lit(True).alias("_rep"))
+    )
+
+
+def deduplicate(
+    events: DataFrame, source: EventSource, repeats: DataFrame | None = None, *, broadcast: bool = False
+) -> DataFrame:
     """Exactly one row per event id: the copy with the smallest ingest tag.
 
-    Ingest already drops duplicates within its horizon, so repeats are rare. Find
-    candidate ids by a 64-bit hash (a cheap fixed-width aggregation), then settle
-    only those rows exactly by the id itself; the rest pass through untouched.
+    Ingest already drops repeats within its horizon, so they are rare: rows whose
+    id hash is not in ``repeats`` pass through untouched, and only the candidate
+    rows are settled exactly, by the id itself (a hash collision costs nothing
+    but a little extra work).
     """
+    repeats = repeated_ids(events, source) if repeats is None else repeats
     hashed = events.withColumn("_h", F.xxhash64(source.id_column))
-    repeated = hashed.groupBy("_h").count().filter(F.col("count") > 1).select("_h", F.lit(True).alias("_rep"))
-    marked = hashed.join(repeated, "_h", "left")
+    marked = hashed.join(F.broadcast(repeats) if broadcast else repeats, "_h", "left")
     unique = marked.filter(F.col("_rep").isNull())
     first = Window.partitionBy(source.id_column).orderBy(INGEST_TAG)
     settled = (
@@ -82,17 +100,24 @@ def stage_batch(
     started = time.perf_counter()
     version = latest_version(spark, locations.master) if master_version is None else master_version
     snapshot = spark.read.format("delta").option("versionAsOf", version).load(locations.master)
-    events = deduplicate(snapshot, pipeline.source)
-    if len(pipeline.views) > 1:
-        events = events.persist()
-    versions: dict[str, int] = {}
-    for view in pipeline.views:
-        path = locations.batch_view(view.name)
-        _write_view(view, events, path)
-        versions[view.name] = latest_version(spark, path)
+    # Settle the repeated ids first (one pass over the id column): usually there are none, and the
+    # views then read the snapshot as it is, with no join and no shuffle of whole rows.
+    repeats = repeated_ids(snapshot, pipeline.source).persist()
+    try:
+        repeat_count = repeats.count()
+        events = (
+            snapshot
+            if repeat_count == 0
+            else deduplicate(snapshot, pipeline.source, repeats, broadcast=repeat_count <= BROADCAST_REPEATS)
+        )
+        versions: dict[str, int] = {}
+        for view in pipeline.views:
+            path = locations.batch_view(view.name)
+            _write_view(view, events, path)
+            versions[view.name] = latest_version(spark, path)
+    finally:
+        repeats.unpersist()
     master_events = snapshot.count()  # answered from Delta's file statistics
-    if len(pipeline.views) > 1:
-        events.unpersist()
     return StagedBatch(uuid.uuid4().hex, version, versions, master_events, time.perf_counter() - started)
 
 

@@ -98,13 +98,9 @@ def route_batch(batch: DataFrame, source: EventSource) -> DataFrame:
     event_id = source.id_column
     lines = batch.filter(F.col(_BRANCH) == "all").drop(_BRANCH)
     firsts = batch.filter(F.col(_BRANCH) == "first").select(event_id, F.lit(True).alias("_first")).distinct()
-    numbered = lines.withColumn(
-        "_copy",
-        F.when(
-            F.col(REASON).isNull(),
-            F.row_number().over(Window.partitionBy(event_id, F.col(REASON).isNull()).orderBy(SOURCE_FILE, RAW)),
-        ),
-    ).join(firsts, event_id, "left")
+    # Partitioned by the id alone (valid lines sorted first), so the join below reuses the same shuffle.
+    copies = Window.partitionBy(event_id).orderBy(F.col(REASON).isNotNull(), SOURCE_FILE, RAW)
+    numbered = lines.withColumn("_copy", F.row_number().over(copies)).join(firsts, event_id, "left")
     duplicate = F.col(REASON).isNull() & ~(F.coalesce(F.col("_first"), F.lit(False)) & (F.col("_copy") == 1))
     return numbered.withColumn(
         REASON,

@@ -63,7 +63,8 @@ class SpeedBatch:
     locations: Locations
     app_id: CheckpointAppId
     compact_every: int
-    purged_through: int = field(default=-1)
+    purged_through: int = field(default=0)
+    """Tags start at 1 (version 0 creates the master table), so nothing is at or below 0."""
 
     def __call__(self, events: DataFrame, batch_id: int) -> None:
         app_id = self.app_id.get(self.spark)

@@ -54,3 +54,34 @@ def test_demo_runs_end_to_end_and_reruns(tmp_path: Path) -> None:
         "query", "SELECT sum(events) AS n FROM serving.page_activity", "--format", "csv", "--workdir", str(workdir)
     )
     assert query.returncode == 0 and query.stdout.splitlines() == ["n", "700"]
+
+
+@pytest.mark.integration
+def test_spark_submit_entry_file_reads_what_the_cli_wrote(tmp_path: Path) -> None:
+    from lambda_core.session import DELTA_COORDINATE
+
+    workdir = tmp_path / "demo"
+    assert run_cli("demo", "--events", "200", "--seed", "8", "--workdir", str(workdir)).returncode == 0
+    submit = Path(sys.executable).parent / "spark-submit"
+    result = subprocess.run(
+        [
+            str(submit),
+            "--master",
+            "local[2]",
+            "--packages",
+            DELTA_COORDINATE,
+            "pipelines/jobs/query_job.py",
+            "SELECT sum(events) AS n FROM serving.page_activity",
+            "--format",
+            "csv",
+            "--workdir",
+            str(workdir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-2:] == ["n", "200"]
