@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from pyspark.sql import Window
 from pyspark.sql import functions as F
 
 from lambda_core.pipeline import Pipeline
@@ -38,18 +37,25 @@ if TYPE_CHECKING:
 __all__ = ["StagedBatch", "deduplicate", "publish", "run_batch", "setup_batch_tables", "stage_batch"]
 
 
-BROADCAST_REPEATS = 2_000_000
-"""Up to this many repeated id hashes are broadcast (16 MB): no shuffle of the snapshot at all."""
+BROADCAST_REPEATS = 1_000_000
+"""Up to this many repeated ids are broadcast: the snapshot is then never shuffled for dedup."""
+_FIRST_TAG = "_first_tag"
 
 
-def repeated_ids(events: DataFrame, source: EventSource) -> DataFrame:
-    """64-bit hashes of the event ids that occur more than once: a narrow, fixed-width aggregation."""
+def repeated_ids(events: DataFrame, source: EventSource, partitions: int | None = None) -> DataFrame:
+    """The event ids that occur more than once, each with the smallest ingest tag it came in with.
+
+    Ids are nearly all distinct, so a partial aggregation before the shuffle would reduce nothing:
+    shuffle the (id, tag) pairs once, then count.
+    """
+    pairs = events.select(source.id_column, INGEST_TAG)
+    if partitions:
+        pairs = pairs.repartition(partitions, source.id_column)
     return (
-        events.select(F.xxhash64(source.id_column).alias("_h"))
-        .groupBy("_h")
-        .count()
-        .filter(F.col("count") > 1)
-        .select("_h", F.lit(True).alias("_rep"))
+        pairs.groupBy(source.id_column)
+        .agg(F.count(F.lit(1)).alias("_copies"), F.min(INGEST_TAG).alias(_FIRST_TAG))
+        .filter(F.col("_copies") > 1)
+        .drop("_copies")
     )
 
 
@@ -58,20 +64,13 @@ def deduplicate(
 ) -> DataFrame:
     """Exactly one row per event id: the copy with the smallest ingest tag.
 
-    Ingest already drops repeats within its horizon, so they are rare: rows whose
-    id hash is not in ``repeats`` pass through untouched, and only the candidate
-    rows are settled exactly, by the id itself (a hash collision costs nothing
-    but a little extra work).
+    One pass over the events, joined with the (rare) repeated ids. Exact because the
+    ingest job writes each id at most once per commit, so the smallest tag names one copy.
     """
     repeats = repeated_ids(events, source) if repeats is None else repeats
-    hashed = events.withColumn("_h", F.xxhash64(source.id_column))
-    marked = hashed.join(F.broadcast(repeats) if broadcast else repeats, "_h", "left")
-    unique = marked.filter(F.col("_rep").isNull())
-    first = Window.partitionBy(source.id_column).orderBy(INGEST_TAG)
-    settled = (
-        marked.filter(F.col("_rep")).withColumn("_n", F.row_number().over(first)).filter(F.col("_n") == 1).drop("_n")
-    )
-    return unique.unionByName(settled).drop("_h", "_rep")
+    joined = events.join(F.broadcast(repeats) if broadcast else repeats, source.id_column, "left")
+    keep = F.col(_FIRST_TAG).isNull() | (F.col(INGEST_TAG) == F.col(_FIRST_TAG))
+    return joined.filter(keep).select(*events.columns)
 
 
 def setup_batch_tables(spark: SparkSession, pipeline: Pipeline, locations: Locations) -> None:
@@ -102,7 +101,8 @@ def stage_batch(
     snapshot = spark.read.format("delta").option("versionAsOf", version).load(locations.master)
     # Settle the repeated ids first (one pass over the id column): usually there are none, and the
     # views then read the snapshot as it is, with no join and no shuffle of whole rows.
-    repeats = repeated_ids(snapshot, pipeline.source).persist()
+    partitions = 4 * spark.sparkContext.defaultParallelism
+    repeats = repeated_ids(snapshot, pipeline.source, partitions).persist()
     try:
         repeat_count = repeats.count()
         events = (
