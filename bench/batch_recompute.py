@@ -34,10 +34,6 @@ Results: a table on stdout and JSON in bench/results/batch_recompute.json.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import json
-import os
-import platform
 import shutil
 import statistics
 import sys
@@ -45,12 +41,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from _common import add_common_args, environment, write_results
+
 from batch_layer.job import stage_batch
-from lambda_core.config import Settings, load_settings
+from lambda_core.config import load_settings
 from lambda_core.session import get_spark
 from lambda_core.tables import Locations, ensure_table, latest_version
 from pipelines.clickstream import CLICKS, CLICKSTREAM, PAGE_ACTIVITY
@@ -60,7 +57,6 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 NAME = "batch_recompute"
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BASE_TIME_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 DAY_MS = 86_400_000
 USERS = 100_000
@@ -94,19 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="data files of the master table (default: one per 500k rows, at least 2)",
     )
-    parser.add_argument(
-        "--workdir", default=None, help="work directory (default: a fresh temp dir, removed at the end)"
-    )
-    parser.add_argument("--keep", action="store_true", help="keep the temp work directory")
-    parser.add_argument("--config", default=None, help="YAML config (default: conf/local.yaml)")
-    parser.add_argument(
-        "--override",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override like the CLI's --set (repeatable)",
-    )
-    parser.add_argument("--output", default=str(RESULTS_DIR / f"{NAME}.json"), help="JSON results file")
+    add_common_args(parser, NAME)
     args = parser.parse_args(argv)
     if args.events < 1000:
         parser.error("--events must be at least 1000")
@@ -244,25 +228,6 @@ def check_outputs(spark: SparkSession, loc: Locations, events: int) -> dict[str,
 # ---- reporting ---------------------------------------------------------------------------------------
 
 
-def jvm_max_heap_mb(spark: SparkSession) -> int:
-    runtime = spark.sparkContext._jvm.java.lang.Runtime.getRuntime()  # type: ignore[union-attr]
-    return int(runtime.maxMemory()) // 2**20
-
-
-def environment(spark: SparkSession, settings: Settings) -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "pyspark": spark.version,
-        "delta_spark": importlib.metadata.version("delta-spark"),
-        "cpu_count": os.cpu_count(),
-        "spark_master": settings.spark.master,
-        "shuffle_partitions": spark.conf.get("spark.sql.shuffle.partitions"),
-        "driver_memory": spark.conf.get("spark.driver.memory", "default (1g)"),
-        "jvm_max_heap_mb": jvm_max_heap_mb(spark),
-        "aqe": spark.conf.get("spark.sql.adaptive.enabled"),
-    }
-
-
 def print_table(results: dict[str, CaseResult], events: int) -> None:
     header = f"{'case':<14} {'best s':>9} {'median s':>9} {'best ev/s':>12} {'median ev/s':>12}  description"
     print(header)
@@ -339,9 +304,6 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         out = {
-            "benchmark": NAME,
-            "finished_at": datetime.now(timezone.utc).isoformat(),
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "parameters": {
                 "events": args.events,
                 "files": files,
@@ -373,10 +335,8 @@ def main(argv: list[str] | None = None) -> int:
             "runs": runs,
             "output_check": check,
         }
-        output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
-        print(f"results written to {output}")
+        write_results(args.output, NAME, out)
+        print(f"results written to {args.output}")
         return 0 if check["ok"] else 1
     finally:
         spark.stop()

@@ -33,11 +33,8 @@ Results: a table on stdout and JSON in bench/results/freshness.json.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import math
-import os
-import platform
 import posixpath
 import shutil
 import statistics
@@ -46,13 +43,14 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from _common import add_common_args, environment, percentile, summary, write_results
+
 from batch_layer.job import run_batch
 from ingestion.job import start_ingest
-from lambda_core.config import Settings, load_settings
+from lambda_core.config import load_settings
 from lambda_core.session import get_spark
 from lambda_core.tables import Locations, latest_version, sql_path
 from pipelines.clickstream import CLICKSTREAM, PAGE_ACTIVITY
@@ -64,7 +62,6 @@ if TYPE_CHECKING:
     from pyspark.sql.streaming import StreamingQuery
 
 NAME = "freshness"
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_OVERRIDES = ("ingest.trigger=500 milliseconds", "speed.trigger=500 milliseconds")
 
 
@@ -87,45 +84,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--late-fraction", type=float, default=0.05)
     parser.add_argument("--duplicate-fraction", type=float, default=0.03)
     parser.add_argument("--malformed-fraction", type=float, default=0.02)
-    parser.add_argument(
-        "--workdir", default=None, help="work directory (default: a fresh temp dir, removed at the end)"
-    )
-    parser.add_argument("--keep", action="store_true", help="keep the temp work directory")
-    parser.add_argument("--config", default=None, help="YAML config (default: conf/local.yaml)")
-    parser.add_argument(
-        "--override",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"config override like the CLI's --set, applied after the defaults {list(DEFAULT_OVERRIDES)} (repeatable)",
-    )
-    parser.add_argument("--output", default=str(RESULTS_DIR / f"{NAME}.json"), help="JSON results file")
+    add_common_args(parser, NAME, f", applied after the defaults {list(DEFAULT_OVERRIDES)}")
     args = parser.parse_args(argv)
     if args.rate <= 0 or args.seconds <= 0 or args.files_per_second <= 0 or args.warmup < 0 or args.poll_ms <= 0:
         parser.error("--rate, --seconds, --files-per-second and --poll-ms must be > 0, --warmup >= 0")
     return args
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolation percentile (q in 0..100), like numpy's default."""
-    data = sorted(values)
-    if not data:
-        return math.nan
-    pos = (len(data) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
-
-
-def summary(values: list[float]) -> dict[str, float | int]:
-    return {
-        "n": len(values),
-        "p50": percentile(values, 50),
-        "p95": percentile(values, 95),
-        "p99": percentile(values, 99),
-        "max": max(values) if values else math.nan,
-        "min": min(values) if values else math.nan,
-        "mean": statistics.fmean(values) if values else math.nan,
-    }
 
 
 # ---- Delta log: commit timestamps ----------------------------------------------------------------------
@@ -316,28 +279,6 @@ def progress_stats(query: StreamingQuery) -> dict[str, Any]:
 # ---- main --------------------------------------------------------------------------------------------------
 
 
-def environment(spark: SparkSession, settings: Settings) -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "pyspark": spark.version,
-        "delta_spark": importlib.metadata.version("delta-spark"),
-        "cpu_count": os.cpu_count(),
-        "spark_master": settings.spark.master,
-        "shuffle_partitions": spark.conf.get("spark.sql.shuffle.partitions"),
-    }
-
-
-def clean(value: Any) -> Any:
-    """NaN -> None, recursively, so that the results file is strict JSON."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [clean(v) for v in value]
-    return value
-
-
 def fmt(value: float) -> str:
     return "    n/a" if value is None or math.isnan(value) else f"{value:7.2f}"
 
@@ -504,9 +445,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"WARNING: timed out after {timeout:.0f}s; {len(measured) - len(done)} files never became visible")
 
         out = {
-            "benchmark": NAME,
-            "finished_at": datetime.now(timezone.utc).isoformat(),
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "parameters": {
                 "rate": args.rate,
                 "seconds": args.seconds,
@@ -556,10 +494,8 @@ def main(argv: list[str] | None = None) -> int:
             "tags": {str(t): asdict(s) for t, s in sorted(tracker.seen.items())},
             "files": records,
         }
-        output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(clean(out), indent=2, default=str) + "\n", encoding="utf-8")
-        print(f"results written to {output}")
+        write_results(args.output, NAME, out)
+        print(f"results written to {args.output}")
         return 1 if timed_out or not done else 0
     finally:
         stop.set()

@@ -30,20 +30,15 @@ Results: a table on stdout and JSON in bench/results/serving_latency.json.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import json
-import math
-import os
-import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from _common import add_common_args, environment, summary, write_results
 
 from batch_layer.job import run_batch
 from ingestion.job import start_ingest
@@ -59,7 +54,6 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 NAME = "serving_latency"
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 QUERY = "SELECT page, sum(events) AS events FROM {view} GROUP BY page"
 
 
@@ -76,47 +70,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--queries", type=int, default=30, help="timed runs of each case (default 30)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs of each case first (default 3)")
     parser.add_argument("--seed", type=int, default=11, help="generator seed (default 11)")
-    parser.add_argument(
-        "--workdir", default=None, help="work directory (default: a fresh temp dir, removed at the end)"
-    )
-    parser.add_argument("--keep", action="store_true", help="keep the temp work directory")
-    parser.add_argument("--config", default=None, help="YAML config (default: conf/local.yaml)")
-    parser.add_argument(
-        "--override",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override like the CLI's --set (repeatable)",
-    )
-    parser.add_argument("--output", default=str(RESULTS_DIR / f"{NAME}.json"), help="JSON results file")
+    add_common_args(parser, NAME)
     args = parser.parse_args(argv)
     if args.events < 100 or not 0.0 < args.batch_share < 1.0:
         parser.error("--events must be >= 100 and --batch-share within (0, 1)")
     if args.batch_files < 1 or args.speed_files < 1 or args.queries < 1 or args.warmup < 0:
         parser.error("--batch-files, --speed-files, --queries must be >= 1 and --warmup >= 0")
     return args
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolation percentile (q in 0..100), like numpy's default."""
-    data = sorted(values)
-    if not data:
-        return math.nan
-    pos = (len(data) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
-
-
-def summary_ms(seconds: list[float]) -> dict[str, float | int]:
-    ms = [s * 1000.0 for s in seconds]
-    return {
-        "n": len(ms),
-        "p50": percentile(ms, 50),
-        "p95": percentile(ms, 95),
-        "min": min(ms),
-        "mean": statistics.fmean(ms),
-        "max": max(ms),
-    }
 
 
 # ---- preparation -----------------------------------------------------------------------------------------
@@ -172,17 +132,6 @@ def prepare(spark: SparkSession, settings: Settings, loc: Locations, args: argpa
 # ---- timing ------------------------------------------------------------------------------------------------
 
 
-def environment(spark: SparkSession, settings: Settings) -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "pyspark": spark.version,
-        "delta_spark": importlib.metadata.version("delta-spark"),
-        "cpu_count": os.cpu_count(),
-        "spark_master": settings.spark.master,
-        "shuffle_partitions": spark.conf.get("spark.sql.shuffle.partitions"),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     own_workdir = args.workdir is None
@@ -228,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         ok = totals["serving"] == totals["batch"] + totals["speed"] == master_rows
         pinned = serving.pinned[view]
 
-        stats = {n: summary_ms(s) for n, s in seconds.items()}
+        stats = {n: summary(s, 1000.0) for n, s in seconds.items()}
         ratios = {
             "merged/batch_p50": stats["merged"]["p50"] / stats["batch"]["p50"],
             "merged/batch_p95": stats["merged"]["p95"] / stats["batch"]["p95"],
@@ -262,9 +211,6 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         out = {
-            "benchmark": NAME,
-            "finished_at": datetime.now(timezone.utc).isoformat(),
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "parameters": {
                 "events": args.events,
                 "batch_share": args.batch_share,
@@ -287,10 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             "ratios": ratios,
             "totals_check": {"ok": ok, **totals, "master_rows": master_rows},
         }
-        output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
-        print(f"results written to {output}")
+        write_results(args.output, NAME, out)
+        print(f"results written to {args.output}")
         return 0 if ok else 1
     finally:
         spark.stop()
