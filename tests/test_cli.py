@@ -58,6 +58,8 @@ def test_demo_runs_end_to_end_and_reruns(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_spark_submit_entry_file_reads_what_the_cli_wrote(tmp_path: Path) -> None:
+    import pyspark
+
     from lambda_core.session import DELTA_COORDINATE
 
     workdir = tmp_path / "demo"
@@ -81,7 +83,12 @@ def test_spark_submit_entry_file_reads_what_the_cli_wrote(tmp_path: Path) -> Non
         text=True,
         timeout=600,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "SPARK_HOME": str(Path(pyspark.__file__).parent),
+            "PYSPARK_PYTHON": sys.executable,
+        },
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines()[-2:] == ["n", "200"]
