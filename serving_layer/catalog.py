@@ -127,28 +127,29 @@ class ServingLayer:
         )
         return Pinned(view.name, coverage, coverage.view_versions.get(view.name), speed_version)
 
-    def _empty_states(self, view: View, with_tag: bool) -> str:
+    def _empty_states(self, view: View, columns: str, with_tag: bool) -> str:
         empty = self.spark.createDataFrame([], self.pipeline.source.master_schema)
         fields = view.partials(empty, by_tag=with_tag).schema.fields
-        columns = ", ".join(f"CAST(NULL AS {f.dataType.simpleString()}) AS `{f.name}`" for f in fields)
-        return f"SELECT {view.state_select()} FROM (SELECT {columns}) WHERE false"
+        typed = ", ".join(f"CAST(NULL AS {f.dataType.simpleString()}) AS `{f.name}`" for f in fields)
+        return f"SELECT {columns} FROM (SELECT {typed}) WHERE false"
 
-    def states_sql(self, view: View, pinned: Pinned) -> tuple[str, str]:
-        """SQL of the batch states and of the uncovered speed states, at the pinned versions."""
-        columns = view.state_select()
+    def batch_states(self, view: View, pinned: Pinned, columns: str | None = None) -> str:
+        """The batch view's states at the pinned version (empty before the first publication)."""
+        columns = columns or view.state_select()
         if pinned.batch_version is None:
-            batch = self._empty_states(view, with_tag=False)
-        else:
-            path = sql_path(self.locations.batch_view(view.name))
-            batch = f"SELECT {columns} FROM {path} VERSION AS OF {pinned.batch_version}"
+            return self._empty_states(view, columns, with_tag=False)
+        path = sql_path(self.locations.batch_view(view.name))
+        return f"SELECT {columns} FROM {path} VERSION AS OF {pinned.batch_version}"
+
+    def speed_states(self, view: View, pinned: Pinned, columns: str | None = None) -> str:
+        """The speed partials the pinned coverage does not include, at the pinned speed version."""
+        columns = columns or view.state_select()
         if pinned.speed_version is None:
-            speed = self._empty_states(view, with_tag=True)
-        else:
-            speed = (
-                f"SELECT {columns} FROM {sql_path(self.locations.speed_partials(view.name))} "
-                f"VERSION AS OF {pinned.speed_version} WHERE {INGEST_TAG} > {pinned.coverage.master_version}"
-            )
-        return batch, speed
+            return self._empty_states(view, columns, with_tag=True)
+        return (
+            f"SELECT {columns} FROM {sql_path(self.locations.speed_partials(view.name))} "
+            f"VERSION AS OF {pinned.speed_version} WHERE {INGEST_TAG} > {pinned.coverage.master_version}"
+        )
 
     def refresh(self) -> dict[str, Pinned]:
         """(Re)register every catalog view at the newest consistent versions."""
@@ -164,7 +165,7 @@ class ServingLayer:
             self._view(f"master.{name}", f"SELECT * FROM {sql_path(path)}")
         for view in self.pipeline.views:
             pinned = self.pin(view)
-            batch, speed = self.states_sql(view, pinned)
+            batch, speed = self.batch_states(view, pinned), self.speed_states(view, pinned)
             self._view(f"batch.{view.name}", view.select_sql(batch))
             self._view(f"speed.{view.name}", view.select_sql(speed))
             self._view(f"serving.{view.name}", view.select_sql(f"{batch} UNION ALL {speed}"))
@@ -184,16 +185,14 @@ class ServingLayer:
         """Versions and freshness behind the current registration of ``serving.<view>``."""
         view = self.pipeline.view(view_name)
         pinned = self.pinned.get(view_name) or self.refresh()[view_name]
-        _, speed = self.states_sql(view, pinned)
-        speed_sql = speed.replace(
-            f"SELECT {view.state_select()}", f"SELECT {INGEST_TAG}, {INGESTED_AT_MAX}, window_start", 1
-        )
+        speed = self.speed_states(view, pinned, f"{INGEST_TAG}, {INGESTED_AT_MAX}, window_start")
         stats = self.spark.sql(
             f"SELECT min({INGEST_TAG}) AS lo, max({INGEST_TAG}) AS hi, max({INGESTED_AT_MAX}) AS newest, "
-            f"max(window_start) AS newest_window FROM ({speed_sql})"
+            f"max(window_start) AS newest_window FROM ({speed})"
         ).first()
-        batch, _ = self.states_sql(view, pinned)
-        batch_window = self.spark.sql(f"SELECT max(window_start) AS w FROM ({batch})").first()
+        batch_window = self.spark.sql(
+            f"SELECT max(window_start) AS w FROM ({self.batch_states(view, pinned, 'window_start')})"
+        ).first()
         cov = pinned.coverage
         newest_window = max((w for w in (stats.newest_window, batch_window.w) if w is not None), default=None)
         newest_ingested = stats.newest
