@@ -105,3 +105,4 @@ def write_results(path: str, name: str, body: dict[str, Any]) -> None:
     output = Path(path)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(clean(record), indent=2, default=str) + "\n", encoding="utf-8")
+    print(f"results written to {output}")

@@ -336,7 +336,6 @@ def main(argv: list[str] | None = None) -> int:
             "output_check": check,
         }
         write_results(args.output, NAME, out)
-        print(f"results written to {args.output}")
         return 0 if check["ok"] else 1
     finally:
         spark.stop()

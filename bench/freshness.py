@@ -495,7 +495,6 @@ def main(argv: list[str] | None = None) -> int:
             "files": records,
         }
         write_results(args.output, NAME, out)
-        print(f"results written to {args.output}")
         return 1 if timed_out or not done else 0
     finally:
         stop.set()

@@ -234,7 +234,6 @@ def main(argv: list[str] | None = None) -> int:
             "totals_check": {"ok": ok, **totals, "master_rows": master_rows},
         }
         write_results(args.output, NAME, out)
-        print(f"results written to {args.output}")
         return 0 if ok else 1
     finally:
         spark.stop()
