@@ -5,7 +5,7 @@ project's master schema, about 1% of rows repeating an earlier ``event_id`` with
 20 pages, 100k users, event times spread over one day, ingest tags spread over about 100 values), then
 times, in one Spark session and over the same pinned snapshot (``versionAsOf V``):
 
-(a) ``project``      -- ``batch_layer.job.stage_batch``: exact dedup by event id (hash pre-filter + window)
+(a) ``project``      -- ``batch_layer.job.stage_batch``: exact dedup by event id (repeated ids + first tag, one join)
                         and the ``page_activity`` partial states (count, sum, max, HLL sketch) overwritten
                         into the batch-view Delta table;
 (b) ``hand_dedup``   -- ``dropDuplicates(["event_id"])`` then ``groupBy(page, window(event_time, 1 minute))``
