@@ -1,11 +1,11 @@
-"""Ingest: JSON-lines files dropped in the landing folder -> the master dataset, exactly once.
+"""Ingest: JSON lines from the landing folder or a Kafka topic -> the master dataset, exactly once.
 
 Each micro-batch becomes one commit of the append-only master table; every
 event in it carries that commit's version as its ``ingest_tag``, the unit in
 which the batch layer states its coverage. A line that does not parse, does
 not fit the schema, or repeats an ``event_id`` seen within the dedup horizon
-goes to the quarantine table with its raw text, file and reason: the number of
-input lines always equals master rows plus quarantine rows.
+goes to the quarantine table with its raw text, origin and reason: the number of
+input lines (or Kafka messages) always equals master rows plus quarantine rows.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from pyspark.sql import Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lambda_core.config import Settings
+from ingestion.batch_input import read_batch_input, read_batch_range
+from ingestion.sources import PRE_REASON, RAW, file_lines, kafka_lines
+from lambda_core.config import EventTimePolicy, Settings, duration_seconds
 from lambda_core.errors import LambdaError
 from lambda_core.pipeline import Pipeline
 from lambda_core.streaming import CheckpointAppId, idempotent_append, with_trigger
@@ -31,7 +33,6 @@ if TYPE_CHECKING:
 
 __all__ = ["IngestBatch", "parse_events", "route_batch", "setup_ingest_tables", "start_ingest"]
 
-RAW = "raw"
 REASON = "reason"
 _CORRUPT = "_corrupt"
 _BRANCH = "_branch"
@@ -47,13 +48,40 @@ def _typed(column: str, dtype: T.DataType) -> F.Column:
     return F.expr(f"try_cast(`_j`.`{column}` AS {dtype.simpleString()})")
 
 
-def parse_events(lines: DataFrame, source: EventSource) -> DataFrame:
+def _event_time_check(source: EventSource, policy: EventTimePolicy, now: F.Column) -> F.Column:
+    """Reason for an event time outside the plausible range, else null.
+
+    ``now`` is the micro-batch's timestamp, kept in the offset log, so a replayed
+    micro-batch judges every event the same way.
+    """
+    column = F.col(source.time_column)
+    latest = now + F.expr(f"INTERVAL {duration_seconds(policy.max_future)} SECONDS")
+    earliest = F.to_timestamp(F.lit(policy.earliest))
+    return F.when(
+        (column > latest) | (column < earliest),
+        F.concat(
+            F.lit(f"event_time_out_of_range: {source.time_column} "),
+            F.date_format(column, "yyyy-MM-dd'T'HH:mm:ss'Z'"),
+            F.lit(f" is before {policy.earliest} or more than {policy.max_future} ahead of ingestion"),
+        ),
+    )
+
+
+def parse_events(
+    lines: DataFrame, source: EventSource, policy: EventTimePolicy | None = None, now: F.Column | None = None
+) -> DataFrame:
     """Parse ``raw`` JSON lines into the source's typed columns plus a ``reason`` (null when valid).
 
     Pure: usable on a batch DataFrame in tests and inside the ingest stream. Every
     field is first read as text, so a wrong type is reported as such instead of
-    silently becoming null.
+    silently becoming null. A ``_pre_reason`` column (a message the source could not
+    even decode) wins over every other reason. Fields the schema does not know
+    (additive schema drift) are ignored: the event is accepted with its known fields.
     """
+    policy = policy or EventTimePolicy()
+    now = F.current_timestamp() if now is None else now
+    if PRE_REASON not in lines.columns:
+        lines = lines.withColumn(PRE_REASON, F.lit(None).cast("string"))
     text_schema = T.StructType(
         [T.StructField(f.name, T.StringType(), True) for f in source.schema.fields]
         + [T.StructField(_CORRUPT, T.StringType(), True)]
@@ -64,6 +92,7 @@ def parse_events(lines: DataFrame, source: EventSource) -> DataFrame:
     parsed = lines.select("*", F.explode(F.array(json)).alias("_j"))
     typed = [_typed(f.name, f.dataType).alias(f.name) for f in source.schema.fields]
     checks = [
+        F.col(PRE_REASON),
         F.when(F.trim(F.col(RAW)) == "", F.lit("empty_line")),
         F.when(
             F.col("_j").isNull() | F.col(f"_j.{_CORRUPT}").isNotNull(),
@@ -84,7 +113,11 @@ def parse_events(lines: DataFrame, source: EventSource) -> DataFrame:
                 ),
             )
         )
-    return parsed.select(RAW, SOURCE_FILE, *typed, F.coalesce(*checks).alias(REASON))
+    # Last: only a line that is otherwise valid has an event time to judge.
+    with_fields = parsed.select(RAW, SOURCE_FILE, *typed, F.coalesce(*checks).alias(REASON))
+    return with_fields.withColumn(
+        REASON, F.coalesce(F.col(REASON), _event_time_check(source, policy, now).cast("string"))
+    )
 
 
 def route_batch(batch: DataFrame, source: EventSource) -> DataFrame:
@@ -122,11 +155,14 @@ class IngestBatch:
 
     spark: SparkSession
     source: EventSource
+    settings: Settings
     locations: Locations
+    checkpoint: str
     app_id: CheckpointAppId
+    idempotent: bool = True
 
-    def __call__(self, batch: DataFrame, batch_id: int) -> None:
-        routed = route_batch(batch, self.source).persist()
+    def __call__(self, firsts: DataFrame, batch_id: int) -> None:
+        routed = route_batch(self.micro_batch(firsts, batch_id), self.source).persist()
         try:
             counts = {bool(ok): n for ok, n in routed.groupBy(F.col(REASON).isNull().alias("ok")).count().collect()}
             if not counts:  # a no-data batch (the watermark moved): nothing to write
@@ -143,7 +179,11 @@ class IngestBatch:
                     F.lit(batch_id).cast("long").alias("ingest_batch"),
                     F.col(INGESTED_AT).alias("quarantined_at"),
                 )
-                writes.append(lambda: idempotent_append(quarantine, self.locations.quarantine, app_id, batch_id))
+                writes.append(
+                    lambda: idempotent_append(
+                        quarantine, self.locations.quarantine, app_id, batch_id, idempotent=self.idempotent
+                    )
+                )
             # Two independent, idempotent commits: small Delta commits are latency-bound, so overlap them.
             with ThreadPoolExecutor(max_workers=2) as pool:
                 for future in [pool.submit(write) for write in writes]:
@@ -151,12 +191,26 @@ class IngestBatch:
         finally:
             routed.unpersist()
 
+    def micro_batch(self, firsts: DataFrame, batch_id: int) -> DataFrame:
+        """Every line of the micro-batch (branch ``all``) beside the dedup's first-seen ids (branch ``first``)."""
+        batch = read_batch_range(self.spark, self.checkpoint, batch_id)
+        now = F.lit(batch.timestamp_ms / 1000.0).cast("timestamp")
+        lines = read_batch_input(self.spark, self.settings, self.checkpoint, batch)
+        parsed = parse_events(lines, self.source, self.settings.ingest.event_time, now).withColumn(INGESTED_AT, now)
+        return parsed.withColumn(_BRANCH, F.lit("all")).unionByName(
+            firsts.withColumn(_BRANCH, F.lit("first")), allowMissingColumns=True
+        )
+
     def _append_master(self, events: DataFrame, app_id: str, batch_id: int) -> None:
         # Only this job writes master, so the next commit's version is known before writing.
         before = latest_version(self.spark, self.locations.master)
         tagged = events.withColumn(INGEST_TAG, F.lit(before + 1).cast("long"))
         idempotent_append(
-            tagged.select(*self.source.master_schema.fieldNames()), self.locations.master, app_id, batch_id
+            tagged.select(*self.source.master_schema.fieldNames()),
+            self.locations.master,
+            app_id,
+            batch_id,
+            idempotent=self.idempotent,
         )
         after = latest_version(self.spark, self.locations.master)
         if after not in (before, before + 1):
@@ -167,24 +221,32 @@ class IngestBatch:
             )
 
 
-def ingest_stream(spark: SparkSession, source: EventSource, settings: Settings, landing: str) -> DataFrame:
-    """Lines of the landing folder, parsed, plus the ids the dedup state sees for the first time."""
-    lines = (
-        spark.readStream.format("text")
-        .option("maxFilesPerTrigger", settings.ingest.max_files_per_trigger)
-        .load(landing)
-        .select(F.col("value").alias(RAW), F.col("_metadata.file_path").alias(SOURCE_FILE))
-    )
+def ingest_stream(
+    spark: SparkSession,
+    source: EventSource,
+    settings: Settings,
+    landing: str,
+    *,
+    fail_on_data_loss: bool | None = None,
+) -> DataFrame:
+    """The dedup verdicts of the stream: each valid event id seen for the first time within the horizon.
+
+    One streaming source, one linear plan: the lines themselves are re-read per
+    micro-batch from the range its offset log recorded (see ``ingestion.batch_input``).
+    """
+    if settings.ingest.source == "kafka":
+        lines = kafka_lines(spark, settings.ingest.kafka, fail_on_data_loss=fail_on_data_loss)
+    else:
+        lines = file_lines(spark, settings, landing)
     # current_timestamp() is the micro-batch's timestamp, stored in the offset log: a replay sees the same.
-    parsed = parse_events(lines, source).withColumn(INGESTED_AT, F.current_timestamp())
-    firsts = (
+    parsed = parse_events(lines, source, settings.ingest.event_time).withColumn(INGESTED_AT, F.current_timestamp())
+    return (
         parsed.filter(F.col(REASON).isNull())
         .select(source.id_column, INGESTED_AT)
         .withWatermark(INGESTED_AT, settings.ingest.dedup_horizon)
         .dropDuplicatesWithinWatermark([source.id_column])
-        .withColumn(_BRANCH, F.lit("first"))
+        .select(source.id_column)
     )
-    return parsed.withColumn(_BRANCH, F.lit("all")).unionByName(firsts, allowMissingColumns=True)
 
 
 def start_ingest(
@@ -194,7 +256,15 @@ def start_ingest(
     locations.ensure_local_dirs()
     setup_ingest_tables(spark, pipeline, locations)
     checkpoint = locations.checkpoint("ingest")
-    body = IngestBatch(spark, pipeline.source, locations, CheckpointAppId("ingest", checkpoint))
+    body = IngestBatch(
+        spark,
+        pipeline.source,
+        settings,
+        locations,
+        checkpoint,
+        CheckpointAppId("ingest", checkpoint),
+        idempotent=settings.idempotent_writes,
+    )
     writer = (
         ingest_stream(spark, pipeline.source, settings, locations.landing)
         .writeStream.queryName(f"ingest_{pipeline.name}")

@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lambda_core.errors import ConfigError
 
 __all__ = [
     "DEFAULT_CONFIG",
     "BatchSettings",
+    "EventTimePolicy",
     "IngestSettings",
+    "KafkaSettings",
     "Settings",
     "SparkSettings",
     "SpeedSettings",
@@ -75,12 +77,93 @@ class TableNames(_Strict):
         return value
 
 
+_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+# Kafka options that carry credentials: their value must come from the environment, never from a file.
+_SECRET_OPTIONS = ("password", "secret", "jaas.config", "key.password", "keystore", "truststore.password")
+
+
+class KafkaSettings(_Strict):
+    """The Kafka source of the ingest job (Spark's ``kafka`` connector) and its producers.
+
+    ``options`` are passed through to the connector as ``kafka.<name>`` (SASL/SSL, MSK IAM, timeouts).
+    A value may be ``${env:NAME}``, read from the environment when the job starts; credentials
+    must be given that way, so that no secret is ever written in a config file.
+    """
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str | None = "clickstream"
+    subscribe_pattern: str | None = None
+    partitions: int = Field(default=2, gt=0, description="partitions of the topic when the project creates it")
+    starting_offsets: Literal["earliest", "latest"] = "earliest"
+    max_offsets_per_trigger: int | None = Field(default=200_000, gt=0)
+    min_partitions: int | None = Field(default=None, gt=0)
+    max_message_bytes: int = Field(default=65_536, gt=0, description="larger messages are quarantined whole")
+    fail_on_data_loss: bool = True
+    options: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _servers(cls, value: str) -> str:
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+        return value
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _option_values(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        out = {}
+        for key, raw in value.items():
+            key, text = str(key).removeprefix("kafka."), str(raw).lower() if isinstance(raw, bool) else str(raw)
+            secret = any(marker in key for marker in _SECRET_OPTIONS)
+            # MSK IAM's JAAS line holds no secret: the instance role authenticates.
+            if secret and not _ENV_REF.search(text) and "IAMLoginModule" not in text:
+                raise ValueError(
+                    f"option {key!r} holds a credential: write it as '${{env:NAME}}' and export NAME "
+                    "in the job's environment (or use an instance role with MSK IAM)"
+                )
+            out[key] = text
+        return out
+
+    @model_validator(mode="after")
+    def _one_subscription(self) -> KafkaSettings:
+        if (self.topic is None) == (self.subscribe_pattern is None):
+            raise ValueError("set exactly one of ingest.kafka.topic and ingest.kafka.subscribe_pattern")
+        return self
+
+    def resolved_options(self) -> dict[str, str]:
+        """``options`` with every ``${env:NAME}`` replaced; a missing variable is a configuration error."""
+        import os
+
+        def value(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise ConfigError("environment", name, "is referenced by ingest.kafka.options but not set")
+            return os.environ[name]
+
+        return {key: _ENV_REF.sub(value, text) for key, text in self.options.items()}
+
+
+class EventTimePolicy(_Strict):
+    """Which event times are plausible. Late events inside the bounds are accepted: the batch layer
+    recomputes them exactly. Outside, the event is quarantined with the reason ``event_time_out_of_range``."""
+
+    max_future: str = "1 hour"
+    earliest: str = "2000-01-01T00:00:00Z"
+    _durations = field_validator("max_future")(_check_duration)
+
+
 class IngestSettings(_Strict):
-    source: Literal["files"] = "files"
+    source: Literal["files", "kafka"] = "files"
     landing_dir: str = "landing"
     trigger: str = "1 second"
     max_files_per_trigger: int = Field(default=100, gt=0)
     dedup_horizon: str = "15 minutes"
+    event_time: EventTimePolicy = Field(default_factory=EventTimePolicy)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     _durations = field_validator("trigger", "dedup_horizon")(_check_duration)
 
 
@@ -118,6 +201,9 @@ class Settings(_Strict):
     workdir: str = "lambda-work"
     warehouse: str = "warehouse"
     checkpoints: str = "checkpoints"
+    # Delta txnAppId/txnVersion on every streaming commit. Switch off only for the crash tests' control
+    # run, which must show that without them a replayed micro-batch is written twice.
+    idempotent_writes: bool = True
     tables: TableNames = Field(default_factory=TableNames)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     speed: SpeedSettings = Field(default_factory=SpeedSettings)
@@ -171,6 +257,8 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = ())
             message = "unknown key; check its spelling against conf/local.yaml"
         else:
             message = first["msg"].removeprefix("Value error, ")
-            if "input" in first and first["type"] != "missing" and "got " not in message:
+            # Never echo what was given for Kafka options: it may be a credential.
+            secret = key is not None and ".options" in key
+            if "input" in first and first["type"] != "missing" and "got " not in message and not secret:
                 message += f" (got {first['input']!r})"
         raise ConfigError(source, key, message) from None

@@ -5,7 +5,14 @@ The CLI prints ``str(error)`` and exits with ``exit_code``; no stack trace.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "EnvironmentProblem", "LambdaError", "ReadOnlyViolation", "ViewDefinitionError"]
+__all__ = [
+    "ConfigError",
+    "DataLossError",
+    "EnvironmentProblem",
+    "LambdaError",
+    "ReadOnlyViolation",
+    "ViewDefinitionError",
+]
 
 
 class LambdaError(Exception):
@@ -41,3 +48,9 @@ class ReadOnlyViolation(LambdaError):
     """A query that would change data or the catalog was sent to the read-only serving API."""
 
     exit_code = 2
+
+
+class DataLossError(LambdaError):
+    """Source data the pipeline still needed is gone (e.g. aged out of Kafka): says what and how to resume."""
+
+    exit_code = 4

@@ -23,7 +23,7 @@ from lambda_core.errors import EnvironmentProblem
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["DELTA_COORDINATE", "check_java", "get_spark", "required_packages"]
+__all__ = ["DELTA_COORDINATE", "KAFKA_COORDINATE", "check_java", "get_spark", "required_packages"]
 
 SCALA_BINARY = "2.13"
 MIN_JAVA = 17
@@ -39,6 +39,16 @@ def _delta_coordinate() -> str:
 
 
 DELTA_COORDINATE = _delta_coordinate()
+
+
+def _kafka_coordinate() -> str:
+    """Spark's own Kafka connector, at the installed pyspark's version."""
+    import pyspark
+
+    return f"org.apache.spark:spark-sql-kafka-0-10_{SCALA_BINARY}:{pyspark.__version__}"
+
+
+KAFKA_COORDINATE = _kafka_coordinate()
 
 
 def required_packages(extra: tuple[str, ...] = ()) -> tuple[str, ...]:

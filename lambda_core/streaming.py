@@ -38,9 +38,15 @@ class CheckpointAppId:
         return self._value
 
 
-def idempotent_append(frame: DataFrame, path: str, app_id: str, batch_id: int) -> None:
-    """Append once per (app id, batch id): a replayed micro-batch is skipped by Delta itself."""
-    (frame.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", batch_id).save(path))
+def idempotent_append(frame: DataFrame, path: str, app_id: str, batch_id: int, *, idempotent: bool = True) -> None:
+    """Append once per (app id, batch id): a replayed micro-batch is skipped by Delta itself.
+
+    ``idempotent=False`` writes a plain append: only the crash tests' control run uses it.
+    """
+    writer = frame.write.format("delta").mode("append")
+    if idempotent:
+        writer = writer.option("txnAppId", app_id).option("txnVersion", batch_id)
+    writer.save(path)
 
 
 def stop_between_batches(query: StreamingQuery, timeout: float = 60.0) -> None:

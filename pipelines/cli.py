@@ -48,9 +48,10 @@ class Context:
     @property
     def spark(self) -> SparkSession:
         if self._spark is None:
-            from lambda_core.session import get_spark
+            from lambda_core.session import KAFKA_COORDINATE, get_spark
 
-            self._spark = get_spark(self.settings.spark)
+            kafka = self.settings.ingest.source == "kafka"
+            self._spark = get_spark(self.settings.spark, packages=(KAFKA_COORDINATE,) if kafka else ())
         return self._spark
 
 

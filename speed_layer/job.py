@@ -63,6 +63,7 @@ class SpeedBatch:
     locations: Locations
     app_id: CheckpointAppId
     compact_every: int
+    idempotent: bool = True
     purged_through: int = field(default=0)
     """Tags start at 1 (version 0 creates the master table), so nothing is at or below 0."""
 
@@ -73,7 +74,9 @@ class SpeedBatch:
         try:
             if uncovered.count():  # fills the cache every view then reads; no empty commits
                 for name, partials in speed_partials(uncovered, self.pipeline, covered).items():
-                    idempotent_append(partials, self.locations.speed_partials(name), app_id, batch_id)
+                    idempotent_append(
+                        partials, self.locations.speed_partials(name), app_id, batch_id, idempotent=self.idempotent
+                    )
         finally:
             uncovered.unpersist()
         if covered > self.purged_through:
@@ -100,7 +103,14 @@ def start_speed(
     checkpoint = locations.checkpoint("speed")
     # Used only when the checkpoint is new: nothing at or below the coverage needs reading.
     start = latest_coverage(spark, locations.coverage).master_version
-    body = SpeedBatch(spark, pipeline, locations, CheckpointAppId("speed", checkpoint), settings.speed.compact_every)
+    body = SpeedBatch(
+        spark,
+        pipeline,
+        locations,
+        CheckpointAppId("speed", checkpoint),
+        settings.speed.compact_every,
+        idempotent=settings.idempotent_writes,
+    )
     writer = (
         spark.readStream.format("delta")
         .option("startingVersion", start)
