@@ -32,7 +32,7 @@ from lambda_core.views import SOURCE_FILE
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["BatchRange", "read_batch_input", "read_batch_range", "read_text"]
+__all__ = ["BatchRange", "json_lines", "read_batch_input", "read_batch_range", "read_text"]
 
 
 def read_text(spark: SparkSession, path: str) -> str | None:
@@ -50,7 +50,7 @@ def read_text(spark: SparkSession, path: str) -> str | None:
         stream.close()
 
 
-def _json_objects(text: str) -> list[Any]:
+def json_lines(text: str) -> list[Any]:
     """JSON values of a log file, one per line; the version line and Spark's leading NUL byte skipped."""
     out = []
     for line in text.replace("\x00", "").splitlines():
@@ -76,7 +76,7 @@ def _offset_entry(spark: SparkSession, checkpoint: str, batch_id: int) -> tuple[
     text = read_text(spark, posixpath.join(checkpoint, "offsets", str(batch_id)))
     if text is None:
         return None
-    metadata, *sources = _json_objects(text)
+    metadata, *sources = json_lines(text)
     if len(sources) != 1:
         raise LambdaError(
             f"ingest checkpoint {checkpoint} has {len(sources)} sources in batch {batch_id}; this version of the "
@@ -97,7 +97,7 @@ def read_batch_range(spark: SparkSession, checkpoint: str, batch_id: int) -> Bat
         start = previous[1] if previous is not None else None
     if start is None and isinstance(end, dict) and "logOffset" not in end:
         text = read_text(spark, posixpath.join(checkpoint, "sources", "0", "0"))
-        objects = _json_objects(text) if text else []
+        objects = json_lines(text) if text else []
         start = objects[0] if objects else None
     return BatchRange(batch_id, timestamp_ms, start, end)
 
@@ -107,7 +107,7 @@ def _batch_files(spark: SparkSession, checkpoint: str, batch_id: int) -> list[st
     text = read_text(spark, posixpath.join(log, str(batch_id)))
     if text is None:
         text = read_text(spark, posixpath.join(log, f"{batch_id}.compact")) or ""
-    return [e["path"] for e in _json_objects(text) if e and int(e.get("batchId", batch_id)) == batch_id]
+    return [e["path"] for e in json_lines(text) if e and int(e.get("batchId", batch_id)) == batch_id]
 
 
 def _kafka_bounds(start: dict[str, dict[str, int]] | None, end: dict[str, dict[str, int]]) -> tuple[str, str]:
@@ -118,12 +118,19 @@ def _kafka_bounds(start: dict[str, dict[str, int]] | None, end: dict[str, dict[s
     return json.dumps(starting), json.dumps(end)
 
 
-def read_batch_input(spark: SparkSession, settings: Settings, checkpoint: str, batch: BatchRange) -> DataFrame:
+def read_batch_input(
+    spark: SparkSession,
+    settings: Settings,
+    checkpoint: str,
+    batch: BatchRange,
+    *,
+    fail_on_data_loss: bool | None = None,
+) -> DataFrame:
     """The lines of one micro-batch as a static DataFrame: ``raw``, ``source_file``, ``_pre_reason``."""
     if settings.ingest.source == "kafka":
         starting, ending = _kafka_bounds(batch.start, batch.end)
         reader = spark.read.format("kafka")
-        options = kafka_source_options(settings.ingest.kafka)
+        options = kafka_source_options(settings.ingest.kafka, fail_on_data_loss=fail_on_data_loss)
         for key in ("subscribe", "subscribePattern", "startingOffsets", "maxOffsetsPerTrigger", "minPartitions"):
             options.pop(key, None)
         # The exact partitions of the range: a pattern could match a topic created since.

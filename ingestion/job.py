@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ingestion.batch_input import read_batch_input, read_batch_range
+from ingestion.data_loss import check_data_loss, record_data_loss
 from ingestion.sources import PRE_REASON, RAW, file_lines, kafka_lines
 from lambda_core.config import EventTimePolicy, Settings, duration_seconds
 from lambda_core.errors import LambdaError
@@ -160,6 +161,7 @@ class IngestBatch:
     checkpoint: str
     app_id: CheckpointAppId
     idempotent: bool = True
+    fail_on_data_loss: bool | None = None
 
     def __call__(self, firsts: DataFrame, batch_id: int) -> None:
         routed = route_batch(self.micro_batch(firsts, batch_id), self.source).persist()
@@ -195,7 +197,9 @@ class IngestBatch:
         """Every line of the micro-batch (branch ``all``) beside the dedup's first-seen ids (branch ``first``)."""
         batch = read_batch_range(self.spark, self.checkpoint, batch_id)
         now = F.lit(batch.timestamp_ms / 1000.0).cast("timestamp")
-        lines = read_batch_input(self.spark, self.settings, self.checkpoint, batch)
+        lines = read_batch_input(
+            self.spark, self.settings, self.checkpoint, batch, fail_on_data_loss=self.fail_on_data_loss
+        )
         parsed = parse_events(lines, self.source, self.settings.ingest.event_time, now).withColumn(INGESTED_AT, now)
         return parsed.withColumn(_BRANCH, F.lit("all")).unionByName(
             firsts.withColumn(_BRANCH, F.lit("first")), allowMissingColumns=True
@@ -250,12 +254,28 @@ def ingest_stream(
 
 
 def start_ingest(
-    spark: SparkSession, pipeline: Pipeline, settings: Settings, locations: Locations, *, once: bool = False
+    spark: SparkSession,
+    pipeline: Pipeline,
+    settings: Settings,
+    locations: Locations,
+    *,
+    once: bool = False,
+    accept_data_loss: bool = False,
 ) -> StreamingQuery:
-    """Start the ingest stream (``once``: process what has landed, then stop)."""
+    """Start the ingest stream (``once``: process what is there, then stop).
+
+    A Kafka source is first checked for offsets that aged out while ingest was down
+    (:mod:`ingestion.data_loss`): the job refuses to skip them unless ``accept_data_loss``.
+    """
     locations.ensure_local_dirs()
     setup_ingest_tables(spark, pipeline, locations)
     checkpoint = locations.checkpoint("ingest")
+    fail_on_data_loss = None
+    if settings.ingest.source == "kafka":
+        lost = check_data_loss(spark, settings.ingest.kafka, checkpoint, accept=accept_data_loss)
+        if lost:
+            record_data_loss(spark, lost, locations.quarantine, checkpoint)
+            fail_on_data_loss = False
     body = IngestBatch(
         spark,
         pipeline.source,
@@ -264,9 +284,10 @@ def start_ingest(
         checkpoint,
         CheckpointAppId("ingest", checkpoint),
         idempotent=settings.idempotent_writes,
+        fail_on_data_loss=fail_on_data_loss,
     )
     writer = (
-        ingest_stream(spark, pipeline.source, settings, locations.landing)
+        ingest_stream(spark, pipeline.source, settings, locations.landing, fail_on_data_loss=fail_on_data_loss)
         .writeStream.queryName(f"ingest_{pipeline.name}")
         .option("checkpointLocation", checkpoint)
         .foreachBatch(body)

@@ -72,8 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lambda-pipeline", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
 
-    ingest = verbs.add_parser("ingest", help="stream landed JSON-lines files into the master dataset")
-    ingest.add_argument("--once", action="store_true", help="ingest what has landed, then stop")
+    ingest = verbs.add_parser("ingest", help="stream the landing folder or Kafka topic into the master dataset")
+    ingest.add_argument("--once", action="store_true", help="ingest what is there now, then stop")
+    ingest.add_argument(
+        "--accept-data-loss",
+        action="store_true",
+        help="resume although Kafka offsets ingest still needed aged out (the loss is recorded in quarantine)",
+    )
     speed = verbs.add_parser("speed", help="maintain the speed layer's partials for uncovered events")
     speed.add_argument("--once", action="store_true", help="catch up with the master table, then stop")
     batch = verbs.add_parser("batch", help="recompute and publish the batch views")
@@ -128,9 +133,30 @@ def _cmd_ingest(ctx: Context, args: argparse.Namespace) -> int:
     from ingestion.job import start_ingest
     from lambda_core.streaming import run_until_stopped
 
-    query = start_ingest(ctx.spark, ctx.pipeline, ctx.settings, ctx.locations, once=args.once)
-    print(f"ingest: watching {ctx.locations.landing} -> {ctx.locations.master}" + (" (once)" if args.once else ""))
-    run_until_stopped([query], once=args.once)
+    settings = ctx.settings
+    query = start_ingest(
+        ctx.spark, ctx.pipeline, settings, ctx.locations, once=args.once, accept_data_loss=args.accept_data_loss
+    )
+    kafka = settings.ingest.kafka
+    origin = (
+        f"kafka {kafka.bootstrap_servers} {kafka.topic or kafka.subscribe_pattern}"
+        if settings.ingest.source == "kafka"
+        else ctx.locations.landing
+    )
+    print(f"ingest: watching {origin} -> {ctx.locations.master}" + (" (once)" if args.once else ""), flush=True)
+    try:
+        run_until_stopped([query], once=args.once)
+    except Exception as exc:
+        from ingestion.data_loss import check_data_loss, is_data_loss_failure
+
+        if settings.ingest.source == "kafka" and is_data_loss_failure(exc):
+            # Offsets aged out while the job ran: report the exact ranges if they can be found.
+            check_data_loss(ctx.spark, kafka, ctx.locations.checkpoint("ingest"), accept=False)
+            raise LambdaError(
+                f"Kafka reported data loss while ingest ran ({str(exc).strip().splitlines()[0]}); "
+                "restart ingest to see the lost ranges, then decide on --accept-data-loss"
+            ) from None
+        raise
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Seeded clickstream generator: JSON-lines files with late, duplicated and malformed events.
+"""Seeded clickstream generator: JSON-lines files (or Kafka messages) with late, duplicated and malformed events.
 
 Files are written under a hidden name and renamed into the landing folder, so
 the ingest stream never reads half a file. The returned stats are the ground
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-__all__ = ["MALFORMED_KINDS", "ClickstreamGenerator", "GeneratedFile"]
+__all__ = ["HOSTILE_KINDS", "MALFORMED_KINDS", "ClickstreamGenerator", "GeneratedFile", "GeneratedMessages"]
 
 PAGES = tuple(
     f"/{p}"
@@ -44,6 +44,22 @@ PAGES = tuple(
     )
 )
 MALFORMED_KINDS = ("truncated_json", "wrong_type", "missing_field", "bad_time", "not_an_object", "empty_line")
+# What only a message broker can carry, plus policy cases; each kind maps to the reason ingest gives it
+# (None: accepted by policy; an additive new field is ignored, the event goes to master).
+HOSTILE_KINDS: dict[str, str | None] = {
+    "null_value": "empty_message",
+    "empty_value": "empty_line",
+    "null_field": "missing_field",
+    "non_utf8": "invalid_utf8",
+    "oversize": "oversize",
+    "future_time": "event_time_out_of_range",
+    "ancient_time": "event_time_out_of_range",
+    "duplicate_id": "duplicate",
+    "wrong_type": "wrong_type",
+    "malformed_json": "malformed_json",
+    "missing_field": "missing_field",
+    "schema_drift": None,
+}
 
 
 @dataclass
@@ -56,6 +72,18 @@ class GeneratedFile:
     malformed: Counter[str] = field(default_factory=Counter)
     event_ids: list[str] = field(default_factory=list)
     written_at: float = 0.0
+
+
+@dataclass
+class GeneratedMessages:
+    """Ground truth for messages sent to Kafka: counts by kind, and the ids that must reach master."""
+
+    messages: int = 0
+    events: int = 0
+    duplicates: int = 0
+    malformed: Counter[str] = field(default_factory=Counter)
+    hostile: Counter[str] = field(default_factory=Counter)
+    event_ids: list[str] = field(default_factory=list)
 
 
 class ClickstreamGenerator:
@@ -142,6 +170,66 @@ class ClickstreamGenerator:
             stats.events += 1
             stats.event_ids.append(json.loads(out[-1])["event_id"])
         stats.lines = len(out)
+        return out, stats
+
+    def hostile_message(
+        self, kind: str, now: datetime, oversize_bytes: int = 200_000
+    ) -> tuple[bytes | None, str | None]:
+        """One message of a hostile ``kind`` (see HOSTILE_KINDS) and, when it is a valid event, its id."""
+        event_id, line, _ = self._event(now)
+        record = json.loads(line)
+        if kind == "null_value":
+            return None, None
+        if kind == "empty_value":
+            return b"", None
+        if kind == "null_field":
+            record["page"] = None
+        elif kind == "non_utf8":
+            return line.encode()[:20] + b"\xff\xfe\xc3(" + line.encode()[20:], None
+        elif kind == "oversize":
+            record["padding"] = "x" * oversize_bytes
+        elif kind == "future_time":
+            record["event_time"] = (now + timedelta(days=400)).isoformat().replace("+00:00", "Z")
+        elif kind == "ancient_time":
+            record["event_time"] = "1969-07-20T20:17:40Z"
+        elif kind == "duplicate_id":
+            return (self.rng.choice(self._recent) if self._recent else line).encode(), None
+        elif kind == "wrong_type":
+            record["duration_ms"] = {"value": 12}
+        elif kind == "malformed_json":
+            return line[: len(line) // 3].encode(), None
+        elif kind == "missing_field":
+            del record["event_id"]
+        elif kind == "schema_drift":
+            record["referrer"] = "https://example.com/"
+            return json.dumps(record, separators=(",", ":")).encode(), event_id
+        else:
+            raise ValueError(f"unknown hostile kind {kind!r}; expected one of {sorted(HOSTILE_KINDS)}")
+        return json.dumps(record, separators=(",", ":")).encode(), None
+
+    def messages(
+        self, events: int, hostile_fraction: float = 0.0, now: datetime | None = None
+    ) -> tuple[list[bytes | None], GeneratedMessages]:
+        """Kafka message values: the lines of :meth:`lines` plus, if asked, every hostile kind in turn."""
+        now = now or datetime.now(timezone.utc)
+        lines, file_stats = self.lines(events, now)
+        stats = GeneratedMessages(
+            events=file_stats.events,
+            duplicates=file_stats.duplicates,
+            malformed=file_stats.malformed,
+            event_ids=file_stats.event_ids,
+        )
+        out: list[bytes | None] = [line.encode() for line in lines]
+        kinds = sorted(HOSTILE_KINDS)
+        for i in range(round(events * hostile_fraction)):
+            kind = kinds[i % len(kinds)]
+            value, event_id = self.hostile_message(kind, now)
+            out.insert(self.rng.randrange(len(out) + 1), value)
+            stats.hostile[kind] += 1
+            if event_id is not None:
+                stats.events += 1
+                stats.event_ids.append(event_id)
+        stats.messages = len(out)
         return out, stats
 
     def write_file(self, landing: str | Path, events: int) -> GeneratedFile:
