@@ -23,7 +23,7 @@ from lambda_core.errors import EnvironmentProblem
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["DELTA_COORDINATE", "KAFKA_COORDINATE", "check_java", "get_spark", "required_packages"]
+__all__ = ["DELTA_COORDINATE", "KAFKA_COORDINATE", "check_java", "get_spark", "required_packages", "token_provider_jar"]
 
 SCALA_BINARY = "2.13"
 MIN_JAVA = 17
@@ -49,6 +49,48 @@ def _kafka_coordinate() -> str:
 
 
 KAFKA_COORDINATE = _kafka_coordinate()
+
+# The Kafka connector's one Spark-internal dependency, spark-token-provider-kafka-0-10, is not on Maven
+# Central for every Spark release (none for 4.1.x or 4.2.0 when this was written), so resolving the
+# connector alone fails. It is excluded from resolution and the newest published release that the
+# connector links against is fetched directly instead (the connector uses only its stable helpers).
+TOKEN_PROVIDER = ("org.apache.spark", f"spark-token-provider-kafka-0-10_{SCALA_BINARY}")
+TOKEN_PROVIDER_FALLBACK = "4.0.0"
+MAVEN_REPO = os.environ.get("LAMBDA_PIPELINE_MAVEN_REPO", "https://repo1.maven.org/maven2")
+
+
+def token_provider_jar() -> Path:
+    """The token-provider jar: at pyspark's version if Maven Central has it, else the fallback release."""
+    import urllib.error
+    import urllib.request
+
+    import pyspark
+
+    group, artifact = TOKEN_PROVIDER
+    folder = _cache_dir() / "jars"
+    errors = []
+    for version in dict.fromkeys((pyspark.__version__, TOKEN_PROVIDER_FALLBACK)):
+        name = f"{artifact}-{version}.jar"
+        target = folder / name
+        if target.is_file():
+            return target
+        url = f"{MAVEN_REPO}/{group.replace('.', '/')}/{artifact}/{version}/{name}"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:
+                data = response.read()
+            with urllib.request.urlopen(url + ".sha1", timeout=60) as response:
+                expected = response.read().decode().split()[0].strip()
+        except (urllib.error.URLError, OSError) as exc:
+            errors.append(f"{url}: {exc}")
+            continue
+        if hashlib.sha1(data).hexdigest() != expected:
+            raise EnvironmentProblem(f"checksum mismatch for {url}; retry, or check the Maven mirror")
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".part")
+        partial.write_bytes(data)
+        partial.replace(target)
+        return target
+    raise EnvironmentProblem(f"could not fetch {group}:{artifact} from Maven Central: {'; '.join(errors)}")
 
 
 def required_packages(extra: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -152,6 +194,11 @@ def get_spark(
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.streaming.forceDeleteTempCheckpointLocation": "true",
     }
+    if KAFKA_COORDINATE in wanted:
+        conf["spark.jars.excludes"] = ":".join(TOKEN_PROVIDER)
+        # On the driver's class path (local mode runs executors in the driver): a spark.jars entry
+        # would replace the list of resolved package jars.
+        conf["spark.driver.extraClassPath"] = str(token_provider_jar())
     conf.update(settings.conf)
     conf.update(extra_conf or {})
     # spark-submit starts the JVM first and hands Python its gateway port: packages come from --packages.

@@ -12,7 +12,7 @@ from lambda_core.tables import Locations
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory):
-    from lambda_core.session import get_spark
+    from lambda_core.session import KAFKA_COORDINATE, get_spark
 
     warehouse = tmp_path_factory.mktemp("spark-warehouse")
     session = get_spark(
@@ -22,7 +22,8 @@ def spark(tmp_path_factory: pytest.TempPathFactory):
             shuffle_partitions=2,
             log_level="ERROR",
             conf={"spark.ui.enabled": "false", "spark.sql.warehouse.dir": str(warehouse)},
-        )
+        ),
+        packages=(KAFKA_COORDINATE,),  # the Kafka tests read topics in this same session
     )
     yield session
     session.stop()
