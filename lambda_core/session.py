@@ -194,11 +194,10 @@ def get_spark(
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.streaming.forceDeleteTempCheckpointLocation": "true",
     }
+    extra_jars = []
     if KAFKA_COORDINATE in wanted:
         conf["spark.jars.excludes"] = ":".join(TOKEN_PROVIDER)
-        # On the driver's class path (local mode runs executors in the driver): a spark.jars entry
-        # would replace the list of resolved package jars.
-        conf["spark.driver.extraClassPath"] = str(token_provider_jar())
+        extra_jars.append(str(token_provider_jar()))
     conf.update(settings.conf)
     conf.update(extra_conf or {})
     # spark-submit starts the JVM first and hands Python its gateway port: packages come from --packages.
@@ -206,10 +205,13 @@ def get_spark(
     cached = None if launched_by_submit else _cached_jars(wanted)
     if not launched_by_submit:
         if cached:
-            conf["spark.jars"] = ",".join(cached)
+            conf["spark.jars"] = ",".join(dict.fromkeys([*cached, *extra_jars]))
         else:
             print(f"Resolving JVM packages {', '.join(wanted)} from Maven Central (first run only)...", file=sys.stderr)
             conf["spark.jars.packages"] = ",".join(wanted)
+            if extra_jars and "PYSPARK_SUBMIT_ARGS" not in os.environ:
+                # spark-submit merges --jars with the resolved packages; a spark.jars setting would replace them.
+                os.environ["PYSPARK_SUBMIT_ARGS"] = f"--jars {','.join(extra_jars)} pyspark-shell"
     builder = SparkSession.builder.master(settings.master).appName(app_name or settings.app_name)
     for key, value in conf.items():
         builder = builder.config(key, value)

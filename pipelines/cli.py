@@ -18,6 +18,7 @@ from lambda_core.config import Settings, duration_seconds, load_settings
 from lambda_core.errors import LambdaError
 from lambda_core.pipeline import Pipeline
 from lambda_core.tables import Locations
+from pipelines.kafka_cmd import add_kafka_parser, run_kafka
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -98,7 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo = verbs.add_parser("demo", help="generator -> ingest -> batch -> speed -> merged query")
     demo.add_argument("--events", type=int, default=20_000, help="valid events to generate (default 20000)")
     demo.add_argument("--seed", type=int, default=None, help="generator seed (default: new each run)")
-    for sub in (ingest, speed, batch, query, demo):
+    demo.add_argument(
+        "--source",
+        choices=("files", "kafka"),
+        default=None,
+        help="files: the landing folder; kafka: a local broker on 127.0.0.1 (started if needed) (default: config)",
+    )
+    kafka = add_kafka_parser(verbs)
+    for sub in (ingest, speed, batch, query, demo, kafka):
         _common(sub)
     return parser
 
@@ -213,11 +221,20 @@ def _cmd_demo(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"ingest": _cmd_ingest, "speed": _cmd_speed, "batch": _cmd_batch, "query": _cmd_query, "demo": _cmd_demo}
+COMMANDS = {
+    "ingest": _cmd_ingest,
+    "speed": _cmd_speed,
+    "batch": _cmd_batch,
+    "query": _cmd_query,
+    "demo": _cmd_demo,
+    "kafka": run_kafka,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "source", None):
+        args.overrides = [*args.overrides, f"ingest.source={args.source}"]
     try:
         ctx = Context.from_args(args)
         return COMMANDS[args.verb](ctx, args)

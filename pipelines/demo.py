@@ -1,5 +1,9 @@
 """The demo: generator -> ingest -> batch -> more events -> ingest -> speed -> merged query.
 
+With ``--source kafka`` the generator produces to a topic of the project's own
+broker on 127.0.0.1 (started for the demo and stopped after it, unless one was
+already running), including the message kinds only a broker carries.
+
 The second wave of events is ingested after the batch ran, so the speed layer
 alone covers it and the merge is visible in the layer shares printed at the end.
 Re-running on the same work directory adds new events on top of the old ones.
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipelines.generator import ClickstreamGenerator
@@ -36,34 +41,73 @@ def run_demo(ctx: Context, *, events: int, seed: int | None = None) -> None:
 
     if events < 10:
         raise ValueError("--events must be at least 10")
-    step = _Steps(8)
+    kafka = ctx.settings.ingest.source == "kafka"
+    step = _Steps(9 if kafka else 8)
     loc = ctx.locations
     loc.ensure_local_dirs()
     seed = seed if seed is not None else time.time_ns() % 1_000_000_007
     generator = ClickstreamGenerator(seed)
     first_wave, second_wave = events * 4 // 5, events - events * 4 // 5
 
+    broker = None
+    if kafka:
+        broker = _local_broker(ctx)
+        step(f"Kafka broker {ctx.settings.ingest.kafka.bootstrap_servers}, topic {ctx.settings.ingest.kafka.topic}")
     step(f"work directory {loc.workdir}; starting Spark")
     spark = ctx.spark
+    try:
+        malformed = _send(ctx, generator, first_wave, "first")
+        step(f"generated the first wave ({first_wave} events, {sum(malformed.values())} bad or repeated)")
+        start_ingest(spark, ctx.pipeline, ctx.settings, loc, once=True).awaitTermination()
+        step("ingested the first wave into the master dataset")
+        coverage, _ = run_batch(spark, ctx.pipeline, loc)
+        step(f"batch layer published coverage = master version {coverage.master_version}")
 
-    written = generator.write(loc.landing, first_wave, files=4)
-    step(f"generated {sum(f.lines for f in written)} lines ({first_wave} events) into {loc.landing}")
-    start_ingest(spark, ctx.pipeline, ctx.settings, loc, once=True).awaitTermination()
-    step("ingested the first wave into the master dataset")
-    coverage, _ = run_batch(spark, ctx.pipeline, loc)
-    step(f"batch layer published coverage = master version {coverage.master_version}")
+        malformed += _send(ctx, generator, second_wave, "second")
+        start_ingest(spark, ctx.pipeline, ctx.settings, loc, once=True).awaitTermination()
+        step(f"generated and ingested a second wave of {second_wave} events (after the batch)")
+        start_speed(spark, ctx.pipeline, ctx.settings, loc, once=True).awaitTermination()
+        step("speed layer caught up with the uncovered commits")
 
-    written2 = generator.write(loc.landing, second_wave, files=2)
-    malformed = sum((f.malformed for f in (*written, *written2)), Counter())
-    start_ingest(spark, ctx.pipeline, ctx.settings, loc, once=True).awaitTermination()
-    step(f"generated and ingested a second wave of {second_wave} events (after the batch)")
-    start_speed(spark, ctx.pipeline, ctx.settings, loc, once=True).awaitTermination()
-    step("speed layer caught up with the uncovered commits")
+        serving = ServingLayer(spark, ctx.pipeline, loc)
+        serving.refresh()
+        step("serving views registered: serving.*, batch.*, speed.*, master.*")
+        _report(ctx, serving, malformed)
+    finally:
+        if broker is not None:
+            broker.stop()
+            print(f"stopped the demo's Kafka broker (its data stays in {broker.base_dir})")
 
-    serving = ServingLayer(spark, ctx.pipeline, loc)
-    serving.refresh()
-    step("serving views registered: serving.*, batch.*, speed.*, master.*")
-    _report(ctx, serving, malformed)
+
+def _local_broker(ctx: Context):
+    """Start the project's broker for the demo when the config points at loopback and none answers."""
+    from local_services.kafka_broker import KafkaBroker, create_topic
+
+    kafka = ctx.settings.ingest.kafka
+    host, _, port = kafka.bootstrap_servers.split(",")[0].rpartition(":")
+    if host not in ("127.0.0.1", "localhost"):
+        create_topic(kafka.bootstrap_servers, str(kafka.topic), kafka.partitions)
+        return None  # a real cluster: use it as it is
+    broker = KafkaBroker(Path(ctx.locations.workdir) / "kafka", port=int(port))
+    if broker.status().running:
+        broker = None  # started by 'lambda-pipeline kafka start': leave it running
+    else:
+        broker.start()
+    create_topic(kafka.bootstrap_servers, str(kafka.topic), kafka.partitions)
+    return broker
+
+
+def _send(ctx: Context, generator: ClickstreamGenerator, events: int, wave: str) -> Counter[str]:
+    """One wave of events into the landing folder or the topic; the bad lines by kind."""
+    if ctx.settings.ingest.source != "kafka":
+        written = generator.write(ctx.locations.landing, events, files=4 if wave == "first" else 2)
+        return sum((f.malformed for f in written), Counter()) + Counter(duplicate=sum(f.duplicates for f in written))
+    from pipelines.kafka_producer import KafkaEventProducer
+
+    producer = KafkaEventProducer(ctx.settings.ingest.kafka)
+    sent = producer.produce(generator, events, hostile_fraction=0.01)
+    producer.close()
+    return sent.malformed + sent.hostile + Counter(duplicate=sent.duplicates)
 
 
 def _report(ctx: Context, serving, malformed: Counter[str]) -> None:
@@ -87,7 +131,7 @@ def _report(ctx: Context, serving, malformed: Counter[str]) -> None:
     print(f"  merged      : {share.serving_events:>9}  (= batch + speed, each event once)")
     print(f"master rows {share.master_rows}, quarantined lines {share.quarantined}:")
     spark.sql(
-        f"SELECT regexp_extract(reason, '^[a-z_]+', 0) AS reason, count(*) AS lines "
+        f"SELECT regexp_extract(reason, '^[a-z_0-9]+', 0) AS reason, count(*) AS lines "
         f"FROM master.{tables.quarantine} GROUP BY 1 ORDER BY 2 DESC"
     ).show(truncate=False)
     prov = serving.provenance("page_activity")

@@ -9,6 +9,8 @@ import pytest
 from lambda_core.config import Settings, SparkSettings, load_settings
 from lambda_core.tables import Locations
 
+pytest_plugins = ["tests.kafka_support"]  # kafka_broker (real broker on loopback) and kafka_topic
+
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory):
