@@ -124,7 +124,13 @@ def ensure_table(spark: SparkSession, path: str, schema: T.StructType, partition
     builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
     if partition_by:
         builder = builder.partitionedBy(*partition_by)
-    builder.execute()
+    try:
+        builder.execute()
+    except Exception:
+        # Two jobs starting together (ingest and speed both ensure master) race to write version 0;
+        # the loser's conflict is harmless once the winner's table is there.
+        if not DeltaTable.isDeltaTable(spark, path):
+            raise
 
 
 def latest_version(spark: SparkSession, path: str) -> int:

@@ -21,6 +21,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -57,6 +58,8 @@ class PipelineProcess:
         return cmd
 
     def start(self) -> None:
+        if self.alive:
+            return
         self.starts += 1
         log = open(self.workdir / "logs" / f"{self.verb}-{self.starts:03d}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -85,6 +88,14 @@ class PipelineProcess:
             self.kill()
             return None
 
+    def ready(self) -> bool:
+        """Whether the job has started its stream (the CLI prints one line then)."""
+        path = self.workdir / "logs" / f"{self.verb}-{self.starts:03d}.log"
+        try:
+            return f"{self.verb}: ".encode() in path.read_bytes()
+        except FileNotFoundError:
+            return False
+
     def last_log(self, lines: int = 20) -> str:
         path = self.workdir / "logs" / f"{self.verb}-{self.starts:03d}.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
@@ -94,6 +105,7 @@ class PipelineProcess:
 class ChaosReport:
     kills: dict[str, int] = field(default_factory=lambda: {v: 0 for v in VERBS})
     on_commit_kills: int = 0
+    startup_kills: int = 0
     early_exits: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -102,57 +114,113 @@ class ChaosReport:
         return sum(self.kills.values())
 
 
+def _wait(condition, until: float, interval: float) -> bool:
+    """Poll ``condition`` until it holds or the deadline passes (bounded)."""
+    while time.monotonic() < until:
+        if condition():
+            return True
+        time.sleep(interval)  # polling a child process and its files, bounded by ``until``
+    return condition()
+
+
+def _crash_loop(
+    proc: PipelineProcess,
+    kills: int,
+    rng: random.Random,
+    report: ChaosReport,
+    lock: threading.Lock,
+    uptime: tuple[float, float],
+    on_commit_fraction: float,
+    startup_fraction: float,
+    watch: Path | None,
+    deadline: float,
+) -> None:
+    """Kill one process ``kills`` times: mostly once it runs (random uptime or at a commit), sometimes at start-up."""
+    done = 0
+    while done < kills and time.monotonic() < deadline:
+        proc.start()
+        roll = rng.random()
+        if roll >= startup_fraction:  # let it come up first: kills during start-up alone prove little
+            _wait(lambda: not proc.alive or proc.ready(), min(deadline, time.monotonic() + 180), 0.2)
+        on_commit = watch is not None and roll >= startup_fraction and rng.random() < on_commit_fraction
+        if roll < startup_fraction:
+            _wait(lambda: not proc.alive, time.monotonic() + rng.uniform(0.5, 6.0), 0.1)
+        elif on_commit and watch is not None:
+            seen = _commits(watch)
+            _wait(
+                lambda seen=seen: not proc.alive or _commits(watch) > seen, min(deadline, time.monotonic() + 90), 0.01
+            )
+        else:
+            _wait(lambda: not proc.alive, min(deadline, time.monotonic() + rng.uniform(*uptime)), 0.1)
+        if not proc.alive:  # died by itself: a finding, not a kill
+            with lock:
+                report.early_exits.append(f"{proc.verb} exited with {proc.proc.returncode}: {proc.last_log(8)}")
+                if len(report.early_exits) > 3:
+                    raise RuntimeError("a pipeline process keeps exiting by itself:\n" + "\n".join(report.early_exits))
+            continue
+        proc.kill()
+        done += 1
+        with lock:
+            report.kills[proc.verb] += 1
+            report.on_commit_kills += on_commit
+            report.startup_kills += roll < startup_fraction
+    proc.start()  # leave it running; run_chaos stops it cleanly
+
+
 def run_chaos(
     workdir: Path,
     overrides: Sequence[str],
     *,
     kills: int,
     seed: int = 0,
-    uptime: tuple[float, float] = (3.0, 15.0),
+    uptime: tuple[float, float] = (1.0, 10.0),
     on_commit_fraction: float = 0.3,
+    startup_fraction: float = 0.1,
     output_logs: dict[str, Path] | None = None,
     deadline_seconds: float = 1800.0,
     config: str | None = None,
 ) -> ChaosReport:
-    """Run ingest and speed, SIGKILL one of them ``kills`` times, restart each time; stop both cleanly.
+    """Run ingest and speed, SIGKILL them ``kills`` times in all (half each, concurrently), restart each time.
 
     ``output_logs`` maps a verb to the ``_delta_log`` folder of the table it commits to (for
-    ``on_commit`` kills). The loop is bounded by ``kills`` and by ``deadline_seconds``.
+    ``on_commit`` kills). Bounded by ``kills`` and by ``deadline_seconds``; both processes are
+    stopped cleanly (SIGTERM) at the end.
     """
-    rng = random.Random(seed)
     procs = {verb: PipelineProcess(verb, workdir, overrides, config) for verb in VERBS}
     report = ChaosReport()
+    lock = threading.Lock()
     start = time.monotonic()
     deadline = start + deadline_seconds
-    for proc in procs.values():
-        proc.start()
+    errors: list[BaseException] = []
+
+    def loop(verb: str, n: int, loop_seed: int) -> None:
+        try:
+            _crash_loop(
+                procs[verb],
+                n,
+                random.Random(loop_seed),
+                report,
+                lock,
+                uptime,
+                on_commit_fraction,
+                startup_fraction,
+                (output_logs or {}).get(verb),
+                deadline,
+            )
+        except BaseException as exc:
+            errors.append(exc)
+
+    shares = {"ingest": kills - kills // 2, "speed": kills // 2}
+    threads = [threading.Thread(target=loop, args=(v, shares[v], seed * 31 + i)) for i, v in enumerate(VERBS)]
     try:
-        while report.total < kills and time.monotonic() < deadline:
-            verb = rng.choice(VERBS)
-            victim = procs[verb]
-            watch = (output_logs or {}).get(verb)
-            on_commit = watch is not None and rng.random() < on_commit_fraction
-            until = time.monotonic() + rng.uniform(*uptime) * (4 if on_commit else 1)
-            seen = _commits(watch) if on_commit and watch else 0
-            while time.monotonic() < min(until, deadline):
-                if not victim.alive:
-                    break
-                if on_commit and watch and _commits(watch) > seen:
-                    break
-                time.sleep(0.02 if on_commit else 0.2)  # polling the process and its table, deadline-bounded
-            if not victim.alive:  # died by itself: a finding, not a kill
-                report.early_exits.append(f"{verb} exited with {victim.proc.returncode}: {victim.last_log(5)}")
-                if len(report.early_exits) > 3:
-                    raise RuntimeError(
-                        "pipeline processes keep exiting by themselves:\n" + "\n".join(report.early_exits)
-                    )
-            else:
-                victim.kill()
-                report.kills[verb] += 1
-                report.on_commit_kills += on_commit
-            victim.start()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=deadline_seconds + 300)
     finally:
         for proc in procs.values():
             proc.stop()
         report.seconds = time.monotonic() - start
+    if errors:
+        raise errors[0]
     return report

@@ -173,7 +173,10 @@ def _cmd_speed(ctx: Context, args: argparse.Namespace) -> int:
     from speed_layer.job import start_speed
 
     query = start_speed(ctx.spark, ctx.pipeline, ctx.settings, ctx.locations, once=args.once)
-    print(f"speed: {ctx.locations.master} -> {ctx.locations.warehouse}/speed" + (" (once)" if args.once else ""))
+    print(
+        f"speed: {ctx.locations.master} -> {ctx.locations.warehouse}/speed" + (" (once)" if args.once else ""),
+        flush=True,
+    )
     run_until_stopped([query], once=args.once)
     return 0
 
