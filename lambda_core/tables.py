@@ -128,9 +128,14 @@ def ensure_table(spark: SparkSession, path: str, schema: T.StructType, partition
         builder.execute()
     except Exception:
         # Two jobs starting together (ingest and speed both ensure master) race to write version 0;
-        # the loser's conflict is harmless once the winner's table is there.
-        if not DeltaTable.isDeltaTable(spark, path):
-            raise
+        # the loser's conflict is harmless once the winner's table is there (bounded wait for it).
+        import time
+
+        deadline = time.monotonic() + 60
+        while not DeltaTable.isDeltaTable(spark, path):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)  # waiting for the other writer's version 0, bounded by the deadline
 
 
 def latest_version(spark: SparkSession, path: str) -> int:

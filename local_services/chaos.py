@@ -173,14 +173,17 @@ def run_chaos(
     *,
     kills: int,
     seed: int = 0,
-    uptime: tuple[float, float] = (1.0, 10.0),
+    uptime: tuple[float, float] = (2.0, 20.0),
     on_commit_fraction: float = 0.3,
     startup_fraction: float = 0.1,
     output_logs: dict[str, Path] | None = None,
     deadline_seconds: float = 1800.0,
     config: str | None = None,
+    only: str | None = None,
 ) -> ChaosReport:
     """Run ingest and speed, SIGKILL them ``kills`` times in all (half each, concurrently), restart each time.
+
+    ``only`` ("ingest" or "speed") aims every kill at that process; the other one just runs.
 
     ``output_logs`` maps a verb to the ``_delta_log`` folder of the table it commits to (for
     ``on_commit`` kills). Bounded by ``kills`` and by ``deadline_seconds``; both processes are
@@ -211,6 +214,8 @@ def run_chaos(
             errors.append(exc)
 
     shares = {"ingest": kills - kills // 2, "speed": kills // 2}
+    if only is not None:
+        shares = {verb: kills if verb == only else 0 for verb in VERBS}
     threads = [threading.Thread(target=loop, args=(v, shares[v], seed * 31 + i)) for i, v in enumerate(VERBS)]
     try:
         for thread in threads:

@@ -134,6 +134,7 @@ def crash_run(
     per_second: int = 150,
     seed: int | None = None,
     deadline_seconds: float = 1800.0,
+    only: str | None = None,
 ) -> CrashRun:
     """Crash phase (``kills`` SIGKILLs while producing), quiesce, then reconcile against the topic."""
     sets = crash_overrides(bootstrap, topic, *extra)
@@ -158,6 +159,7 @@ def crash_run(
                 "speed": Path(loc.speed_partials(PAGE_ACTIVITY.name)) / "_delta_log",
             },
             deadline_seconds=deadline_seconds,
+            only=only,
         )
     finally:
         stop.set()

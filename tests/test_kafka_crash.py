@@ -13,7 +13,7 @@ import pytest
 
 from pipelines.crash_check import crash_run
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.crash]
 
 KILLS = int(os.environ.get("LAMBDA_PIPELINE_CRASH_KILLS", "20"))
 
@@ -24,6 +24,7 @@ def test_sigkill_crashes_lose_and_duplicate_nothing(spark, kafka_broker, kafka_t
     print(f"crash run: {summary}")
     assert run.report.total >= KILLS, summary
     assert run.report.kills["ingest"] > 0 and run.report.kills["speed"] > 0, summary
+    assert not run.report.early_exits, summary
     assert run.report.on_commit_kills > 0, summary
     assert run.produced == sum(s.messages for s in run.sent), summary
     assert run.master + run.quarantine == run.produced, summary
@@ -41,9 +42,10 @@ def test_control_without_idempotent_commits_shows_duplicates(spark, kafka_broker
         kafka_broker.bootstrap_servers,
         kafka_topic,
         tmp_path / "work",
-        6,
+        3,
         "idempotent_writes=false",
         on_commit=1.0,
+        only="ingest",
     )
     summary = run.summary()
     print(f"control run: {summary}")
