@@ -125,9 +125,10 @@ class KafkaEventProducer:
             generated = self.produce(generator, per_tick, hostile_fraction)
             sent += generated.messages
             self.stats.sent_at.append((time.time(), sent))
-            delay = start + (tick + 1) * interval - time.monotonic()
-            if delay > 0:
-                self._producer.poll(delay)  # pacing the producer (and serving delivery callbacks)
+            # Pacing: poll() returns at the first delivery report, so keep polling until the tick's end.
+            tick_end = start + (tick + 1) * interval
+            while (delay := tick_end - time.monotonic()) > 0:
+                self._producer.poll(delay)
         self.flush()
         return self.stats
 
