@@ -27,39 +27,13 @@ from pyspark.sql import functions as F
 from ingestion.sources import PRE_REASON, RAW, decode_messages, kafka_source_options
 from lambda_core.config import Settings
 from lambda_core.errors import LambdaError
+from lambda_core.streaming import json_lines, read_text
 from lambda_core.views import SOURCE_FILE
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["BatchRange", "json_lines", "read_batch_input", "read_batch_range", "read_text"]
-
-
-def read_text(spark: SparkSession, path: str) -> str | None:
-    """A small file's text through Hadoop's file system (local, HDFS or S3), or None if absent."""
-    jvm = spark.sparkContext._jvm
-    assert jvm is not None
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    if not fs.exists(hpath):
-        return None
-    stream = fs.open(hpath)
-    try:
-        return str(jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
-    finally:
-        stream.close()
-
-
-def json_lines(text: str) -> list[Any]:
-    """JSON values of a log file, one per line; the version line and Spark's leading NUL byte skipped."""
-    out = []
-    for line in text.replace("\x00", "").splitlines():
-        line = line.strip()
-        if line and line[0] in "{[":
-            out.append(json.loads(line))
-        elif line == "-":  # a source without an offset yet
-            out.append(None)
-    return out
+__all__ = ["BatchRange", "read_batch_input", "read_batch_range"]
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,10 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from ingestion.batch_input import json_lines, read_text
 from ingestion.sources import kafka_source_options
 from lambda_core.config import KafkaSettings
 from lambda_core.errors import DataLossError
-from lambda_core.streaming import CheckpointAppId, idempotent_append
+from lambda_core.streaming import CheckpointAppId, OnceAppender, json_lines, read_text
 from lambda_core.tables import QUARANTINE_SCHEMA
 
 if TYPE_CHECKING:
@@ -171,5 +170,5 @@ def record_data_loss(spark: SparkSession, lost: list[LostRange], quarantine: str
         for r in lost
     ]
     frame = spark.createDataFrame(rows, QUARANTINE_SCHEMA)
-    app_id = CheckpointAppId("ingest-data-loss", checkpoint).get(spark)
-    idempotent_append(frame, quarantine, app_id, (batch or 0) + 1)
+    appender = OnceAppender(CheckpointAppId("ingest-data-loss", checkpoint))
+    appender.append(spark, frame, quarantine, (batch or 0) + 1)

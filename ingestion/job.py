@@ -24,7 +24,7 @@ from ingestion.sources import PRE_REASON, RAW, file_lines, kafka_lines
 from lambda_core.config import EventTimePolicy, Settings, duration_seconds
 from lambda_core.errors import LambdaError
 from lambda_core.pipeline import Pipeline
-from lambda_core.streaming import CheckpointAppId, idempotent_append, with_trigger
+from lambda_core.streaming import CheckpointAppId, OnceAppender, with_trigger
 from lambda_core.tables import QUARANTINE_SCHEMA, Locations, ensure_table, latest_version
 from lambda_core.views import INGEST_TAG, INGESTED_AT, SOURCE_FILE, EventSource
 
@@ -159,8 +159,7 @@ class IngestBatch:
     settings: Settings
     locations: Locations
     checkpoint: str
-    app_id: CheckpointAppId
-    idempotent: bool = True
+    appender: OnceAppender
     fail_on_data_loss: bool | None = None
 
     def __call__(self, firsts: DataFrame, batch_id: int) -> None:
@@ -169,10 +168,9 @@ class IngestBatch:
             counts = {bool(ok): n for ok, n in routed.groupBy(F.col(REASON).isNull().alias("ok")).count().collect()}
             if not counts:  # a no-data batch (the watermark moved): nothing to write
                 return
-            app_id = self.app_id.get(self.spark)
             writes = []
             if counts.get(True):
-                writes.append(lambda: self._append_master(routed.filter(F.col(REASON).isNull()), app_id, batch_id))
+                writes.append(lambda: self._append_master(routed.filter(F.col(REASON).isNull()), batch_id))
             if counts.get(False):
                 quarantine = routed.filter(F.col(REASON).isNotNull()).select(
                     RAW,
@@ -181,11 +179,7 @@ class IngestBatch:
                     F.lit(batch_id).cast("long").alias("ingest_batch"),
                     F.col(INGESTED_AT).alias("quarantined_at"),
                 )
-                writes.append(
-                    lambda: idempotent_append(
-                        quarantine, self.locations.quarantine, app_id, batch_id, idempotent=self.idempotent
-                    )
-                )
+                writes.append(lambda: self.appender.append(self.spark, quarantine, self.locations.quarantine, batch_id))
             # Two independent, idempotent commits: small Delta commits are latency-bound, so overlap them.
             with ThreadPoolExecutor(max_workers=2) as pool:
                 for future in [pool.submit(write) for write in writes]:
@@ -205,16 +199,12 @@ class IngestBatch:
             firsts.withColumn(_BRANCH, F.lit("first")), allowMissingColumns=True
         )
 
-    def _append_master(self, events: DataFrame, app_id: str, batch_id: int) -> None:
+    def _append_master(self, events: DataFrame, batch_id: int) -> None:
         # Only this job writes master, so the next commit's version is known before writing.
         before = latest_version(self.spark, self.locations.master)
         tagged = events.withColumn(INGEST_TAG, F.lit(before + 1).cast("long"))
-        idempotent_append(
-            tagged.select(*self.source.master_schema.fieldNames()),
-            self.locations.master,
-            app_id,
-            batch_id,
-            idempotent=self.idempotent,
+        self.appender.append(
+            self.spark, tagged.select(*self.source.master_schema.fieldNames()), self.locations.master, batch_id
         )
         after = latest_version(self.spark, self.locations.master)
         if after not in (before, before + 1):
@@ -282,8 +272,7 @@ def start_ingest(
         settings,
         locations,
         checkpoint,
-        CheckpointAppId("ingest", checkpoint),
-        idempotent=settings.idempotent_writes,
+        OnceAppender(CheckpointAppId("ingest", checkpoint), idempotent=settings.idempotent_writes),
         fail_on_data_loss=fail_on_data_loss,
     )
     writer = (

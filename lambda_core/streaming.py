@@ -1,4 +1,4 @@
-"""Helpers shared by the streaming jobs: triggers, idempotent-write ids, running a query."""
+"""Helpers shared by the streaming jobs: triggers, exactly-once appends, reading logs, running a query."""
 
 from __future__ import annotations
 
@@ -7,13 +7,25 @@ import posixpath
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from lambda_core.errors import LambdaError
+from lambda_core.tables import latest_version
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
 
-__all__ = ["CheckpointAppId", "idempotent_append", "run_until_stopped", "stop_between_batches", "with_trigger"]
+__all__ = [
+    "CheckpointAppId",
+    "OnceAppender",
+    "json_lines",
+    "last_marked_batch",
+    "read_text",
+    "run_until_stopped",
+    "stop_between_batches",
+    "with_trigger",
+]
 
 
 def with_trigger(writer: DataStreamWriter, interval: str, *, once: bool) -> DataStreamWriter:
@@ -21,11 +33,42 @@ def with_trigger(writer: DataStreamWriter, interval: str, *, once: bool) -> Data
     return writer.trigger(availableNow=True) if once else writer.trigger(processingTime=interval)
 
 
-class CheckpointAppId:
-    """The ``txnAppId`` of a foreachBatch writer, derived from its checkpoint's query id.
+def read_text(spark: SparkSession, path: str) -> str | None:
+    """A small file's text through Hadoop's file system (local, HDFS or S3), or None if absent.
 
-    Batch ids restart at 0 with a new checkpoint; an app id that did not change
-    with it would make Delta silently skip the new query's first writes.
+    Checkpoint and Delta log files are read this way rather than with ``spark.read``:
+    no Spark job, and the same code for every file system.
+    """
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(hpath):
+        return None
+    stream = fs.open(hpath)
+    try:
+        return str(jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
+    finally:
+        stream.close()
+
+
+def json_lines(text: str) -> list[Any]:
+    """JSON values of a log file, one per line; the version line and Spark's leading NUL byte skipped."""
+    out = []
+    for line in text.replace("\x00", "").splitlines():
+        line = line.strip()
+        if line and line[0] in "{[":
+            out.append(json.loads(line))
+        elif line == "-":  # a source without an offset yet
+            out.append(None)
+    return out
+
+
+class CheckpointAppId:
+    """The writer id of a foreachBatch sink, derived from its checkpoint's query id.
+
+    Batch ids restart at 0 with a new checkpoint; an id that did not change with
+    it would make the new query's first writes look like replays and be skipped.
     """
 
     def __init__(self, prefix: str, checkpoint: str) -> None:
@@ -33,20 +76,80 @@ class CheckpointAppId:
 
     def get(self, spark: SparkSession) -> str:
         if self._value is None:
-            text = "\n".join(r.value for r in spark.read.text(posixpath.join(self.checkpoint, "metadata")).collect())
-            self._value = f"{self.prefix}-{json.loads(text)['id']}"
+            text = read_text(spark, posixpath.join(self.checkpoint, "metadata"))
+            if text is None:
+                raise LambdaError(f"streaming checkpoint {self.checkpoint} has no metadata file yet")
+            self._value = f"{self.prefix}-{json_lines(text)[0]['id']}"
         return self._value
 
 
-def idempotent_append(frame: DataFrame, path: str, app_id: str, batch_id: int, *, idempotent: bool = True) -> None:
-    """Append once per (app id, batch id): a replayed micro-batch is skipped by Delta itself.
+_MARK = "#batch="
 
-    ``idempotent=False`` writes a plain append: only the crash tests' control run uses it.
+
+class OnceAppender:
+    """Appends each micro-batch to a Delta table once per (writer id, batch id), at a plain append's cost.
+
+    Every commit carries ``<writer id>#batch=<batch id>`` as its ``userMetadata``.
+    Spark re-runs at most one micro-batch after a restart (the last one of the
+    offset log, when its commit entry is missing), so only the first append to
+    each table in a query run can be a replay: that one reads the table's newest
+    commits for this writer's last mark and skips if the batch is already there.
+    Later batches compare with the mark found then, without any I/O.
+
+    Why not Delta's ``txnAppId``/``txnVersion``: the same guarantee, but Delta
+    rebuilds the table state to look up the transaction on every commit, about
+    1 s per append on 2 cores against 0.3 s for a plain one (measured with Delta 4.4).
+
+    ``idempotent=False`` writes plain appends with no check: only the crash tests'
+    control run uses it, to prove the checks can see duplicates.
     """
-    writer = frame.write.format("delta").mode("append")
-    if idempotent:
-        writer = writer.option("txnAppId", app_id).option("txnVersion", batch_id)
-    writer.save(path)
+
+    def __init__(self, app_id: CheckpointAppId, *, idempotent: bool = True) -> None:
+        self.app_id, self.idempotent = app_id, idempotent
+        self._last: dict[str, int] = {}  # table path -> newest batch id of this writer found or written
+        self._lock = threading.Lock()
+
+    def append(self, spark: SparkSession, frame: DataFrame, path: str, batch_id: int) -> bool:
+        """Append ``frame`` unless this batch is already in the table; True when written."""
+        writer_id = self.app_id.get(spark)
+        if self.idempotent:
+            with self._lock:
+                known = path in self._last
+            if not known:
+                last = last_marked_batch(spark, path, writer_id)
+                with self._lock:
+                    self._last[path] = last
+            if batch_id <= self._last[path]:
+                return False
+        frame.write.format("delta").mode("append").option("userMetadata", f"{writer_id}{_MARK}{batch_id}").save(path)
+        with self._lock:
+            self._last[path] = max(self._last.get(path, -1), batch_id)
+        return True
+
+
+def last_marked_batch(spark: SparkSession, path: str, writer_id: str, *, scan: int = 1000) -> int:
+    """The newest batch id that ``writer_id`` committed to the Delta table at ``path`` (-1 if none).
+
+    Reads the commit files from the newest backwards through the Hadoop file system
+    (no Spark job), at most ``scan`` of them: the writer's own last commit is among
+    the newest ones, as each table here has a single writing job.
+    """
+    from delta.tables import DeltaTable
+
+    if not DeltaTable.isDeltaTable(spark, path):
+        return -1
+    log = posixpath.join(path, "_delta_log")
+    newest = latest_version(spark, path)
+    for version in range(newest, max(-1, newest - scan), -1):
+        text = read_text(spark, posixpath.join(log, f"{version:020d}.json"))
+        if text is None:  # cleaned up by log retention: older commits are gone too
+            break
+        for action in json_lines(text):
+            mark = ((action or {}).get("commitInfo") or {}).get("userMetadata") or ""
+            owner, sep, batch = mark.rpartition(_MARK)
+            if sep and owner == writer_id and batch.isdigit():
+                return int(batch)
+    return -1
 
 
 def stop_between_batches(query: StreamingQuery, timeout: float = 60.0) -> None:

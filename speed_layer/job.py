@@ -5,7 +5,7 @@ Delta streaming source). Each micro-batch:
 
 1. reads the newest coverage ``V`` and keeps the events with ``ingest_tag > V``;
 2. appends each view's partial states, keyed by (keys, window, ingest_tag), to
-   that view's speed table, with ``txnAppId``/``txnVersion`` so a replayed
+   that view's speed table through ``OnceAppender``, so a replayed
    micro-batch writes nothing twice;
 3. deletes the partials a newer coverage made redundant (it is the only writer
    of its tables, so appends and purges never conflict), and compacts now and then.
@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 
 from lambda_core.config import Settings
 from lambda_core.pipeline import Pipeline
-from lambda_core.streaming import CheckpointAppId, idempotent_append, with_trigger
+from lambda_core.streaming import CheckpointAppId, OnceAppender, with_trigger
 from lambda_core.tables import COVERAGE_SCHEMA, Locations, ensure_table, latest_coverage
 from lambda_core.views import INGEST_TAG
 
@@ -61,22 +61,18 @@ class SpeedBatch:
     spark: SparkSession
     pipeline: Pipeline
     locations: Locations
-    app_id: CheckpointAppId
+    appender: OnceAppender
     compact_every: int
-    idempotent: bool = True
     purged_through: int = field(default=0)
     """Tags start at 1 (version 0 creates the master table), so nothing is at or below 0."""
 
     def __call__(self, events: DataFrame, batch_id: int) -> None:
-        app_id = self.app_id.get(self.spark)
         covered = latest_coverage(self.spark, self.locations.coverage).master_version
         uncovered = events.filter(F.col(INGEST_TAG) > covered).persist()
         try:
             if uncovered.count():  # fills the cache every view then reads; no empty commits
                 for name, partials in speed_partials(uncovered, self.pipeline, covered).items():
-                    idempotent_append(
-                        partials, self.locations.speed_partials(name), app_id, batch_id, idempotent=self.idempotent
-                    )
+                    self.appender.append(self.spark, partials, self.locations.speed_partials(name), batch_id)
         finally:
             uncovered.unpersist()
         if covered > self.purged_through:
@@ -107,9 +103,8 @@ def start_speed(
         spark,
         pipeline,
         locations,
-        CheckpointAppId("speed", checkpoint),
+        OnceAppender(CheckpointAppId("speed", checkpoint), idempotent=settings.idempotent_writes),
         settings.speed.compact_every,
-        idempotent=settings.idempotent_writes,
     )
     writer = (
         spark.readStream.format("delta")
