@@ -257,7 +257,7 @@ def start_ingest(
     A Kafka source is first checked for offsets that aged out while ingest was down
     (:mod:`ingestion.data_loss`): the job refuses to skip them unless ``accept_data_loss``.
     """
-    locations.ensure_local_dirs()
+    locations.ensure_dirs(spark)  # the file source needs its landing folder, also on S3
     setup_ingest_tables(spark, pipeline, locations)
     checkpoint = locations.checkpoint("ingest")
     fail_on_data_loss = None

@@ -8,7 +8,9 @@ they are checked exactly like the file.
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -20,10 +22,14 @@ from lambda_core.errors import ConfigError
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "ENVIRONMENT_VARIABLES",
     "BatchSettings",
+    "EmrSettings",
     "EventTimePolicy",
+    "GlueCatalogSettings",
     "IngestSettings",
     "KafkaSettings",
+    "S3Settings",
     "Settings",
     "SparkSettings",
     "SpeedSettings",
@@ -33,6 +39,17 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "local.yaml"
+
+# Every environment variable of the project's own that the code reads, and what it means. Containers and
+# schedulers configure the jobs through the first three (load_settings); the command line still wins.
+ENVIRONMENT_VARIABLES: dict[str, str] = {
+    "LAMBDA_PIPELINE_CONFIG": "config file used when --config is not given",
+    "LAMBDA_PIPELINE_WORKDIR": "work directory used when --workdir is not given (replaces the config's 'workdir')",
+    "LAMBDA_PIPELINE_SET": "KEY=VALUE overrides separated by spaces (shell quoting), validated like --set, "
+    "applied before the --set options",
+    "LAMBDA_PIPELINE_CACHE": "cache of resolved jar paths and fetched jars (default ~/.cache/lambda-pipeline)",
+    "LAMBDA_PIPELINE_MAVEN_REPO": "Maven repository of the jars fetched directly (default Maven Central)",
+}
 
 _DURATION = re.compile(
     r"^\s*(\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|secs?|seconds?|m|mins?|minutes?|h|hours?)\s*$",
@@ -190,6 +207,162 @@ class SparkSettings(_Strict):
     @classmethod
     def _stringify(cls, value: Any) -> Any:
         if isinstance(value, Mapping):
+            for key in value:
+                if _S3A_CREDENTIAL_CONF.search(str(key)):
+                    raise ValueError(f"{key!r} is an S3 credential: {_S3_CREDENTIALS_HINT}")
+            return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
+        return value
+
+
+# S3 credentials must never be written in a config file; the AWS default chain finds them instead.
+_S3A_CREDENTIAL_CONF = re.compile(r"fs\.s3a\.(bucket\.[^.]+\.)?(access\.key|secret\.key|session\.token)$")
+_S3_CREDENTIAL_KEYS = re.compile(r"access_?key|secret|session_?token|password", re.IGNORECASE)
+_S3_CREDENTIALS_HINT = (
+    "credentials never go in a config file; export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and "
+    "AWS_SESSION_TOKEN) in the job's environment, or use an instance role, and leave s3.credentials_provider "
+    "unset for the default AWS chain"
+)
+_ENDPOINT = re.compile(r"^(?:(https?)://)?([A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(?::(\d{1,5}))?/?$")
+
+
+class S3Settings(_Strict):
+    """How ``s3a://`` locations reach S3 (hadoop-aws): AWS itself, or an S3-compatible server.
+
+    Mapped to ``fs.s3a.*`` by :meth:`hadoop_conf`, the only place that knows those names. Credentials
+    come from the AWS default chain (environment variables, instance or container role), never from here.
+    """
+
+    endpoint: str | None = Field(default=None, description="None: AWS; else e.g. http://127.0.0.1:9000")
+    region: str | None = Field(default=None, description="None: us-east-1 with an endpoint, else S3A's discovery")
+    path_style_access: bool = False
+    ssl: bool | None = Field(default=None, description="None: from the endpoint's scheme (https if none)")
+    credentials_provider: str | None = Field(
+        default=None, description="AWS credentials provider class(es), comma-separated; None: the default chain"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            for key in value:
+                if _S3_CREDENTIAL_KEYS.search(str(key)):
+                    raise ValueError(f"s3.{key} would hold a credential: {_S3_CREDENTIALS_HINT}")
+        return value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not _ENDPOINT.match(value.strip()):
+            raise ValueError(
+                f"expected an endpoint like 'http://127.0.0.1:9000' or 's3.eu-west-1.amazonaws.com', got {value!r}"
+            )
+        return value.strip().rstrip("/") if value is not None else None
+
+    @field_validator("credentials_provider")
+    @classmethod
+    def _provider(cls, value: str | None) -> str | None:
+        if value is not None and not all(re.fullmatch(r"[A-Za-z_$][\w$.]*", c.strip()) for c in value.split(",")):
+            raise ValueError(f"expected Java class names separated by commas, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _ssl_matches_endpoint(self) -> S3Settings:
+        scheme = _ENDPOINT.match(self.endpoint).group(1) if self.endpoint else None  # type: ignore[union-attr]
+        if scheme is not None and self.ssl is not None and self.ssl != (scheme == "https"):
+            raise ValueError(f"s3.ssl={str(self.ssl).lower()} contradicts the endpoint's scheme {scheme}://; drop one")
+        return self
+
+    @property
+    def use_ssl(self) -> bool:
+        if self.ssl is not None:
+            return self.ssl
+        scheme = _ENDPOINT.match(self.endpoint).group(1) if self.endpoint else None  # type: ignore[union-attr]
+        return scheme != "http"
+
+    def hadoop_conf(self, bucket: str | None = None) -> dict[str, str]:
+        """The ``fs.s3a.*`` settings; with ``bucket``, the per-bucket form that applies to that bucket only."""
+        prefix = f"fs.s3a.bucket.{bucket}." if bucket else "fs.s3a."
+        conf = {
+            "path.style.access": str(self.path_style_access).lower(),
+            "connection.ssl.enabled": str(self.use_ssl).lower(),
+        }
+        if self.endpoint is not None:
+            conf["endpoint"] = self.endpoint
+        region = self.region or ("us-east-1" if self.endpoint is not None else None)
+        if region is not None:
+            conf["endpoint.region"] = region
+        if self.credentials_provider is not None:
+            conf["aws.credentials.provider"] = ",".join(c.strip() for c in self.credentials_provider.split(","))
+        return {prefix + key: value for key, value in conf.items()}
+
+    def spark_conf(self) -> dict[str, str]:
+        """:meth:`hadoop_conf` as Spark settings (``spark.hadoop.`` copies them into every Hadoop configuration)."""
+        return {f"spark.hadoop.{key}": value for key, value in self.hadoop_conf().items()}
+
+
+_S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_EMR_RELEASE = re.compile(r"^emr-\d+\.\d+\.\d+(-[A-Za-z0-9.-]+)?$")
+
+
+class GlueCatalogSettings(_Strict):
+    """AWS Glue Data Catalog as Spark's metastore on EMR: the tables become visible to Athena and others."""
+
+    enabled: bool = False
+    database: str = "lambda_pipeline"
+
+    @field_validator("database")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not _IDENTIFIER.match(value):
+            raise ValueError(f"expected a database name of letters, digits and '_', got {value!r}")
+        return value
+
+
+class EmrSettings(_Strict):
+    """Deployment on Amazon EMR, read by ``lambda-pipeline emr-steps`` only (the jobs ignore it).
+
+    ``bucket`` holds the work directory (when ``workdir`` is relative) and the uploaded artifact; it is
+    optional here so that local configs stay valid, and the step generator refuses to run without it.
+    ``submit_conf`` goes to spark-submit as ``--conf``: YARN and memory settings must be known before
+    the JVM starts, unlike ``spark.conf``, which the session factory applies in the driver.
+    """
+
+    bucket: str | None = None
+    artifact_prefix: str = "artifacts/lambda-pipeline"
+    log_prefix: str = "logs/emr"
+    release_label: str | None = None
+    step_concurrency: int = Field(default=3, ge=1, le=256, description="steps EMR runs at once (3 long-running)")
+    batch_trigger: Literal["every", "schedule"] = "every"
+    python: str | None = None
+    submit_conf: dict[str, str] = Field(default_factory=dict)
+    spark_submit_args: list[str] = Field(default_factory=list)
+    glue: GlueCatalogSettings = Field(default_factory=GlueCatalogSettings)
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, value: str | None) -> str | None:
+        if value is not None and not _S3_BUCKET.match(value):
+            raise ValueError(f"expected an S3 bucket name (lower-case, no 's3://', no '/'), got {value!r}")
+        return value
+
+    @field_validator("artifact_prefix", "log_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if "://" in value or not value.strip("/"):
+            raise ValueError(f"expected a key prefix inside the bucket, like 'artifacts/lambda', got {value!r}")
+        return value.strip("/")
+
+    @field_validator("release_label")
+    @classmethod
+    def _release(cls, value: str | None) -> str | None:
+        if value is not None and not _EMR_RELEASE.match(value):
+            raise ValueError(f"expected an EMR release label like 'emr-7.10.0', got {value!r}")
+        return value
+
+    @field_validator("submit_conf", mode="before")
+    @classmethod
+    def _stringify(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
             return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
         return value
 
@@ -201,7 +374,7 @@ class Settings(_Strict):
     workdir: str = "lambda-work"
     warehouse: str = "warehouse"
     checkpoints: str = "checkpoints"
-    # Delta txnAppId/txnVersion on every streaming commit. Switch off only for the crash tests' control
+    # Replay detection on every streaming append (OnceAppender). Switch off only for the crash tests' control
     # run, which must show that without them a replayed micro-batch is written twice.
     idempotent_writes: bool = True
     tables: TableNames = Field(default_factory=TableNames)
@@ -209,6 +382,8 @@ class Settings(_Strict):
     speed: SpeedSettings = Field(default_factory=SpeedSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     spark: SparkSettings = Field(default_factory=SparkSettings)
+    emr: EmrSettings = Field(default_factory=EmrSettings)
+    s3: S3Settings = Field(default_factory=S3Settings)
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
@@ -230,24 +405,105 @@ def _parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
 
 
-def load_settings(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Settings:
-    """Load and validate a config file, then apply ``KEY=VALUE`` overrides."""
-    file = Path(path) if path is not None else DEFAULT_CONFIG
+def _config_text(file: Path) -> str | None:
+    """The text of a config file, or None. The embedded default is read as a resource when the code runs
+    from a zip (spark-submit --py-files), where it has no real path on disk."""
+    if file.is_file():
+        return file.read_text(encoding="utf-8")
+    if file == DEFAULT_CONFIG:
+        from importlib.resources import files
+
+        resource = files("lambda_core").parent.joinpath("conf", DEFAULT_CONFIG.name)
+        if resource.is_file():
+            return resource.read_text(encoding="utf-8")
+    return None
+
+
+def _env_source(variable: str) -> str:
+    return f"environment variable {variable}"
+
+
+def _environment_overrides(environ: Mapping[str, str]) -> list[tuple[str, str, Any]]:
+    """``(variable, dotted key, value)`` from LAMBDA_PIPELINE_WORKDIR, then LAMBDA_PIPELINE_SET.
+
+    One variable holds all the overrides, shell-quoted like a command line, so a compose file or a scheduler
+    sets any key without the project having to name a variable per key.
+    """
+    out: list[tuple[str, str, Any]] = []
+    workdir = environ.get("LAMBDA_PIPELINE_WORKDIR", "").strip()
+    if workdir:
+        out.append(("LAMBDA_PIPELINE_WORKDIR", "workdir", workdir))  # a path, never YAML-typed
+    variable = "LAMBDA_PIPELINE_SET"
+    try:
+        words = shlex.split(environ.get("LAMBDA_PIPELINE_SET", ""))
+    except ValueError as exc:
+        raise ConfigError(
+            _env_source(variable), None, f"not valid shell-style words ({exc}); quote values that hold spaces"
+        ) from None
+    for word in words:
+        try:
+            key, value = _parse_override(word)
+        except ConfigError:
+            raise ConfigError(
+                _env_source(variable),
+                word,
+                "expected KEY=VALUE pairs separated by spaces, e.g. "
+                "\"spark.master=spark://spark-master:7077 speed.trigger='2 seconds'\"",
+            ) from None
+        out.append((variable, key, value))
+    return out
+
+
+def _apply_override(tree: dict[str, Any], key: str, value: Any, source: str) -> None:
+    if key.startswith("spark.conf."):
+        tree.setdefault("spark", {}).setdefault("conf", {})[key[len("spark.conf.") :]] = value
+    else:
+        _set_dotted(tree, key, value, source)
+
+
+def _blame(source: str, key: str | None, from_env: Mapping[str, str]) -> str:
+    """Name the environment variable that set a failing key: the file does not hold the bad value."""
+    for set_key, variable in from_env.items():
+        if key is not None and (key == set_key or set_key.startswith(f"{key}.") or key.startswith(f"{set_key}.")):
+            return f"{_env_source(variable)} (over {source})"
+    return source
+
+
+def load_settings(
+    path: str | Path | None = None, overrides: Iterable[str] = (), environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Load and validate a config file, then apply the environment's overrides and ``KEY=VALUE`` overrides.
+
+    ``environ`` (default: this process's environment) supplies the variables of ENVIRONMENT_VARIABLES: the
+    config file when ``path`` is None, the work directory and overrides. ``overrides`` (--set) apply last.
+    """
+    environ = os.environ if environ is None else environ
+    configured = environ.get("LAMBDA_PIPELINE_CONFIG", "").strip() if path is None else ""
+    file = Path(path) if path is not None else Path(configured) if configured else DEFAULT_CONFIG
     source = str(file)
-    if not file.is_file():
+    text = _config_text(file)
+    if text is None:
+        if configured:
+            raise ConfigError(
+                f"{source} (from {_env_source('LAMBDA_PIPELINE_CONFIG')})",
+                None,
+                "file not found; set LAMBDA_PIPELINE_CONFIG to the path of a YAML config file, or pass --config",
+            )
         raise ConfigError(source, None, "file not found; pass --config with the path of a YAML config file")
     try:
-        tree = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        tree = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(source, None, f"not valid YAML: {exc}") from None
     if not isinstance(tree, dict):
         raise ConfigError(source, None, "expected a mapping of sections at the top level")
+    from_env: dict[str, str] = {}
+    for variable, key, value in _environment_overrides(environ):
+        _apply_override(tree, key, value, _env_source(variable))
+        from_env[key] = variable
     for text in overrides:
         key, value = _parse_override(text)
-        if key.startswith("spark.conf."):
-            tree.setdefault("spark", {}).setdefault("conf", {})[key[len("spark.conf.") :]] = value
-        else:
-            _set_dotted(tree, key, value, "--set")
+        _apply_override(tree, key, value, "--set")
+        from_env.pop(key, None)
     try:
         return Settings.model_validate(tree)
     except ValidationError as exc:
@@ -257,8 +513,8 @@ def load_settings(path: str | Path | None = None, overrides: Iterable[str] = ())
             message = "unknown key; check its spelling against conf/local.yaml"
         else:
             message = first["msg"].removeprefix("Value error, ")
-            # Never echo what was given for Kafka options: it may be a credential.
-            secret = key is not None and ".options" in key
+            # Never echo what was given for Kafka options, S3 or Spark settings: it may be a credential.
+            secret = key is not None and (".options" in key or key.split(".")[0] == "s3" or key == "spark.conf")
             if "input" in first and first["type"] != "missing" and "got " not in message and not secret:
                 message += f" (got {first['input']!r})"
-        raise ConfigError(source, key, message) from None
+        raise ConfigError(_blame(source, key, from_env), key, message) from None

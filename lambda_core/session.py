@@ -23,7 +23,16 @@ from lambda_core.errors import EnvironmentProblem
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["DELTA_COORDINATE", "KAFKA_COORDINATE", "check_java", "get_spark", "required_packages", "token_provider_jar"]
+__all__ = [
+    "DELTA_COORDINATE",
+    "KAFKA_COORDINATE",
+    "check_java",
+    "get_spark",
+    "hadoop_aws_coordinate",
+    "hadoop_version",
+    "required_packages",
+    "token_provider_jar",
+]
 
 SCALA_BINARY = "2.13"
 MIN_JAVA = 17
@@ -49,6 +58,39 @@ def _kafka_coordinate() -> str:
 
 
 KAFKA_COORDINATE = _kafka_coordinate()
+
+_HADOOP_CLIENT_JAR = re.compile(r"^hadoop-client-api-(\d+\.\d+\.\d+)\.jar$")
+
+
+def hadoop_version() -> str:
+    """The Hadoop release Spark runs on, read from its ``hadoop-client-api-<version>.jar``.
+
+    hadoop-aws must be exactly that release (it links against Hadoop internals), so the version is
+    taken from the jars Spark really loads: ``$SPARK_HOME/jars`` under spark-submit, else pyspark's own.
+    """
+    import pyspark
+
+    folders = [Path(pyspark.__file__).parent / "jars"]
+    if os.environ.get("SPARK_HOME"):
+        folders.insert(0, Path(os.environ["SPARK_HOME"]) / "jars")
+    for folder in folders:
+        matches = (_HADOOP_CLIENT_JAR.match(jar.name) for jar in folder.glob("hadoop-client-api-*.jar"))
+        found = sorted((m.group(1) for m in matches if m), key=lambda v: tuple(int(n) for n in v.split(".")))
+        if found:
+            return found[-1]
+    raise EnvironmentProblem(
+        f"no hadoop-client-api-<version>.jar in {' or '.join(map(str, folders))}, so the hadoop-aws release that "
+        "matches Spark is unknown; pass --packages org.apache.hadoop:hadoop-aws:<Spark's Hadoop version> yourself"
+    )
+
+
+def hadoop_aws_coordinate() -> str:
+    """``org.apache.hadoop:hadoop-aws`` at Spark's Hadoop version: the ``s3a://`` file system.
+
+    Its dependency ``software.amazon.awssdk:bundle`` (AWS SDK v2, every service) is large: about 690 MB
+    for Hadoop 3.5.0, fetched once into ``~/.ivy2.5.2`` and reused from there.
+    """
+    return f"org.apache.hadoop:hadoop-aws:{hadoop_version()}"
 
 # The Kafka connector's one Spark-internal dependency, spark-token-provider-kafka-0-10, is not on Maven
 # Central for every Spark release (none for 4.1.x or 4.2.0 when this was written), so resolving the
@@ -161,7 +203,8 @@ def get_spark(
     """Create (or return the running) Spark session with Delta enabled.
 
     The first call on a machine resolves the JVM packages from Maven Central
-    through Spark's own resolver (about 90 MB, cached under ~/.ivy2.5.2); the
+    through Spark's own resolver (about 90 MB, cached under ~/.ivy2.5.2; with
+    :func:`hadoop_aws_coordinate` for ``s3a://`` about 690 MB more); the
     resolved jar paths are then remembered so later starts skip resolution.
     Under ``spark-submit`` the JVM already runs: pass ``--packages`` there.
     """
@@ -207,7 +250,12 @@ def get_spark(
         if cached:
             conf["spark.jars"] = ",".join(dict.fromkeys([*cached, *extra_jars]))
         else:
-            print(f"Resolving JVM packages {', '.join(wanted)} from Maven Central (first run only)...", file=sys.stderr)
+            s3a = any(":hadoop-aws:" in p for p in wanted)
+            size = " (hadoop-aws brings the AWS SDK bundle, about 690 MB)" if s3a else ""
+            print(
+                f"Resolving JVM packages {', '.join(wanted)} from Maven Central (first run only){size}...",
+                file=sys.stderr,
+            )
             conf["spark.jars.packages"] = ",".join(wanted)
             if extra_jars and "PYSPARK_SUBMIT_ARGS" not in os.environ:
                 # spark-submit merges --jars with the resolved packages; a spark.jars setting would replace them.

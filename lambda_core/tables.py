@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from pyspark.sql import types as T
 
@@ -104,10 +105,41 @@ class Locations:
     def checkpoint(self, job: str) -> str:
         return posixpath.join(self._under(self.settings.checkpoints), job)
 
+    @property
+    def roots(self) -> tuple[str, ...]:
+        """Every root a job touches: the work directory, landing folder, warehouse and checkpoints."""
+        return (self.workdir, self.landing, self.warehouse, self._under(self.settings.checkpoints))
+
+    @property
+    def needs_s3a(self) -> bool:
+        """Whether any root is on ``s3a://``, so Spark needs hadoop-aws on its classpath."""
+        return any(root.startswith("s3a://") for root in self.roots)
+
+    def s3a_buckets(self) -> tuple[str, ...]:
+        """The buckets the ``s3a://`` roots name, in order, once each."""
+        buckets = (urlsplit(root).netloc for root in self.roots if root.startswith("s3a://"))
+        return tuple(dict.fromkeys(b for b in buckets if b))
+
     def ensure_local_dirs(self) -> None:
         for path in (self.landing, self.warehouse):
             if not _is_uri(path):
                 Path(path).mkdir(parents=True, exist_ok=True)
+
+    def ensure_dirs(self, spark: SparkSession) -> None:
+        """Like :meth:`ensure_local_dirs`, and URI folders through Hadoop's file system.
+
+        Spark's file stream source refuses a landing folder that does not exist; on S3 a "folder" exists
+        once an object is under it, so an empty landing needs S3A's directory marker.
+        """
+        self.ensure_local_dirs()
+        jvm = spark.sparkContext._jvm
+        assert jvm is not None
+        for path in (self.landing, self.warehouse):
+            if _is_uri(path):
+                hpath = jvm.org.apache.hadoop.fs.Path(path)
+                fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[union-attr]
+                if not fs.exists(hpath):
+                    fs.mkdirs(hpath)
 
 
 def sql_path(path: str) -> str:

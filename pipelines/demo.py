@@ -100,7 +100,7 @@ def _local_broker(ctx: Context):
 def _send(ctx: Context, generator: ClickstreamGenerator, events: int, wave: str) -> Counter[str]:
     """One wave of events into the landing folder or the topic; the bad lines by kind."""
     if ctx.settings.ingest.source != "kafka":
-        written = generator.write(ctx.locations.landing, events, files=4 if wave == "first" else 2)
+        written = generator.write(ctx.locations.landing, events, files=4 if wave == "first" else 2, spark=ctx.spark)
         return sum((f.malformed for f in written), Counter()) + Counter(duplicate=sum(f.duplicates for f in written))
     from pipelines.kafka_producer import KafkaEventProducer
 

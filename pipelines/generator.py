@@ -1,7 +1,7 @@
 """Seeded clickstream generator: JSON-lines files (or Kafka messages) with late, duplicated and malformed events.
 
-Files are written under a hidden name and renamed into the landing folder, so
-the ingest stream never reads half a file. The returned stats are the ground
+Files are written under a hidden name and renamed into the landing folder (on S3,
+uploaded whole under their final name), so the ingest stream never reads half a file. The returned stats are the ground
 truth the tests and the demo reconcile against.
 """
 
@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import random
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from lambda_core.errors import LambdaError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 __all__ = ["HOSTILE_KINDS", "MALFORMED_KINDS", "ClickstreamGenerator", "GeneratedFile", "GeneratedMessages"]
 
@@ -64,7 +72,8 @@ HOSTILE_KINDS: dict[str, str | None] = {
 
 @dataclass
 class GeneratedFile:
-    path: Path
+    path: PurePath
+    """The file; on an object store (``s3a://``) the key's path within its bucket."""
     lines: int = 0
     events: int = 0
     duplicates: int = 0
@@ -232,24 +241,38 @@ class ClickstreamGenerator:
         stats.messages = len(out)
         return out, stats
 
-    def write_file(self, landing: str | Path, events: int) -> GeneratedFile:
-        """Write one file atomically into ``landing`` (hidden name first, then rename)."""
-        landing = Path(landing)
-        landing.mkdir(parents=True, exist_ok=True)
+    def write_file(self, landing: str | Path, events: int, *, spark: SparkSession | None = None) -> GeneratedFile:
+        """Write one file atomically into ``landing``: the ingest stream must never see half of it.
+
+        A local folder (or ``file:`` URI) gets a hidden name first, then a rename. Any other URI
+        (``s3a://``) is written through Spark's Hadoop file system (``spark``, else the active session),
+        straight under its final name: S3 makes an object visible only once its upload completed.
+        """
         lines, stats = self.lines(events)
         self._files += 1
         name = f"{self.prefix}-{self.seed:x}-{self._files:06d}-{time.time_ns()}.jsonl"
-        hidden = landing / f".{name}.tmp"
-        hidden.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        final = landing / name
+        text = "\n".join(lines) + "\n"
+        target = str(landing)
+        if "://" in target and not target.startswith("file:"):
+            uri = posixpath.join(target, name)
+            _write_through_hadoop(spark, uri, text.encode("utf-8"))
+            stats.path, stats.written_at = PurePosixPath(urlsplit(uri).path), time.time()
+            return stats
+        folder = Path(urlsplit(target).path if target.startswith("file:") else target)
+        folder.mkdir(parents=True, exist_ok=True)
+        hidden = folder / f".{name}.tmp"
+        hidden.write_text(text, encoding="utf-8")
+        final = folder / name
         os.replace(hidden, final)
         stats.path, stats.written_at = final, time.time()
         return stats
 
-    def write(self, landing: str | Path, events: int, files: int = 1) -> list[GeneratedFile]:
+    def write(
+        self, landing: str | Path, events: int, files: int = 1, *, spark: SparkSession | None = None
+    ) -> list[GeneratedFile]:
         """``events`` valid events spread over ``files`` files."""
         per_file = [events // files + (1 if i < events % files else 0) for i in range(files)]
-        return [self.write_file(landing, n) for n in per_file if n > 0]
+        return [self.write_file(landing, n, spark=spark) for n in per_file if n > 0]
 
     def run_at_rate(
         self, landing: str | Path, rate: float, seconds: float, files_per_second: float = 2.0
@@ -266,3 +289,25 @@ class ClickstreamGenerator:
             if delay > 0:
                 time.sleep(delay)  # pacing the producer, not synchronising with Spark
         return written
+
+
+def _write_through_hadoop(spark: SparkSession | None, uri: str, data: bytes) -> None:
+    """One object written whole: Hadoop's S3A client uploads it when the stream closes, in one request."""
+    if spark is None:
+        from pyspark.sql import SparkSession
+
+        spark = SparkSession.getActiveSession()
+    if spark is None:
+        raise LambdaError(
+            f"writing {uri} needs Spark's Hadoop file system (hadoop-aws for s3a://); start a Spark session "
+            "first (lambda_core.session.get_spark) or pass it as spark="
+        )
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[union-attr]
+    stream = fs.create(path, False)  # never overwrite: names are unique, a clash is a bug
+    try:
+        stream.write(bytearray(data))
+    finally:
+        stream.close()

@@ -9,12 +9,15 @@ import pytest
 from lambda_core.config import Settings, SparkSettings, load_settings
 from lambda_core.tables import Locations
 
-pytest_plugins = ["tests.kafka_support"]  # kafka_broker (real broker on loopback) and kafka_topic
+pytest_plugins = [
+    "tests.kafka_support",  # kafka_broker (real broker on loopback) and kafka_topic
+    "tests.s3_support",  # s3_server (moto's S3 server on loopback) and s3_bucket
+]
 
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory):
-    from lambda_core.session import KAFKA_COORDINATE, get_spark
+    from lambda_core.session import KAFKA_COORDINATE, get_spark, hadoop_aws_coordinate
 
     warehouse = tmp_path_factory.mktemp("spark-warehouse")
     session = get_spark(
@@ -25,7 +28,8 @@ def spark(tmp_path_factory: pytest.TempPathFactory):
             log_level="ERROR",
             conf={"spark.ui.enabled": "false", "spark.sql.warehouse.dir": str(warehouse)},
         ),
-        packages=(KAFKA_COORDINATE,),  # the Kafka tests read topics in this same session
+        # The Kafka tests read topics and the S3 tests write s3a:// paths in this same session.
+        packages=(KAFKA_COORDINATE, hadoop_aws_coordinate()),
     )
     yield session
     session.stop()
