@@ -1,0 +1,235 @@
+"""The deployable artifact: what ``lambda-pipeline package`` builds, and spark-submit running from it alone.
+
+The project is installed editable in the test venv, so "runs from the artifact" is only shown by a
+Python that cannot import the project any other way: a throwaway venv whose ``.pth`` file adds the
+test venv's site-packages (third-party packages) but not the editable install's finder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from lambda_core.config import load_settings
+from pipelines.artifact import MANIFEST, build_artifact, read_project
+
+ROOT = Path(__file__).resolve().parents[1]
+SITE_PACKAGES = next(Path(p) for p in sys.path if p.endswith("site-packages") and Path(p).is_dir())
+# Test-only probe in the throwaway venv: the driver reports where lambda_core came from as it exits.
+PROBE = """import atexit, sys
+def _where():
+    module = sys.modules.get("lambda_core")
+    if module is not None:
+        print(f"PROBE lambda_core from {module.__file__}", file=sys.stderr, flush=True)
+atexit.register(_where)
+"""
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    dist = tmp_path_factory.mktemp("dist")
+    return dist, build_artifact(dist)
+
+
+@pytest.fixture(scope="module")
+def isolated_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Python with the third-party packages of the test venv and no way to import the project."""
+    folder = tmp_path_factory.mktemp("isolated") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
+    site = next((folder / "lib").glob("python3*/site-packages"))
+    (site / "deps.pth").write_text(f"{SITE_PACKAGES}\n")
+    (site / "sitecustomize.py").write_text(PROBE)
+    python = folder / "bin" / "python"
+    probe = subprocess.run(
+        [str(python), "-c", "import pydantic, yaml, pyspark; import lambda_core"],
+        capture_output=True,
+        text=True,
+        cwd=folder,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+    assert "No module named 'lambda_core'" in probe.stderr, probe.stderr  # the deps import, the project does not
+    return python
+
+
+def test_zip_holds_the_packages_pyproject_lists_and_the_conf(artifact: tuple[Path, dict]) -> None:
+    dist, manifest = artifact
+    info = read_project(ROOT)
+    with zipfile.ZipFile(dist / manifest["zip"]) as archive:
+        names = set(archive.namelist())
+        times = {entry.date_time for entry in archive.infolist()}
+    for package in info.packages:
+        assert f"{package.replace('.', '/')}/__init__.py" in names, package
+    assert {"conf/local.yaml", "conf/emr.yaml", "pipelines/artifact.py", "lambda_core/config.py"} <= names
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+    assert times == {(1980, 1, 1, 0, 0, 0)}
+    assert manifest["packages"] == list(info.packages) and manifest["version"] == info.version
+    assert set(manifest["jobs"]) >= {"ingest", "speed", "batch", "query"}
+
+
+def test_manifest_lists_every_file_with_its_digest(artifact: tuple[Path, dict]) -> None:
+    import hashlib
+
+    dist, manifest = artifact
+    on_disk = {p.relative_to(dist).as_posix() for p in dist.rglob("*") if p.is_file()} - {MANIFEST}
+    assert {e["path"] for e in manifest["files"]} == on_disk
+    for entry in manifest["files"]:
+        assert hashlib.sha256((dist / entry["path"]).read_bytes()).hexdigest() == entry["sha256"], entry["path"]
+    assert json.loads((dist / MANIFEST).read_text()) == manifest
+    assert manifest["maven"]["delta"].startswith("io.delta:delta-spark_")
+    assert manifest["maven"]["hadoop_aws"].startswith("org.apache.hadoop:hadoop-aws:")
+
+
+def test_rebuild_is_byte_identical_and_removes_stale_files(artifact: tuple[Path, dict], tmp_path: Path) -> None:
+    dist, manifest = artifact
+    again = tmp_path / "again"
+    build_artifact(again)
+    stale = again / "lambda_pipeline-0.0.1.zip"
+    stale.write_bytes(b"old")
+    listing = json.loads((again / MANIFEST).read_text())
+    listing["files"].append({"path": stale.name, "bytes": 3, "sha256": ""})
+    (again / MANIFEST).write_text(json.dumps(listing))
+    unrelated = again / "notes.txt"
+    unrelated.write_text("kept")
+    rebuilt = build_artifact(again)
+    assert rebuilt == manifest
+    assert (again / manifest["zip"]).read_bytes() == (dist / manifest["zip"]).read_bytes()
+    assert not stale.exists() and unrelated.exists()  # only what a build wrote is removed
+
+
+def test_default_config_loads_from_inside_the_zip(artifact: tuple[Path, dict], isolated_python: Path) -> None:
+    dist, manifest = artifact
+    code = (
+        "import lambda_core.config as c; s = c.load_settings(); "
+        "print(c.__file__); print(s.pipeline, s.spark.master, s.batch.interval)"
+    )
+    result = subprocess.run(
+        [str(isolated_python), "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=dist,
+        env={**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONPATH": str(dist / manifest["zip"])},
+    )
+    assert result.returncode == 0, result.stderr
+    where, values = result.stdout.splitlines()
+    assert where == str(dist / manifest["zip"] / "lambda_core" / "config.py")
+    expected = load_settings(ROOT / "conf" / "local.yaml")
+    assert values == f"{expected.pipeline} {expected.spark.master} {expected.batch.interval}"
+
+
+def _delta_jars(coordinate: str) -> list[str]:
+    """``--jars`` with the jar paths the session factory resolved before (no Ivy run per submit), else
+    ``--packages``, as on a cluster."""
+    try:
+        from lambda_core.session import _cached_jars, required_packages
+
+        jars = _cached_jars(required_packages())
+    except ImportError:  # the factory's cache changed shape: resolve like a cluster does
+        jars = None
+    return ["--jars", ",".join(jars)] if jars else ["--packages", coordinate]
+
+
+def _spark_submit(dist: Path, python: Path, job: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    import pyspark
+
+    from lambda_core.session import DELTA_COORDINATE
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYSPARK_SUBMIT_ARGS")}
+    env.update(SPARK_HOME=str(Path(pyspark.__file__).parent), PYSPARK_PYTHON=str(python))
+    env.update(PYSPARK_DRIVER_PYTHON=str(python), SPARK_LOCAL_IP="127.0.0.1")
+    command = [
+        str(Path(sys.executable).parent / "spark-submit"),
+        "--master",
+        "local[2]",
+        "--conf",
+        "spark.ui.enabled=false",
+        *_delta_jars(DELTA_COORDINATE),
+        "--py-files",
+        str(dist / json.loads((dist / MANIFEST).read_text())["zip"]),
+        str(dist / f"{job}_job.py"),
+        *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+
+
+@pytest.mark.integration
+def test_spark_submit_runs_the_pipeline_from_the_artifact_alone(
+    artifact: tuple[Path, dict], isolated_python: Path, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    from pipelines.clickstream import CLICKSTREAM
+    from pipelines.generator import ClickstreamGenerator
+    from serving_layer.catalog import ServingLayer
+    from tests.helpers import assert_same_view, by_key, recompute
+
+    dist, manifest = artifact
+    workdir = tmp_path / "work"
+    settings = load_settings(None)
+    from lambda_core.tables import Locations
+
+    locations = Locations.create(settings, workdir)
+    locations.ensure_local_dirs()
+    generator = ClickstreamGenerator(11)
+    sql = "SELECT * FROM serving.page_activity ORDER BY page, window_start"
+
+    def submit(job: str, *args: str) -> str:
+        started = time.perf_counter()
+        result = _spark_submit(dist, isolated_python, job, *args, "--workdir", str(workdir), cwd=tmp_path)
+        assert result.returncode == 0, f"{job}: {result.stderr[-3000:]}"
+        # The driver imported the project from the zip on --py-files, nothing else (spark-submit merges the
+        # Python driver's stderr into its stdout).
+        assert f"PROBE lambda_core from {dist / manifest['zip'] / 'lambda_core' / '__init__.py'}" in result.stdout
+        print(f"{job} {' '.join(args)}: {time.perf_counter() - started:.1f}s")
+        return result.stdout
+
+    generator.write(locations.landing, 1600, files=4)
+    submit("ingest", "--once")
+    assert "batch: published run" in submit("batch")
+    generator.write(locations.landing, 400, files=2)  # after the batch: only the speed layer counts these
+    submit("ingest", "--once")
+    submit("speed", "--once")
+    output = submit("query", sql, "--format", "json", "--limit", "100000")
+
+    submitted = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    spark = request.getfixturevalue("spark")  # started only now: no idle JVM beside the submitted ones
+    in_process = ServingLayer(spark, CLICKSTREAM, locations).query(sql).collect()
+    assert submitted == [json.loads(json.dumps(row.asDict(recursive=True), default=str)) for row in in_process]
+    assert sum(row["events"] for row in submitted) == 2000
+    speed_events = spark.sql("SELECT coalesce(sum(events), 0) AS n FROM speed.page_activity").first().n
+    assert speed_events == 400  # the merge really combined both layers
+    frame = ServingLayer(spark, CLICKSTREAM, locations).query(sql)
+    assert_same_view(by_key(frame), recompute(spark, locations.master), users_tolerance=0.05)
+
+
+@pytest.mark.integration
+def test_packed_env_runs_the_dependencies_without_pyspark_or_the_project(tmp_path: Path) -> None:
+    base = os.path.realpath(sys._base_executable)  # type: ignore[attr-defined]
+    dist = tmp_path / "dist"
+    manifest = build_artifact(dist, with_env=True, env_python=base)
+    env = manifest["env"]
+    assert env is not None and env["interpreter"] == base and env["archive"] in {e["path"] for e in manifest["files"]}
+    with tarfile.open(dist / env["archive"]) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert members[f"bin/python{env['python_version']}"].linkname == base
+        assert {m.mtime for m in members.values()} == {315532800}
+        tar.extractall(tmp_path / "env", filter="tar")
+    code = (
+        # delta's Python half is there but imports pyspark, which spark-submit adds from SPARK_HOME.
+        "import sys, importlib.util as u; import pydantic_core, yaml, confluent_kafka; "
+        "print(sys.prefix); print(u.find_spec('delta') is not None, u.find_spec('pyspark'), u.find_spec('lambda_core'))"
+    )
+    result = subprocess.run(
+        [str(tmp_path / "env" / "bin" / "python"), "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,  # not the source tree: 'python -c' puts the working directory on sys.path
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [str(tmp_path / "env"), "True None None"]

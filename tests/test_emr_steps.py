@@ -1,0 +1,229 @@
+"""``lambda-pipeline emr-steps``: steps that name only what the artifact holds and what the config accepts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lambda_core.config import load_settings
+from pipelines.artifact import build_artifact
+from pipelines.cli import build_parser
+from pipelines.emr_steps import GLUE_FACTORY, rate_expression
+
+ROOT = Path(__file__).resolve().parents[1]
+EMR_CONF = ROOT / "conf" / "emr.yaml"
+BUCKET = ["--set", "emr.bucket=lambda-test-bucket"]
+ON_NODES = ["--set", "emr.python=/usr/bin/python3.11"]
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("dist")
+    build_artifact(folder)
+    return folder
+
+
+def emr_steps(*args: str, dist: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "emr-steps", "--dist", str(dist), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def _artifact_uri(args: list[str]) -> str:
+    zip_uri = args[args.index("--py-files") + 1]
+    return zip_uri.rsplit("/", 1)[0] + "/"
+
+
+def _referenced(args: list[str], uri: str) -> set[str]:
+    """Every artifact file an argument list names (comma lists, '#alias' fragments and '--conf' values)."""
+    names = set()
+    for previous, arg in zip(["", *args[:-1]], args, strict=True):
+        if previous == "--workdir":  # the tables' location, not a file of the artifact
+            continue
+        for part in arg.split(","):
+            part = part.split("#", 1)[0].split("=", 1)[-1]
+            if part.startswith("s3://"):
+                assert part.startswith(uri), f"{part} is outside the artifact {uri}"
+                names.add(part.removeprefix(uri))
+    return names
+
+
+def test_steps_run_the_three_jobs_from_files_the_manifest_lists(dist: Path) -> None:
+    result = emr_steps("--config", str(EMR_CONF), *BUCKET, *ON_NODES, dist=dist)
+    assert result.returncode == 0, result.stderr
+    steps = json.loads(result.stdout)
+    manifest = json.loads((dist / "manifest.json").read_text())
+    listed = {entry["path"] for entry in manifest["files"]}
+
+    mains = []
+    for step in steps:
+        assert step["ActionOnFailure"] == "CONTINUE"
+        jar = step["HadoopJarStep"]
+        assert jar["Jar"] == "command-runner.jar"
+        args = jar["Args"]
+        assert args[:5] == ["spark-submit", "--deploy-mode", "cluster", "--master", "yarn"]
+        uri = _artifact_uri(args)
+        assert uri == f"s3://lambda-test-bucket/artifacts/lambda-pipeline/{manifest['version']}/"
+        referenced = _referenced(args, uri)
+        assert referenced <= listed, referenced - listed
+        assert {manifest["zip"], "conf/emr.yaml"} <= referenced
+        main = next(a for a in args if a.endswith("_job.py"))
+        mains.append(main.removeprefix(uri))
+        assert "spark.yarn.appMasterEnv.PYSPARK_PYTHON=/usr/bin/python3.11" in args
+        packages = args[args.index("--packages") + 1].split(",")
+        assert manifest["maven"]["delta"] in packages
+    assert mains == ["ingest_job.py", "speed_job.py", "batch_job.py"]
+    ingest_packages = steps[0]["HadoopJarStep"]["Args"]
+    assert manifest["maven"]["kafka"] in ingest_packages[ingest_packages.index("--packages") + 1]
+    assert manifest["maven"]["msk_iam"] in ingest_packages[ingest_packages.index("--packages") + 1]
+    assert manifest["jars"]["kafka_token_provider"] in _referenced(ingest_packages, _artifact_uri(ingest_packages))
+
+
+def test_job_arguments_are_what_the_cli_accepts_with_the_shipped_config(dist: Path) -> None:
+    result = emr_steps("--config", str(EMR_CONF), *BUCKET, *ON_NODES, "--set", "speed.trigger=30 seconds", dist=dist)
+    assert result.returncode == 0, result.stderr
+    verbs = []
+    for step in json.loads(result.stdout):
+        args = step["HadoopJarStep"]["Args"]
+        main = next(i for i, a in enumerate(args) if a.endswith("_job.py"))
+        verb = Path(args[main]).name.removesuffix("_job.py")
+        parsed = build_parser().parse_args([verb, *args[main + 1 :]])
+        verbs.append((verb, getattr(parsed, "once", None), getattr(parsed, "every", None)))
+        # --files ships conf/emr.yaml; the driver finds it in its working directory by that name.
+        assert parsed.config == "emr.yaml" and parsed.workdir == "s3://lambda-test-bucket/lambda"
+        assert parsed.overrides == ["speed.trigger=30 seconds"]  # emr.* is the generator's, not the jobs'
+        settings = load_settings(EMR_CONF, parsed.overrides)
+        assert settings.speed.trigger == "30 seconds" and settings.spark.master == "yarn"
+    assert verbs == [("ingest", False, None), ("speed", False, None), ("batch", None, "config")]
+
+
+def test_out_folder_holds_cluster_description_and_glue(dist: Path, tmp_path: Path) -> None:
+    out = tmp_path / "emr"
+    glue = ["--set", "emr.glue.enabled=true", "--set", "emr.release_label=emr-8.0.0"]
+    result = emr_steps("--config", str(EMR_CONF), *BUCKET, *glue, *ON_NODES, "--out", str(out), dist=dist)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "steps.json").read_text()) == json.loads(result.stdout)
+    configurations = json.loads((out / "configurations.json").read_text())
+    assert configurations == [
+        {"Classification": "spark-hive-site", "Properties": {"hive.metastore.client.factory.class": GLUE_FACTORY}}
+    ]
+    cluster = json.loads((out / "cluster.json").read_text())
+    assert cluster["ReleaseLabel"] == "emr-8.0.0" and cluster["StepConcurrencyLevel"] == 3
+    assert cluster["LogUri"] == "s3://lambda-test-bucket/logs/emr/"
+    args = json.loads(result.stdout)[1]["HadoopJarStep"]["Args"]
+    assert f"spark.hadoop.hive.metastore.client.factory.class={GLUE_FACTORY}" in args
+    sql = (out / "glue-tables.sql").read_text()
+    assert "CREATE DATABASE IF NOT EXISTS lambda_pipeline;" in sql
+    assert (
+        "lambda_pipeline.batch_page_activity USING DELTA LOCATION 's3://lambda-test-bucket/lambda/warehouse/batch/"
+        in sql
+    )
+    assert not (out / "batch-schedule.json").exists()  # 'batch --every' is a step: no second batch writer
+
+
+def test_schedule_mode_moves_the_batch_into_an_eventbridge_schedule(dist: Path, tmp_path: Path) -> None:
+    out = tmp_path / "emr"
+    mode = ["--set", "emr.batch_trigger=schedule", "--set", "batch.interval=2 hours", "--cluster-id", "j-ABC123"]
+    result = emr_steps("--config", str(EMR_CONF), *BUCKET, *ON_NODES, *mode, "--out", str(out), dist=dist)
+    assert result.returncode == 0, result.stderr
+    steps = json.loads(result.stdout)
+    assert [s["Name"] for s in steps] == ["lambda-pipeline ingest (streaming)", "lambda-pipeline speed (streaming)"]
+    schedule = json.loads((out / "batch-schedule.json").read_text())
+    assert schedule["ScheduleExpression"] == "rate(2 hours)"
+    assert schedule["Target"]["Arn"] == "arn:aws:scheduler:::aws-sdk:emr:addJobFlowSteps"
+    target = json.loads(schedule["Target"]["Input"])
+    assert target["JobFlowId"] == "j-ABC123"
+    (batch,) = target["Steps"]
+    args = batch["HadoopJarStep"]["Args"]
+    assert args[args.index(next(a for a in args if a.endswith("_job.py"))) + 1] == "--config"  # one run, no --every
+    assert next(a for a in args if a.endswith("_job.py")).endswith("/batch_job.py")
+
+
+@pytest.mark.parametrize(
+    ("interval", "expected"),
+    [
+        ("5 minutes", "rate(5 minutes)"),
+        ("1 minute", "rate(1 minute)"),
+        ("90 seconds", "rate(2 minutes)"),
+        ("1 hour", "rate(1 hour)"),
+        ("48 hours", "rate(2 days)"),
+        ("500 ms", "rate(1 minute)"),
+    ],
+)
+def test_rate_expression_counts_whole_minutes(interval: str, expected: str) -> None:
+    assert rate_expression(interval) == expected
+
+
+def test_missing_bucket_is_one_line_naming_the_key(dist: Path) -> None:
+    result = emr_steps("--config", str(EMR_CONF), *ON_NODES, dist=dist)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip() == (
+        f"error: {EMR_CONF}: key 'emr.bucket': required by emr-steps: the S3 bucket name; "
+        "set it in the file or --set emr.bucket=NAME"
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "message"),
+    [
+        ("emr.buckt=x", "emr.buckt", "unknown key"),
+        ("emr.glue.databse=x", "emr.glue.databse", "unknown key"),
+        ("emr.bucket=s3://my-bucket", "emr.bucket", "expected an S3 bucket name"),
+        ("emr.step_concurrency=2", "emr.step_concurrency", "the 3 long-running steps run at once"),
+        ("workdir=/data/lambda", "workdir", "on EMR the work directory must be on S3"),
+    ],
+)
+def test_bad_config_is_one_clear_line(dist: Path, override: str, key: str, message: str) -> None:
+    result = emr_steps("--config", str(EMR_CONF), *BUCKET, *ON_NODES, "--set", override, dist=dist)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {EMR_CONF}: key '{key}': ") and message in line, line
+
+
+def test_unknown_key_in_the_file_is_refused(dist: Path, tmp_path: Path) -> None:
+    config = tmp_path / "emr.yaml"
+    config.write_text(EMR_CONF.read_text().replace("  log_prefix:", "  log_prefixx:"))
+    result = emr_steps("--config", str(config), *BUCKET, *ON_NODES, dist=dist)
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == f"error: {config}: key 'emr.log_prefixx': unknown key; check its spelling against conf/local.yaml"
+    )
+
+
+def test_config_not_in_the_artifact_and_artifact_without_env_are_refused(dist: Path, tmp_path: Path) -> None:
+    edited = tmp_path / "emr.yaml"
+    edited.write_text(EMR_CONF.read_text() + "\n# edited after packaging\n")
+    result = emr_steps("--config", str(edited), *BUCKET, *ON_NODES, dist=dist)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"--add-config {edited}" in result.stderr and "differs from the copy in" in result.stderr
+
+    without_env = emr_steps("--config", str(EMR_CONF), *BUCKET, dist=dist)
+    assert without_env.returncode == 2
+    assert "no packed environment" in without_env.stderr and "package --with-env" in without_env.stderr
+
+    missing = emr_steps("--config", str(EMR_CONF), *BUCKET, dist=tmp_path / "nothing")
+    assert missing.returncode == 2 and "build the artifact first" in missing.stderr
+
+
+def test_packaged_extra_config_is_accepted(tmp_path: Path) -> None:
+    prod = tmp_path / "prod.yaml"
+    prod.write_text(EMR_CONF.read_text().replace("bucket: null", "bucket: prod-bucket"))
+    folder = tmp_path / "dist"
+    build_artifact(folder, extra_configs=[prod])
+    result = emr_steps("--config", str(prod), *ON_NODES, dist=folder)
+    assert result.returncode == 0, result.stderr
+    args = json.loads(result.stdout)[0]["HadoopJarStep"]["Args"]
+    assert "s3://prod-bucket/artifacts/lambda-pipeline/0.1.0/conf/prod.yaml" in args
+    assert "upload first: aws s3 sync" in result.stderr and shlex.quote(str(folder)) in result.stderr
