@@ -18,7 +18,11 @@ from lambda_core.config import Settings, duration_seconds, load_settings
 from lambda_core.errors import LambdaError
 from lambda_core.pipeline import Pipeline
 from lambda_core.tables import Locations
+from pipelines.artifact import add_package_parser, run_package
+from pipelines.emr_steps import add_emr_steps_parser, run_emr_steps
+from pipelines.generate_cmd import add_generate_parser, run_generate
 from pipelines.kafka_cmd import add_kafka_parser, run_kafka
+from pipelines.s3_cmd import add_s3_parser, run_s3
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -47,18 +51,30 @@ class Context:
         )
 
     @property
+    def jvm_packages(self) -> tuple[str, ...]:
+        """Maven packages beyond Delta: the Kafka connector for a Kafka source, hadoop-aws for ``s3a://``."""
+        from lambda_core.session import KAFKA_COORDINATE, hadoop_aws_coordinate
+
+        kafka = (KAFKA_COORDINATE,) if self.settings.ingest.source == "kafka" else ()
+        return kafka + ((hadoop_aws_coordinate(),) if self.locations.needs_s3a else ())
+
+    @property
     def spark(self) -> SparkSession:
         if self._spark is None:
-            from lambda_core.session import KAFKA_COORDINATE, get_spark
+            from lambda_core.session import get_spark
 
-            kafka = self.settings.ingest.source == "kafka"
-            self._spark = get_spark(self.settings.spark, packages=(KAFKA_COORDINATE,) if kafka else ())
+            # The s3 section as fs.s3a.* settings; an explicit spark.conf entry of the same name wins.
+            s3a = {k: v for k, v in self.settings.s3.spark_conf().items() if k not in self.settings.spark.conf}
+            self._spark = get_spark(self.settings.spark, packages=self.jvm_packages, extra_conf=s3a)
         return self._spark
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config file (default: conf/local.yaml)")
-    parser.add_argument("--workdir", help="root of tables, checkpoints and landing folder (default: config 'workdir')")
+    parser.add_argument("--config", help="YAML config file (default: $LAMBDA_PIPELINE_CONFIG, else conf/local.yaml)")
+    parser.add_argument(
+        "--workdir",
+        help="root of tables, checkpoints and landing folder (default: $LAMBDA_PIPELINE_WORKDIR, else 'workdir')",
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -106,7 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="files: the landing folder; kafka: a local broker on 127.0.0.1 (started if needed) (default: config)",
     )
     kafka = add_kafka_parser(verbs)
-    for sub in (ingest, speed, batch, query, demo, kafka):
+    s3 = add_s3_parser(verbs)
+    generate = add_generate_parser(verbs)
+    add_package_parser(verbs)  # no --config: one artifact serves every config
+    emr_steps = add_emr_steps_parser(verbs)
+    for sub in (ingest, speed, batch, query, demo, kafka, emr_steps, generate, s3):
         _common(sub)
     return parser
 
@@ -231,6 +251,9 @@ COMMANDS = {
     "query": _cmd_query,
     "demo": _cmd_demo,
     "kafka": run_kafka,
+    "s3": run_s3,
+    "generate": run_generate,
+    "emr-steps": lambda ctx, args: run_emr_steps(ctx.settings, args),
 }
 
 
@@ -239,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "source", None):
         args.overrides = [*args.overrides, f"ingest.source={args.source}"]
     try:
+        if args.verb == "package":
+            return run_package(args)
         ctx = Context.from_args(args)
         return COMMANDS[args.verb](ctx, args)
     except LambdaError as exc:
@@ -254,7 +279,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             first = str(exc).strip().splitlines()[0]
             print(f"error: Spark refused the request: {first}", file=sys.stderr)
             return 1
+        s3_problem = _s3_access_problem(exc)
+        if s3_problem:
+            print(f"error: {s3_problem}", file=sys.stderr)
+            return 1
         raise
+
+
+def _s3_access_problem(exc: BaseException) -> str | None:
+    """One line for S3 refusing the job (no credentials, access denied), instead of a Java stack trace."""
+    text = str(exc)
+    for marker, advice in (
+        ("NoAuthWithAWSException", "export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run with an instance role"),
+        ("AccessDeniedException", "check the credentials' permissions on the bucket (and s3.endpoint)"),
+    ):
+        if marker in text:
+            detail = next((line.strip() for line in text.splitlines() if marker in line), marker)
+            return f"S3 refused the job: {detail[:300]}; {advice} (see docs/s3.md)"
+    return None
 
 
 if __name__ == "__main__":

@@ -26,11 +26,12 @@ def add_kafka_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentPars
     """Register the ``kafka`` verb; the caller adds the common options (--config, --workdir, --set)."""
     kafka = verbs.add_parser(
         "kafka",
-        help="start, stop or inspect a local single-node Kafka broker (KRaft) on 127.0.0.1",
+        help="start, stop or inspect a local single-node Kafka broker (KRaft) on 127.0.0.1; create the topic",
         description="A real Apache Kafka broker for local runs and the demo; jars come from Maven Central "
-        "on first use. Storage: <workdir>/kafka.",
+        "on first use. Storage: <workdir>/kafka. 'create-topic' creates ingest.kafka.topic with "
+        "ingest.kafka.partitions on any cluster the config names (a container's broker, MSK), if it is missing.",
     )
-    kafka.add_argument("action", choices=("start", "stop", "status"))
+    kafka.add_argument("action", choices=("start", "stop", "status", "create-topic"))
     kafka.add_argument(
         "--port",
         type=int,
@@ -89,8 +90,24 @@ def _describe(status: BrokerStatus) -> str:
     )
 
 
+def _create_topic(ctx: Context, args: argparse.Namespace) -> int:
+    """The configured topic on the configured cluster: deployments whose broker the project did not start
+    (the compose demo's init step) get the partitions the config asks for, not the broker's default."""
+    from local_services.kafka_broker import create_topic
+
+    kafka = ctx.settings.ingest.kafka
+    if kafka.topic is None:
+        raise ConfigError("ingest.kafka.topic", None, "create-topic needs a topic; a subscribe_pattern names none")
+    created = create_topic(kafka.bootstrap_servers, kafka.topic, partitions=kafka.partitions, timeout=args.timeout)
+    state = f"created ({kafka.partitions} partitions)" if created else "exists"
+    print(f"kafka: topic {kafka.topic!r} on {kafka.bootstrap_servers} {state}")
+    return 0
+
+
 def run_kafka(ctx: Context, args: argparse.Namespace) -> int:
     """Run one action; exit code 0 on success, and for ``status`` 0 running / 1 not running."""
+    if args.action == "create-topic":
+        return _create_topic(ctx, args)
     broker = _broker(ctx, args)
     if args.action == "status":
         status = broker.status()
