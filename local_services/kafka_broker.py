@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -26,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from lambda_core.errors import EnvironmentProblem, LambdaError
 from local_services.maven import resolve
+from local_services.process import HOST, ManagedProcess, free_port, port_in_use
 
 if TYPE_CHECKING:
     from confluent_kafka.admin import AdminClient
@@ -48,7 +47,6 @@ KAFKA_VERSION = "4.1.1"
 SCALA_BINARY = "2.13"
 # kafka_2.13 depends on log4j-core but not on an SLF4J binding: without one the broker logs nothing.
 LOG4J_VERSION = "2.24.3"
-HOST = "127.0.0.1"
 NODE_ID = 1
 MESSAGE_MAX_BYTES = 2 * 1024 * 1024
 FORMAT_TIMEOUT_SECONDS = 120.0
@@ -64,27 +62,6 @@ def broker_coordinates(version: str = KAFKA_VERSION) -> list[str]:
         f"org.apache.kafka:kafka_{SCALA_BINARY}:{version}",
         f"org.apache.logging.log4j:log4j-slf4j-impl:{LOG4J_VERSION}",
     ]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (for tests; racy by nature)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_in_use(port: int, host: str = HOST) -> bool:
-    """True if ``host:port`` cannot be bound, i.e. another socket listens there.
-
-    SO_REUSEADDR as the JVM sets it, so a port in TIME_WAIT after a broker restart counts as free.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 def _new_cluster_id() -> str:
@@ -294,34 +271,20 @@ def _java() -> str:
     return str(Path(java_home) / "bin" / "java") if java_home else str(shutil.which("java"))
 
 
-def _command_line(pid: int) -> str | None:
-    """The command line of a live (non-zombie) process, or None."""
-    proc = Path("/proc")
-    if proc.joinpath("self").exists():
-        try:
-            stat = proc.joinpath(str(pid), "stat").read_text()
-            if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
-                return None
-            return proc.joinpath(str(pid), "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, IndexError):
-            return None
-    try:  # macOS and other systems without /proc
-        out = subprocess.run(
-            ["ps", "-o", "stat=,command=", "-p", str(pid)], capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if not out or out.split()[0].startswith("Z"):
-        return None
-    return out.split(None, 1)[1] if " " in out else ""
-
-
-class KafkaBroker:
+class KafkaBroker(ManagedProcess):
     """One KRaft broker+controller JVM bound to 127.0.0.1, its state kept under ``base_dir``.
 
     ``start`` is idempotent (a no-op when this broker already runs), ``restart`` keeps the storage,
     ``kill`` simulates a crash. Any process may call ``status``/``stop`` for the same ``base_dir``.
     """
+
+    _file_stem = "broker"
+    _label = "the Kafka broker"
+    _base_dir_role = "with storage"
+    _cli_verb = "kafka"
+    _port_hint = f"e.g. --set ingest.kafka.bootstrap_servers={HOST}:<port>"
+    _ready_poll_seconds = _POLL_SECONDS
+    _stopped_note = "; it was stopped"  # a start that timed out kills the half-started JVM at once
 
     def __init__(
         self,
@@ -331,12 +294,11 @@ class KafkaBroker:
         version: str = KAFKA_VERSION,
         heap: str = "512m",
     ) -> None:
-        self.base_dir = Path(base_dir).expanduser().resolve()
-        self.port = int(port)
+        super().__init__(base_dir, port)
         self._controller_port = controller_port
         self.version = version
         self.heap = heap
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._probe_admin: AdminClient | None = None
 
     # -- files ----------------------------------------------------------------------------------------------------
     @property
@@ -348,17 +310,9 @@ class KafkaBroker:
         return self.base_dir / "server.properties"
 
     @property
-    def log_file(self) -> Path:
-        return self.base_dir / "broker.log"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.base_dir / "broker.pid"
-
-    @property
     def state_file(self) -> Path:
         """Cluster id, ports and version of the storage, kept across restarts."""
-        return self.base_dir / "broker.json"
+        return super().state_file
 
     @property
     def bootstrap_servers(self) -> str:
@@ -371,41 +325,17 @@ class KafkaBroker:
     def __repr__(self) -> str:
         return f"KafkaBroker({str(self.base_dir)!r}, port={self.port}, version={self.version!r})"
 
-    def _state(self) -> dict[str, Any]:
-        try:
-            state = json.loads(self.state_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return state if isinstance(state, dict) else {}
-
-    def _save_state(self, **values: Any) -> None:
-        state = {**self._state(), **values}
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        tmp.replace(self.state_file)
-
     # -- process identity ---------------------------------------------------------------------------------------
-    def _is_ours(self, pid: int) -> bool:
-        """Alive and really this broker: guards against killing an unrelated process that reused the pid."""
-        if self._proc is not None and self._proc.pid == pid and self._proc.poll() is not None:
-            return False
-        cmdline = _command_line(pid)
-        return cmdline is not None and "kafka.Kafka" in cmdline and str(self.server_properties) in cmdline
+    @property
+    def _address(self) -> str:
+        return self.bootstrap_servers
 
-    def _recorded_pid(self) -> int | None:
-        try:
-            return int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-
-    def _running_pid(self) -> int | None:
-        pid = self._recorded_pid()
-        return pid if pid is not None and self._is_ours(pid) else None
+    def _owns(self, cmdline: str) -> bool:
+        return "kafka.Kafka" in cmdline and str(self.server_properties) in cmdline
 
     def status(self) -> BrokerStatus:
         """Whether this ``base_dir``'s broker runs, from any process."""
-        pid = self._running_pid()
-        port = int(self._state().get("port", self.port)) if pid is not None else self.port
+        pid, port = self._running() or (None, self.port)
         return BrokerStatus(pid is not None, pid, port, self.base_dir, self.version, self.log_file)
 
     # -- start ----------------------------------------------------------------------------------------------------
@@ -417,14 +347,7 @@ class KafkaBroker:
         """
         deadline = time.monotonic() + timeout
         java = _java()
-        running = self._running_pid()
-        if running is not None:
-            actual = int(self._state().get("port", self.port))
-            if actual != self.port:
-                raise EnvironmentProblem(
-                    f"the Kafka broker with storage {self.base_dir} already runs on {HOST}:{actual} (pid {running}); "
-                    f"stop it first (lambda-pipeline kafka stop) to run it on port {self.port}"
-                )
+        if self._already_running():
             wait_for_broker(self.bootstrap_servers, max(1.0, deadline - time.monotonic()))
             return
         self._check_free(self.port, "port")
@@ -437,14 +360,6 @@ class KafkaBroker:
         self._write_config(controller_port)
         self._format_once(java, classpath, cluster_id)
         self._launch(java, classpath, deadline)
-
-    def _check_free(self, port: int, what: str) -> None:
-        if port_in_use(port):
-            raise EnvironmentProblem(
-                f"{what} {port} on {HOST} is already in use by another process, so the Kafka broker cannot listen "
-                f"there; stop that process (find it with: ss -ltnp 'sport = :{port}') or use another port "
-                f"(e.g. --set ingest.kafka.bootstrap_servers={HOST}:<port>)"
-            )
 
     def _pick_controller_port(self) -> int:
         """The explicit port, else the one this storage used before, else port+1, else any free one."""
@@ -546,100 +461,31 @@ class KafkaBroker:
 
     def _launch(self, java: str, classpath: str, deadline: float) -> None:
         command = [*self._jvm(java, classpath, self.heap), "kafka.Kafka", str(self.server_properties)]
-        with self.log_file.open("ab") as log:
-            log.write(
-                f"=== lambda-pipeline: starting Kafka {self.version} on {self.bootstrap_servers} "
-                f"at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode()
-            )
-            log.flush()
-            offset = log.tell()
-            # Own session: Ctrl-C in the terminal that started it, or the end of that process, leaves it running.
-            self._proc = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.base_dir,
-                start_new_session=True,
-                close_fds=True,
-            )
-        pid = self._proc.pid
-        tmp = self.pid_file.with_suffix(".tmp")
-        tmp.write_text(f"{pid}\n")
-        tmp.replace(self.pid_file)
-        admin = None
-        while True:
-            code = self._proc.poll()
-            if code is not None:
-                self.pid_file.unlink(missing_ok=True)
-                raise EnvironmentProblem(
-                    f"the Kafka broker exited during start-up (exit code {code}); "
-                    f"last lines of {self.log_file}: {self._log_tail(offset)}"
-                )
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self._signal_and_wait(pid, signal.SIGKILL, 10.0)
-                self.pid_file.unlink(missing_ok=True)
-                raise EnvironmentProblem(
-                    f"the Kafka broker did not answer on {self.bootstrap_servers} within the start timeout; "
-                    f"it was stopped. Last lines of {self.log_file}: {self._log_tail(offset)}"
-                )
-            if admin is None and _accepts(self.port):
-                admin = _admin(self.bootstrap_servers, quiet=True)
-            if admin is not None:
-                with contextlib.suppress(Exception):  # not ready yet: retry until the deadline
-                    if admin.list_topics(timeout=max(0.5, min(2.0, remaining))).brokers:
-                        return
-            time.sleep(_POLL_SECONDS)
-
-    def _log_tail(self, offset: int = 0, lines: int = 8) -> str:
+        offset = self._spawn(command, f"Kafka {self.version}")
         try:
-            with self.log_file.open("rb") as log:
-                log.seek(offset)
-                text = log.read().decode(errors="replace")
-        except OSError:
-            return "(no log)"
-        tail = [line.strip() for line in text.strip().splitlines() if line.strip()][-lines:]
-        return " | ".join(tail) or "(empty)"
+            self._await_ready(deadline, offset)
+        finally:
+            self._probe_admin = None  # its librdkafka threads and connections are not needed after start-up
+
+    def _answers(self, remaining: float) -> bool:
+        """A metadata answer; the admin client only once the port accepts connections, then kept for the retries."""
+        if self._probe_admin is None and _accepts(self.port):
+            self._probe_admin = _admin(self.bootstrap_servers, quiet=True)
+        if self._probe_admin is None:
+            return False
+        return bool(self._probe_admin.list_topics(timeout=max(0.5, min(2.0, remaining))).brokers)
 
     # -- stop -----------------------------------------------------------------------------------------------------
-    def _alive(self, pid: int) -> bool:
-        if self._proc is not None and self._proc.pid == pid:
-            return self._proc.poll() is None  # also reaps our own child, so it leaves no zombie
-        return _command_line(pid) is not None
-
-    def _signal_and_wait(self, pid: int, sig: signal.Signals, timeout: float) -> bool:
-        """Send ``sig`` and wait (bounded) for the process to go; True if it did."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + timeout
-        while self._alive(pid):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(_POLL_SECONDS / 2)
-        return True
-
     def stop(self, timeout: float = 30.0) -> bool:
         """Clean shutdown (SIGTERM), SIGKILL after ``timeout``; False only if it had to be killed.
 
         Not running is not an error (returns True). The storage is kept.
         """
-        pid = self._running_pid()
-        clean = True
-        if pid is not None:
-            clean = self._signal_and_wait(pid, signal.SIGTERM, timeout)
-            if not clean:
-                self._signal_and_wait(pid, signal.SIGKILL, 10.0)
-        self.pid_file.unlink(missing_ok=True)
-        return clean
+        return super().stop(timeout)
 
     def kill(self) -> bool:
         """SIGKILL, as a crash would; True if a running broker was killed. Storage is recovered at next start."""
-        pid = self._running_pid()
-        if pid is not None:
-            self._signal_and_wait(pid, signal.SIGKILL, 10.0)
-        self.pid_file.unlink(missing_ok=True)
-        return pid is not None
+        return super().kill()
 
     def restart(self, timeout: float = 90.0) -> None:
         """Clean stop, then start again on the same storage (topics and records survive)."""

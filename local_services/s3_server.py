@@ -11,12 +11,8 @@ the pid file lets one process start the server and another one query or stop it.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import json
 import os
-import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -28,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lambda_core.errors import EnvironmentProblem, LambdaError
-from local_services.kafka_broker import HOST, _command_line, free_port, port_in_use
+from local_services.process import HOST, ManagedProcess, free_port
 
 __all__ = ["DEFAULT_PORT", "S3Server", "S3ServerStatus", "free_port", "server_package_missing"]
 
@@ -71,7 +67,7 @@ class S3ServerStatus:
         return f"http://{HOST}:{self.port}"
 
 
-class S3Server:
+class S3Server(ManagedProcess):
     """One moto server process bound to 127.0.0.1, its files kept under ``base_dir``.
 
     ``start`` is idempotent (a no-op when this server already runs on the same port). Any process may
@@ -79,28 +75,22 @@ class S3Server:
     credentials, and this client needs none.
     """
 
+    _file_stem = "s3-server"
+    _label = "the S3 server"
+    _base_dir_role = "of"
+    _cli_verb = "s3"
+    _port_hint = f"--port, and s3.endpoint=http://{HOST}:<port> for the jobs"
+    _ready_poll_seconds = _POLL_SECONDS
+    _abandon_grace_seconds = 5.0  # a start that timed out: SIGTERM, SIGKILL only after 5 s
+
     def __init__(self, base_dir: str | Path, port: int = DEFAULT_PORT, region: str = "us-east-1") -> None:
-        self.base_dir = Path(base_dir).expanduser().resolve()
-        self.port = int(port)
+        super().__init__(base_dir, port)
         self.region = region
-        self._proc: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
         return f"S3Server({str(self.base_dir)!r}, port={self.port})"
 
     # -- files ----------------------------------------------------------------------------------------------------
-    @property
-    def log_file(self) -> Path:
-        return self.base_dir / "s3-server.log"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.base_dir / "s3-server.pid"
-
-    @property
-    def state_file(self) -> Path:
-        return self.base_dir / "s3-server.json"
-
     @property
     def spool_dir(self) -> Path:
         """Where moto spills objects above its in-memory buffer (its TMPDIR)."""
@@ -110,154 +100,49 @@ class S3Server:
     def endpoint(self) -> str:
         return f"http://{HOST}:{self.port}"
 
-    def _state(self) -> dict[str, Any]:
-        try:
-            state = json.loads(self.state_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return state if isinstance(state, dict) else {}
-
-    def _write_atomically(self, file: Path, text: str) -> None:
-        tmp = file.with_suffix(".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(file)
-
     # -- process identity ---------------------------------------------------------------------------------------
-    def _recorded(self) -> tuple[int, int] | None:
-        """(pid, port) of the server this ``base_dir`` started, from its pid and state files."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return pid, int(self._state().get("port", self.port))
+    @property
+    def _address(self) -> str:
+        return self.endpoint
 
-    def _is_ours(self, pid: int, port: int) -> bool:
-        """Alive and really this server: guards against signalling an unrelated process that reused the pid."""
-        if self._proc is not None and self._proc.pid == pid and self._proc.poll() is not None:
-            return False
-        cmdline = _command_line(pid)
-        return cmdline is not None and "moto.server" in cmdline and f"-p {port}" in cmdline
-
-    def _running(self) -> tuple[int, int] | None:
-        recorded = self._recorded()
-        return recorded if recorded is not None and self._is_ours(*recorded) else None
+    def _owns(self, cmdline: str) -> bool:
+        return "moto.server" in cmdline and f"-p {self._recorded_port()}" in cmdline
 
     def status(self) -> S3ServerStatus:
         """Whether this ``base_dir``'s server runs, from any process."""
-        running = self._running()
-        pid, port = running if running is not None else (None, self.port)
-        return S3ServerStatus(running is not None, pid, port, self.base_dir, self.log_file)
+        pid, port = self._running() or (None, self.port)
+        return S3ServerStatus(pid is not None, pid, port, self.base_dir, self.log_file)
 
     # -- start ----------------------------------------------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> None:
         """Start the server and return once it answers S3 requests (at most ``timeout`` seconds)."""
         deadline = time.monotonic() + timeout
-        running = self._running()
-        if running is not None:
-            pid, actual = running
-            if actual != self.port:
-                raise EnvironmentProblem(
-                    f"the S3 server of {self.base_dir} already runs on {HOST}:{actual} (pid {pid}); stop it first "
-                    f"(lambda-pipeline s3 stop) to run it on port {self.port}"
-                )
-            self._wait_ready(deadline, None)
+        if self._already_running():
+            self._await_ready(deadline, None)
             return
         missing = server_package_missing()
         if missing:
             raise EnvironmentProblem(missing)
-        if port_in_use(self.port):
-            raise EnvironmentProblem(
-                f"port {self.port} on {HOST} is already in use by another process, so the S3 server cannot listen "
-                f"there; stop that process (find it with: ss -ltnp 'sport = :{self.port}') or use another port "
-                f"(--port, and s3.endpoint=http://{HOST}:<port> for the jobs)"
-            )
+        self._check_free(self.port)
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.spool_dir.mkdir(exist_ok=True)
-        self._write_atomically(self.state_file, json.dumps({"port": self.port, "region": self.region}) + "\n")
+        self._save_state(port=self.port, region=self.region)
         env = {**os.environ, "TMPDIR": str(self.spool_dir), "PYTHONUNBUFFERED": "1"}
         command = [sys.executable, "-c", _LAUNCHER, "-H", HOST, "-p", str(self.port)]
-        with self.log_file.open("ab") as log:
-            log.write(
-                f"=== lambda-pipeline: starting the S3 server (moto) on {self.endpoint} "
-                f"at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode()
-            )
-            log.flush()
-            offset = log.tell()
-            # Own session: Ctrl-C in the terminal that started it, or the end of that process, leaves it running.
-            self._proc = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.base_dir,
-                env=env,
-                start_new_session=True,
-                close_fds=True,
-            )
-        self._write_atomically(self.pid_file, f"{self._proc.pid}\n")
-        self._wait_ready(deadline, offset)
+        self._await_ready(deadline, self._spawn(command, "the S3 server (moto)", env))
 
-    def _wait_ready(self, deadline: float, log_offset: int | None) -> None:
-        """Poll ListBuckets until it answers; fail with the log's tail if the process dies or time runs out."""
-        while True:
-            if self._proc is not None and (code := self._proc.poll()) is not None:
-                self.pid_file.unlink(missing_ok=True)
-                raise EnvironmentProblem(
-                    f"the S3 server exited during start-up (exit code {code}); last lines of {self.log_file}: "
-                    f"{self._log_tail(log_offset or 0)}"
-                )
-            with contextlib.suppress(OSError):
-                self._request("GET", "/", timeout=1.0)
-                return
-            if time.monotonic() > deadline:
-                if log_offset is not None:  # we started it: do not leave a half-started server behind
-                    self.stop(timeout=5.0)
-                raise EnvironmentProblem(
-                    f"the S3 server did not answer on {self.endpoint} within the start timeout. "
-                    f"Last lines of {self.log_file}: {self._log_tail(log_offset or 0)}"
-                )
-            time.sleep(_POLL_SECONDS)
-
-    def _log_tail(self, offset: int = 0, lines: int = 8) -> str:
-        try:
-            with self.log_file.open("rb") as log:
-                log.seek(offset)
-                text = log.read().decode(errors="replace")
-        except OSError:
-            return "(no log)"
-        tail = [line.strip() for line in text.strip().splitlines() if line.strip()][-lines:]
-        return " | ".join(tail) or "(empty)"
-
-    # -- stop -----------------------------------------------------------------------------------------------------
-    def _alive(self, pid: int) -> bool:
-        if self._proc is not None and self._proc.pid == pid:
-            return self._proc.poll() is None  # also reaps our own child, so it leaves no zombie
-        return _command_line(pid) is not None
-
-    def _signal_and_wait(self, pid: int, sig: signal.Signals, timeout: float) -> bool:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + timeout
-        while self._alive(pid):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(_POLL_SECONDS)
+    def _answers(self, remaining: float) -> bool:
+        """ListBuckets succeeds; a refused connection or an error status raises, i.e. not ready yet."""
+        self._request("GET", "/", timeout=1.0)
         return True
 
+    # -- stop -----------------------------------------------------------------------------------------------------
     def stop(self, timeout: float = 15.0) -> bool:
         """SIGTERM, SIGKILL after ``timeout``; False only if it had to be killed. Not running is not an error.
 
         moto keeps the objects in memory: they are gone once the server stops.
         """
-        running = self._running()
-        clean = True
-        if running is not None:
-            pid = running[0]
-            clean = self._signal_and_wait(pid, signal.SIGTERM, timeout)
-            if not clean:
-                self._signal_and_wait(pid, signal.SIGKILL, 10.0)
-        self.pid_file.unlink(missing_ok=True)
-        return clean
+        return super().stop(timeout)
 
     # -- S3 requests (unsigned; enough to set up buckets and to look at what the pipeline wrote) -----------------
     def _request(
