@@ -206,12 +206,7 @@ class SparkSettings(_Strict):
     @field_validator("conf", mode="before")
     @classmethod
     def _stringify(cls, value: Any) -> Any:
-        if isinstance(value, Mapping):
-            for key in value:
-                if _S3A_CREDENTIAL_CONF.search(str(key)):
-                    raise ValueError(f"{key!r} is an S3 credential: {_S3_CREDENTIALS_HINT}")
-            return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
-        return value
+        return _spark_conf_values(value)
 
 
 # S3 credentials must never be written in a config file; the AWS default chain finds them instead.
@@ -222,6 +217,21 @@ _S3_CREDENTIALS_HINT = (
     "AWS_SESSION_TOKEN) in the job's environment, or use an instance role, and leave s3.credentials_provider "
     "unset for the default AWS chain"
 )
+
+
+def _spark_conf_values(value: Any) -> Any:
+    """Spark settings as strings (YAML booleans as Spark spells them), S3 credentials refused.
+
+    Shared by ``spark.conf`` and ``emr.submit_conf``: a secret must not reach a file through either.
+    """
+    if isinstance(value, Mapping):
+        for key in value:
+            if _S3A_CREDENTIAL_CONF.search(str(key)):
+                raise ValueError(f"{key!r} is an S3 credential: {_S3_CREDENTIALS_HINT}")
+        return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
+    return value
+
+
 _ENDPOINT = re.compile(r"^(?:(https?)://)?([A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(?::(\d{1,5}))?/?$")
 
 
@@ -362,9 +372,7 @@ class EmrSettings(_Strict):
     @field_validator("submit_conf", mode="before")
     @classmethod
     def _stringify(cls, value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
-        return value
+        return _spark_conf_values(value)
 
 
 class Settings(_Strict):
@@ -514,7 +522,9 @@ def load_settings(
         else:
             message = first["msg"].removeprefix("Value error, ")
             # Never echo what was given for Kafka options, S3 or Spark settings: it may be a credential.
-            secret = key is not None and (".options" in key or key.split(".")[0] == "s3" or key == "spark.conf")
+            secret = key is not None and (
+                ".options" in key or key.split(".")[0] == "s3" or key in ("spark.conf", "emr.submit_conf")
+            )
             if "input" in first and first["type"] != "missing" and "got " not in message and not secret:
                 message += f" (got {first['input']!r})"
         raise ConfigError(_blame(source, key, from_env), key, message) from None

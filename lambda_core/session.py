@@ -92,6 +92,7 @@ def hadoop_aws_coordinate() -> str:
     """
     return f"org.apache.hadoop:hadoop-aws:{hadoop_version()}"
 
+
 # The Kafka connector's one Spark-internal dependency, spark-token-provider-kafka-0-10, is not on Maven
 # Central for every Spark release (none for 4.1.x or 4.2.0 when this was written), so resolving the
 # connector alone fails. It is excluded from resolution and the newest published release that the

@@ -99,26 +99,16 @@ def read_project(root: Path = ROOT) -> ProjectInfo:
     return ProjectInfo(project["name"], project["version"], tuple(packages), tuple(project.get("dependencies", ())))
 
 
-def _hadoop_version() -> str:
-    """Hadoop version of the installed pyspark's jars: hadoop-aws must match it exactly."""
-    import pyspark
-
-    jars = Path(pyspark.__file__).parent / "jars"
-    for jar in sorted(jars.glob("hadoop-client-api-*.jar")):
-        return jar.name.removeprefix("hadoop-client-api-").removesuffix(".jar")
-    raise EnvironmentProblem(f"no hadoop-client-api jar in {jars}: cannot tell which hadoop-aws matches")
-
-
 def maven_coordinates() -> dict[str, str]:
     """The JVM packages the jobs may need, by purpose; the step generator picks per job and config."""
-    from lambda_core.session import DELTA_COORDINATE, KAFKA_COORDINATE, TOKEN_PROVIDER
+    from lambda_core.session import DELTA_COORDINATE, KAFKA_COORDINATE, TOKEN_PROVIDER, hadoop_aws_coordinate
 
     return {
         "delta": DELTA_COORDINATE,
         "kafka": KAFKA_COORDINATE,
         # Not on Maven Central at pyspark's version: excluded, and shipped as a jar (see session.py).
         "kafka_exclude": ":".join(TOKEN_PROVIDER),
-        "hadoop_aws": f"org.apache.hadoop:hadoop-aws:{_hadoop_version()}",
+        "hadoop_aws": hadoop_aws_coordinate(),
         "msk_iam": MSK_IAM_COORDINATE,
     }
 

@@ -69,6 +69,7 @@ def test_s3_section_from_yaml_and_bad_values(tmp_path: Path) -> None:
         "s3.aws_secret_access_key=wJalrXUtnFEMIxK7MDENGbPxRfiCYEXAMPLEKEY",
         "spark.conf.spark.hadoop.fs.s3a.secret.key=wJalrXUtnFEMIxK7MDENGbPxRfiCYEXAMPLEKEY",
         "spark.conf.spark.hadoop.fs.s3a.bucket.lake.access.key=wJalrXUtnFEMIxK7MDENGbPxRfiCYEXAMPLEKEY",
+        "emr.submit_conf={spark.hadoop.fs.s3a.secret.key: wJalrXUtnFEMIxK7MDENGbPxRfiCYEXAMPLEKEY}",
     ],
 )
 def test_s3_credentials_in_the_config_are_refused(override: str) -> None:
