@@ -148,10 +148,18 @@ def sql_path(path: str) -> str:
 
 
 def ensure_table(spark: SparkSession, path: str, schema: T.StructType, partition_by: tuple[str, ...] = ()) -> None:
-    """Create the Delta table at ``path`` if absent (version 0, empty)."""
+    """Create the Delta table at ``path`` if absent (version 0, empty).
+
+    Two jobs starting together (ingest and speed both ensure master) race to write version 0; the
+    loser's ``ProtocolChangedException`` is harmless once the winner's version 0 is there. The wait asks
+    the log itself: ``DeltaTable.isDeltaTable`` answers from the snapshot this JVM cached before the
+    winner committed, so it would stay false.
+    """
+    import time
+
     from delta.tables import DeltaTable
 
-    if DeltaTable.isDeltaTable(spark, path):
+    if _committed_version(spark, path) >= 0:
         return
     builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
     if partition_by:
@@ -159,15 +167,19 @@ def ensure_table(spark: SparkSession, path: str, schema: T.StructType, partition
     try:
         builder.execute()
     except Exception:
-        # Two jobs starting together (ingest and speed both ensure master) race to write version 0;
-        # the loser's conflict is harmless once the winner's table is there (bounded wait for it).
-        import time
-
         deadline = time.monotonic() + 60
-        while not DeltaTable.isDeltaTable(spark, path):
+        while _committed_version(spark, path) < 0:
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.5)  # waiting for the other writer's version 0, bounded by the deadline
+            time.sleep(0.2)  # waiting for the other writer's version 0, bounded by the deadline
+
+
+def _committed_version(spark: SparkSession, path: str) -> int:
+    """The newest version in the Delta log at ``path``, freshly listed; -1 when nothing is committed."""
+    jvm = spark._jvm  # type: ignore[attr-defined]
+    none = jvm.scala.Option.empty()
+    log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)  # type: ignore[attr-defined]
+    return int(log.update(False, none, none).version())
 
 
 def latest_version(spark: SparkSession, path: str) -> int:
