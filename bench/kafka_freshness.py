@@ -1104,8 +1104,7 @@ def run_pipeline(phase: Phase) -> dict[str, Any]:
 
     # The serving view really holds them: every master event once (batch + speed), at the newest versions.
     serving = ServingLayer(spark, CLICKSTREAM, loc)
-    serving.refresh()
-    served = spark.sql("SELECT coalesce(sum(events), 0) AS n FROM serving.page_activity").first()["n"]
+    served = serving.query("SELECT coalesce(sum(events), 0) AS n FROM serving.page_activity").first()["n"]
     master_rows = spark.read.format("delta").load(loc.master).count()
 
     result = {

@@ -29,6 +29,7 @@ __all__ = [
     "latest_coverage",
     "latest_version",
     "sql_path",
+    "table_version",
 ]
 
 QUARANTINE_SCHEMA = T.StructType(
@@ -159,7 +160,7 @@ def ensure_table(spark: SparkSession, path: str, schema: T.StructType, partition
 
     from delta.tables import DeltaTable
 
-    if _committed_version(spark, path) >= 0:
+    if table_version(spark, path) is not None:
         return
     builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
     if partition_by:
@@ -168,18 +169,22 @@ def ensure_table(spark: SparkSession, path: str, schema: T.StructType, partition
         builder.execute()
     except Exception:
         deadline = time.monotonic() + 60
-        while _committed_version(spark, path) < 0:
+        while table_version(spark, path) is None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)  # waiting for the other writer's version 0, bounded by the deadline
 
 
-def _committed_version(spark: SparkSession, path: str) -> int:
-    """The newest version in the Delta log at ``path``, freshly listed; -1 when nothing is committed."""
+def table_version(spark: SparkSession, path: str) -> int | None:
+    """The newest version in the Delta log at ``path``, freshly listed; None when nothing is committed.
+
+    One look at the log (no Spark job), and never the stale answer of a snapshot this JVM cached.
+    """
     jvm = spark._jvm  # type: ignore[attr-defined]
     none = jvm.scala.Option.empty()
     log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)  # type: ignore[attr-defined]
-    return int(log.update(False, none, none).version())
+    version = int(log.update(False, none, none).version())
+    return version if version >= 0 else None
 
 
 def latest_version(spark: SparkSession, path: str) -> int:

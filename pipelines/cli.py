@@ -111,7 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("sql", help='e.g. "SELECT * FROM serving.page_activity ORDER BY window_start DESC"')
     query.add_argument("--format", choices=("table", "json", "csv"), default="table")
     query.add_argument("--limit", type=int, default=1000, help="rows to print at most (default 1000)")
-    query.add_argument("--provenance", action="store_true", help="also print versions and freshness of each view")
+    query.add_argument(
+        "--provenance",
+        action="store_true",
+        help="also print, on stderr, the pin (every table version read) and each view's freshness",
+    )
+    query.add_argument(
+        "--as-of",
+        metavar="PUBLICATION",
+        help="answer at an earlier batch publication (its run id, or a unique prefix, as 'batch' prints it)",
+    )
     demo = verbs.add_parser("demo", help="generator -> ingest -> batch -> speed -> merged query")
     demo.add_argument("--events", type=int, default=20_000, help="valid events to generate (default 20000)")
     demo.add_argument("--seed", type=int, default=None, help="generator seed (default: new each run)")
@@ -229,11 +238,15 @@ def _cmd_query(ctx: Context, args: argparse.Namespace) -> int:
     from serving_layer.catalog import ServingLayer
 
     serving = ServingLayer(ctx.spark, ctx.pipeline, ctx.locations)
-    frame = serving.query(args.sql)
-    _print_frame(frame, args.format, args.limit)
+    answer = serving.answer(args.sql, as_of=args.as_of)
+    _print_frame(answer.frame, args.format, args.limit)
     if args.provenance:
+        print(json.dumps({"pin": answer.pin.as_dict()}, default=str), file=sys.stderr)
+        read = {name for layer, name in answer.statement.reads if layer != "master"}
         for view in ctx.pipeline.views:
-            print(json.dumps({"provenance": serving.provenance(view.name).as_dict()}, default=str), file=sys.stderr)
+            if not read or view.name.lower() in read:
+                provenance = serving.provenance(view.name, answer.pin).as_dict()
+                print(json.dumps({"provenance": provenance}, default=str), file=sys.stderr)
     return 0
 
 

@@ -71,7 +71,7 @@ def run_demo(ctx: Context, *, events: int, seed: int | None = None) -> None:
 
         serving = ServingLayer(spark, ctx.pipeline, loc)
         serving.refresh()
-        step("serving views registered: serving.*, batch.*, speed.*, master.*")
+        step("serving layer pinned: serving.*, batch.*, speed.*, master.* at one consistent set of versions")
         _report(ctx, serving, malformed)
     finally:
         if broker is not None:
@@ -111,14 +111,16 @@ def _send(ctx: Context, generator: ClickstreamGenerator, events: int, wave: str)
 
 
 def _report(ctx: Context, serving, malformed: Counter[str]) -> None:
-    spark = serving.spark
+    def sql(statement: str):  # every report query reads the one pin taken above
+        return serving.query(statement, refresh=False)
+
     tables = ctx.settings.tables
     print("\nserving.page_activity (newest windows first):")
-    spark.sql(
+    sql(
         "SELECT page, window_start, events, total_duration_ms, max_duration_ms, unique_users "
         "FROM serving.page_activity ORDER BY window_start DESC, events DESC"
     ).show(15, truncate=False)
-    share = spark.sql(
+    share = sql(
         "SELECT (SELECT coalesce(sum(events), 0) FROM batch.page_activity) AS batch_events, "
         "(SELECT coalesce(sum(events), 0) FROM speed.page_activity) AS speed_events, "
         "(SELECT coalesce(sum(events), 0) FROM serving.page_activity) AS serving_events, "
@@ -130,7 +132,7 @@ def _report(ctx: Context, serving, malformed: Counter[str]) -> None:
     print(f"  speed layer : {share.speed_events:>9}  (ingested after the last batch)")
     print(f"  merged      : {share.serving_events:>9}  (= batch + speed, each event once)")
     print(f"master rows {share.master_rows}, quarantined lines {share.quarantined}:")
-    spark.sql(
+    sql(
         f"SELECT regexp_extract(reason, '^[a-z_0-9]+', 0) AS reason, count(*) AS lines "
         f"FROM master.{tables.quarantine} GROUP BY 1 ORDER BY 2 DESC"
     ).show(truncate=False)

@@ -1,68 +1,63 @@
-"""Serving layer: merged views in the Spark catalog, read-only queries, provenance.
+"""Serving layer: one consistent pin per query, read-only SQL through the guard, provenance.
 
-For each view it registers ``serving.<view>`` (batch ⊕ uncovered speed
-partials), ``batch.<view>`` and ``speed.<view>`` (one layer alone), and
-``master.<table>`` / ``master.quarantine``. Every registration pins a
-consistent set of table versions:
+The names a query can read are ``serving.<view>`` (batch ⊕ uncovered speed partials),
+``batch.<view>`` and ``speed.<view>`` (one layer alone), and ``master.<table>`` /
+``master.quarantine``. They are not catalog objects: each query is parsed and checked by
+:mod:`serving_layer.guard`, and its names are bound to DataFrames read at **one pin**, a consistent
+set of table versions taken in this order:
 
-- the speed table version ``s`` is read **first**, then the newest coverage
-  ``V`` with the batch-view version it names. The speed layer purges tags only
-  up to coverages already published, so at ``s`` every tag above ``V`` it has
-  processed is still there: no gap, and ``ingest_tag > V`` leaves no double count.
+1. every speed table's version ``s``, **first**;
+2. then the newest coverage ``V`` (and the batch-view versions it names). The speed layer purges tags
+   only up to coverages already published, so at ``s`` every tag above ``V`` it has processed is
+   still there: no gap, and ``ingest_tag > V`` leaves no double count;
+3. then master and quarantine, so that master holds every tag the speed partials and the batch saw.
 
-The serving layer never writes a table.
+``--as-of PUBLICATION`` pins the coverage row of that publication and, for every other table, the
+newest version committed before that row was: the state served right after the publication.
+
+The serving layer never writes a table, and runs user statements in a session of its own where
+SQL on files is off.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from lambda_core.errors import LambdaError, ReadOnlyViolation
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from lambda_core.errors import LambdaError
 from lambda_core.pipeline import Pipeline
-from lambda_core.tables import Coverage, Locations, latest_coverage, latest_version, sql_path
-from lambda_core.views import INGEST_TAG, INGESTED_AT_MAX, View
+from lambda_core.tables import QUARANTINE_SCHEMA, Coverage, Locations, latest_coverage, table_version
+from lambda_core.views import INGEST_TAG, INGESTED_AT_MAX, WINDOW_START, View
+from serving_layer import guard
+from serving_layer.guard import LAYERS, Statement
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["LAYERS", "Pinned", "Provenance", "ServingLayer", "check_read_only"]
-
-LAYERS = ("master", "batch", "speed", "serving")
-
-_READ_ONLY_COMMANDS = re.compile(r"^(Show\w*|Describe\w*|ExplainCommand)$")
+__all__ = ["LAYERS", "Answer", "Pin", "Pinned", "Provenance", "ServingLayer", "check_read_only"]
 
 
-def check_read_only(spark: SparkSession, sql: str) -> None:
-    """Refuse anything but queries (and SHOW / DESCRIBE / EXPLAIN), by Spark's own parse of it."""
-    jvm = spark._jvm  # type: ignore[attr-defined]
-    try:
-        plan = spark._jsparkSession.sessionState().sqlParser().parsePlan(sql)  # type: ignore[attr-defined]
-    except Exception as exc:  # ParseException: report Spark's message, not a Java trace
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ReadOnlyViolation(f"the query does not parse: {first}") from None
-    command = jvm.java.lang.Class.forName("org.apache.spark.sql.catalyst.plans.logical.Command")
-    pending = [plan]
-    while pending:
-        node = pending.pop()
-        name = node.getClass().getSimpleName()
-        writes = name in {"InsertIntoStatement", "InsertIntoDir"} or (
-            command.isInstance(node) and not _READ_ONLY_COMMANDS.match(name)
-        )
-        if writes:
-            raise ReadOnlyViolation(
-                f"refused: '{sql.strip()[:80]}' is a {name} statement; the serving layer is read-only. "
-                "Use SELECT (or SHOW/DESCRIBE/EXPLAIN); data changes go through the ingest job."
-            )
-        children = node.children()
-        pending.extend(children.apply(i) for i in range(children.size()))
+def check_read_only(spark: SparkSession, sql: str, registered: frozenset[tuple[str, str]] | None = None) -> None:
+    """Refuse ``sql`` unless the guard accepts it (over ``registered`` names, by default any in a layer)."""
+    guard.parse(spark, sql, registered if registered is not None else _AnyLayer())
+
+
+class _AnyLayer(frozenset):  # type: ignore[type-arg]
+    """Every ``<layer>.<name>``: for checking a statement's shape without a work directory."""
+
+    def __contains__(self, item: object) -> bool:
+        return isinstance(item, tuple) and len(item) == 2 and item[0] in LAYERS
 
 
 @dataclass(frozen=True)
 class Pinned:
-    """The table versions a registration of one view reads."""
+    """The table versions one view is read at."""
 
     view: str
     coverage: Coverage
@@ -73,8 +68,36 @@ class Pinned:
 
 
 @dataclass(frozen=True)
+class Pin:
+    """One consistent set of table versions: everything one query reads."""
+
+    coverage: Coverage
+    coverage_version: int | None
+    master_version: int
+    quarantine_version: int | None
+    speed_versions: tuple[tuple[str, int | None], ...]
+    as_of: str | None = None
+    """The publication asked for with ``--as-of``; None for the newest state."""
+
+    def __getitem__(self, view: str) -> Pinned:
+        return Pinned(view, self.coverage, self.coverage.view_versions.get(view), dict(self.speed_versions)[view])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "publication": self.coverage.run_id,
+            "as_of": self.as_of,
+            "covered_master_version": self.coverage.master_version,
+            "coverage_table_version": self.coverage_version,
+            "master_table_version": self.master_version,
+            "quarantine_table_version": self.quarantine_version,
+            "batch_view_versions": dict(self.coverage.view_versions),
+            "speed_table_versions": dict(self.speed_versions),
+        }
+
+
+@dataclass(frozen=True)
 class Provenance:
-    """Where an answer comes from and how fresh it is."""
+    """Where an answer about one view comes from and how fresh it is."""
 
     view: str
     covered_master_version: int
@@ -82,6 +105,7 @@ class Provenance:
     batch_published_at: datetime | None
     batch_view_version: int | None
     speed_table_version: int | None
+    master_table_version: int
     uncovered_tags: tuple[int, int] | None
     newest_event_window: datetime | None
     newest_ingested_at: datetime | None
@@ -95,105 +119,251 @@ class Provenance:
         return out
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A query's result and the one pin it was read at."""
+
+    frame: DataFrame
+    pin: Pin
+    statement: Statement
+
+
+_TEXT = T.StringType()
+
+
 class ServingLayer:
-    """Registers the catalog views of a pipeline and answers read-only SQL over them."""
+    """Answers read-only SQL over a pipeline's layers, each query at one consistent pin.
+
+    The only way in for user statements is :meth:`answer` (and :meth:`query`, its DataFrame):
+    both go through the guard, and run in a session of their own with SQL on files off.
+    """
 
     def __init__(self, spark: SparkSession, pipeline: Pipeline, locations: Locations) -> None:
-        self.spark, self.pipeline, self.locations = spark, pipeline, locations
-        self.pinned: dict[str, Pinned] = {}
+        self.pipeline, self.locations = pipeline, locations
+        self._session = spark.newSession()
+        self._session.conf.set("spark.sql.runSQLOnFiles", "false")
+        self._pin: Pin | None = None
+        self._relations: dict[tuple[str, str], DataFrame] = {}
+        self._relations_pin: Pin | None = None
 
-    # ---- registration ---------------------------------------------------------------
+    # ---- names ----------------------------------------------------------------------------
 
-    def _database(self, name: str) -> None:
-        if not self.spark.catalog.databaseExists(name):
-            location = f"{self.locations.warehouse}/_catalog/{name}.db"
-            self.spark.sql(f"CREATE DATABASE IF NOT EXISTS {name} LOCATION '{location}'")
-
-    def _view(self, qualified: str, sql: str) -> None:
-        self.spark.sql(f"CREATE OR REPLACE VIEW {qualified} AS {sql}")
-
-    def _version(self, path: str) -> int | None:
-        """Newest version, or None where the layer has not created its table yet."""
-        from delta.tables import DeltaTable
-
-        return latest_version(self.spark, path) if DeltaTable.isDeltaTable(self.spark, path) else None
-
-    def pin(self, view: View) -> Pinned:
-        speed_version = self._version(self.locations.speed_partials(view.name))
-        coverage = (
-            latest_coverage(self.spark, self.locations.coverage)
-            if self._version(self.locations.coverage) is not None
-            else Coverage.none()
-        )
-        return Pinned(view.name, coverage, coverage.view_versions.get(view.name), speed_version)
-
-    def _empty_states(self, view: View, columns: str, with_tag: bool) -> str:
-        empty = self.spark.createDataFrame([], self.pipeline.source.master_schema)
-        fields = view.partials(empty, by_tag=with_tag).schema.fields
-        typed = ", ".join(f"CAST(NULL AS {f.dataType.simpleString()}) AS `{f.name}`" for f in fields)
-        return f"SELECT {columns} FROM (SELECT {typed}) WHERE false"
-
-    def batch_states(self, view: View, pinned: Pinned, columns: str | None = None) -> str:
-        """The batch view's states at the pinned version (empty before the first publication)."""
-        columns = columns or view.state_select()
-        if pinned.batch_version is None:
-            return self._empty_states(view, columns, with_tag=False)
-        path = sql_path(self.locations.batch_view(view.name))
-        return f"SELECT {columns} FROM {path} VERSION AS OF {pinned.batch_version}"
-
-    def speed_states(self, view: View, pinned: Pinned, columns: str | None = None) -> str:
-        """The speed partials the pinned coverage does not include, at the pinned speed version."""
-        columns = columns or view.state_select()
-        if pinned.speed_version is None:
-            return self._empty_states(view, columns, with_tag=True)
-        return (
-            f"SELECT {columns} FROM {sql_path(self.locations.speed_partials(view.name))} "
-            f"VERSION AS OF {pinned.speed_version} WHERE {INGEST_TAG} > {pinned.coverage.master_version}"
-        )
-
-    def refresh(self) -> dict[str, Pinned]:
-        """(Re)register every catalog view at the newest consistent versions."""
-        for name in LAYERS:
-            self._database(name)
+    @property
+    def names(self) -> frozenset[tuple[str, str]]:
+        """Every ``(layer, name)`` a query may read."""
         tables = self.locations.settings.tables
-        for name, path in ((tables.master, self.locations.master), (tables.quarantine, self.locations.quarantine)):
-            if self._version(path) is None:
-                raise LambdaError(
-                    f"no Delta table at {path}: nothing was ingested in this work directory yet; "
-                    "run 'lambda-pipeline ingest' (or 'demo') with the same --workdir and --config first"
-                )
-            self._view(f"master.{name}", f"SELECT * FROM {sql_path(path)}")
-        for view in self.pipeline.views:
-            pinned = self.pin(view)
-            batch, speed = self.batch_states(view, pinned), self.speed_states(view, pinned)
-            self._view(f"batch.{view.name}", view.select_sql(batch))
-            self._view(f"speed.{view.name}", view.select_sql(speed))
-            self._view(f"serving.{view.name}", view.select_sql(f"{batch} UNION ALL {speed}"))
-            self.pinned[view.name] = pinned
-        return self.pinned
+        views = [(layer, v.name) for v in self.pipeline.views for layer in ("batch", "speed", "serving")]
+        return frozenset([("master", tables.master.lower()), ("master", tables.quarantine.lower()), *views])
 
-    # ---- queries ----------------------------------------------------------------------
+    # ---- pins -----------------------------------------------------------------------------
 
-    def query(self, sql: str, *, refresh: bool = True) -> DataFrame:
-        """Run a read-only SQL query over the catalog views (refreshed first by default)."""
-        check_read_only(self.spark, sql)
-        if refresh or not self.pinned:
-            self.refresh()
-        return self.spark.sql(sql)
+    def refresh(self, as_of: str | None = None) -> Pin:
+        """Take a new pin: the newest consistent versions, or those of publication ``as_of``."""
+        self._pin = self._pin_as_of(as_of) if as_of else self._pin_newest()
+        return self._pin
 
-    def provenance(self, view_name: str) -> Provenance:
-        """Versions and freshness behind the current registration of ``serving.<view>``."""
+    def _pin_newest(self) -> Pin:
+        spark, loc = self._session, self.locations
+        speed = tuple((v.name, table_version(spark, loc.speed_partials(v.name))) for v in self.pipeline.views)
+        coverage_version = table_version(spark, loc.coverage)
+        coverage = (
+            Coverage.none() if coverage_version is None else latest_coverage(spark, loc.coverage, coverage_version)
+        )
+        master = self._require(loc.master, table_version(spark, loc.master))
+        return Pin(coverage, coverage_version, master, table_version(spark, loc.quarantine), speed)
+
+    def _require(self, path: str, version: int | None) -> int:
+        if version is None:
+            raise LambdaError(
+                f"no Delta table at {path}: nothing was ingested in this work directory yet; "
+                "run 'lambda-pipeline ingest' (or 'demo') with the same --workdir and --config first"
+            )
+        return version
+
+    def _pin_as_of(self, publication: str) -> Pin:
+        """The pin served right after ``publication``: its coverage row, every other table as it was then."""
+        spark, loc = self._session, self.locations
+        if table_version(spark, loc.coverage) is None:
+            raise LambdaError(f"--as-of {publication}: no batch was published in this work directory yet")
+        rows = spark.read.format("delta").load(loc.coverage).collect()
+        matches = [r for r in rows if r.run_id.startswith(publication)]
+        if len(matches) != 1:
+            newest = sorted(rows, key=lambda r: r.published_at)[-5:]
+            listed = ", ".join(f"{r.run_id[:8]} ({r.published_at:%Y-%m-%d %H:%M:%S})" for r in reversed(newest))
+            why = "matches several publications" if matches else "names no publication"
+            raise LambdaError(f"--as-of {publication}: {why}; the newest are: {listed or 'none'}")
+        row = matches[0]
+        coverage = Coverage(
+            row.run_id, int(row.master_version), dict(row.view_versions), int(row.master_events), row.published_at
+        )
+        coverage_version = self._first_version_with(loc.coverage, row.run_id)
+        committed = _commit_time(spark, loc.coverage, coverage_version)
+        speed = tuple((v.name, _version_at(spark, loc.speed_partials(v.name), committed)) for v in self.pipeline.views)
+        master = self._require(loc.master, _version_at(spark, loc.master, committed))
+        quarantine = _version_at(spark, loc.quarantine, committed)
+        return Pin(coverage, coverage_version, master, quarantine, speed, as_of=publication)
+
+    def _first_version_with(self, path: str, run_id: str) -> int:
+        """The coverage-table version that appended ``run_id``'s row (a binary search; rows are never removed)."""
+        reader = self._session.read.format("delta")
+        lo, hi = 0, self._require(path, table_version(self._session, path))
+        while lo < hi:
+            mid = (lo + hi) // 2
+            found = reader.option("versionAsOf", mid).load(path).filter(F.col("run_id") == run_id).limit(1).count()
+            lo, hi = (lo, mid) if found else (mid + 1, hi)
+        return lo
+
+    # ---- relations at a pin -------------------------------------------------------------------
+
+    def relation(self, layer: str, name: str, pin: Pin | None = None) -> DataFrame:
+        """The DataFrame behind ``<layer>.<name>`` at ``pin`` (the current pin by default)."""
+        pin = pin or self._pin or self.refresh()
+        if self._relations_pin != pin:
+            self._relations, self._relations_pin = {}, pin
+        key = (layer, name.lower())
+        if key not in self._relations:
+            self._relations[key] = self._build(layer, name.lower(), pin)
+        return self._relations[key]
+
+    def _build(self, layer: str, name: str, pin: Pin) -> DataFrame:
+        reader = self._session.read.format("delta")
+        tables = self.locations.settings.tables
+        if layer == "master":
+            if name == tables.master.lower():
+                return reader.option("versionAsOf", pin.master_version).load(self.locations.master)
+            if pin.quarantine_version is None:
+                return self._session.createDataFrame([], QUARANTINE_SCHEMA)
+            return reader.option("versionAsOf", pin.quarantine_version).load(self.locations.quarantine)
+        view = self.pipeline.view(next(v.name for v in self.pipeline.views if v.name.lower() == name))
+        if layer == "batch":
+            return view.finalize(self.batch_states(view, pin))
+        if layer == "speed":
+            return view.finalize(self.speed_states(view, pin))
+        return view.finalize(self.batch_states(view, pin).unionByName(self.speed_states(view, pin)))
+
+    def _states(self, view: View, frame: DataFrame) -> DataFrame:
+        return frame.select(*view.group_columns, *(name for name, _ in view.state_columns()))
+
+    def _empty_partials(self, view: View, *, by_tag: bool) -> DataFrame:
+        empty = self._session.createDataFrame([], self.pipeline.source.master_schema)
+        return view.partials(empty, by_tag=by_tag)
+
+    def batch_states(self, view: View, pin: Pin) -> DataFrame:
+        """The batch view's states at the pinned version (empty before the first publication)."""
+        version = pin.coverage.view_versions.get(view.name)
+        if version is None:
+            return self._states(view, self._empty_partials(view, by_tag=False))
+        path = self.locations.batch_view(view.name)
+        return self._states(view, self._session.read.format("delta").option("versionAsOf", version).load(path))
+
+    def speed_partials(self, view: View, pin: Pin) -> DataFrame:
+        """The speed partials the pinned coverage does not include, at the pinned speed version."""
+        version = dict(pin.speed_versions)[view.name]
+        if version is None:
+            return self._empty_partials(view, by_tag=True)
+        path = self.locations.speed_partials(view.name)
+        partials = self._session.read.format("delta").option("versionAsOf", version).load(path)
+        return partials.filter(F.col(INGEST_TAG) > pin.coverage.master_version)
+
+    def speed_states(self, view: View, pin: Pin) -> DataFrame:
+        return self._states(view, self.speed_partials(view, pin))
+
+    # ---- queries ----------------------------------------------------------------------------
+
+    def answer(self, sql: str, *, refresh: bool = True, as_of: str | None = None) -> Answer:
+        """Check ``sql`` with the guard, pin, and answer it at that one pin (lazily: a DataFrame)."""
+        statement = guard.parse(self._session, sql, self.names)
+        pin = self.refresh(as_of) if refresh or as_of or self._pin is None else self._pin
+        return Answer(self._run(statement, pin), pin, statement)
+
+    def query(self, sql: str, *, refresh: bool = True, as_of: str | None = None) -> DataFrame:
+        """The DataFrame of :meth:`answer`."""
+        return self.answer(sql, refresh=refresh, as_of=as_of).frame
+
+    def _run(self, statement: Statement, pin: Pin) -> DataFrame:
+        kind = statement.kind
+        if kind in {"query", "explain", "describe_query"}:
+            dataset = self._bound(statement, pin)
+            if kind == "query":
+                from pyspark.sql.classic.dataframe import DataFrame as ClassicFrame
+
+                return ClassicFrame(dataset, self._session)
+            if kind == "explain":
+                text = dataset.queryExecution().explainString(statement.explain_mode)
+                return self._rows([(text,)], ["plan"])
+            return self._describe(_schema(dataset))
+        if kind in {"describe", "describe_column", "show_columns"}:
+            assert statement.relation is not None
+            schema = self.relation(*statement.relation, pin=pin).schema
+            if kind == "show_columns":
+                return self._rows([(f.name,) for f in schema.fields], ["col_name"])
+            if kind == "describe_column":
+                wanted = (statement.column or "").lower()
+                field = next((f for f in schema.fields if f.name.lower() == wanted), None)
+                if field is None:
+                    raise LambdaError(f"{'.'.join(statement.relation)} has no column '{statement.column}'")
+                info = [("col_name", field.name), ("data_type", field.dataType.simpleString()), ("comment", None)]
+                return self._rows(info, ["info_name", "info_value"])
+            described = self._describe(schema)
+            if not statement.extended:
+                return described
+            extra = [("", "", None), ("# Pinned versions", "", None)]
+            extra += [(key, str(value), None) for key, value in pin.as_dict().items()]
+            return described.unionByName(self._rows(extra, ["col_name", "data_type", "comment"]))
+        if kind == "show_tables":
+            names = sorted(n for n in self.names if statement.namespace in (None, n[0]))
+            rows = [(layer, name, False) for layer, name in names if _matches(statement.pattern, name)]
+            schema = T.StructType(
+                [
+                    T.StructField("namespace", _TEXT),
+                    T.StructField("tableName", _TEXT),
+                    T.StructField("isTemporary", T.BooleanType()),
+                ]
+            )
+            return self._session.createDataFrame(rows, schema)
+        layers = [(layer,) for layer in LAYERS if _matches(statement.pattern, layer)]
+        return self._rows(layers, ["namespace"])
+
+    def _bound(self, statement: Statement, pin: Pin) -> Any:
+        """The statement's plan bound to the pinned relations, analysed, and checked once resolved."""
+        from py4j.protocol import Py4JJavaError
+        from pyspark.errors.exceptions.captured import convert_exception
+
+        relations = {name: self.relation(*name, pin=pin) for name in statement.reads}
+        plans = {name: frame._jdf.queryExecution().analyzed() for name, frame in relations.items()}
+        bound = guard.bind(self._session, statement.plan, plans)
+        jvm = self._session._jvm
+        try:
+            dataset = jvm.org.apache.spark.sql.classic.Dataset.ofRows(self._session._jsparkSession, bound)
+        except Py4JJavaError as exc:
+            raise convert_exception(exc.java_exception) from None
+        allowed = frozenset(path for plan in plans.values() for path in guard.table_paths(plan))
+        guard.check_resolved(statement.sql, dataset.queryExecution().analyzed(), allowed)
+        return dataset
+
+    def _rows(self, rows: list[tuple[Any, ...]], columns: list[str]) -> DataFrame:
+        return self._session.createDataFrame(rows, T.StructType([T.StructField(c, _TEXT) for c in columns]))
+
+    def _describe(self, schema: T.StructType) -> DataFrame:
+        rows = [(f.name, f.dataType.simpleString(), None) for f in schema.fields]
+        return self._rows(rows, ["col_name", "data_type", "comment"])
+
+    # ---- provenance -------------------------------------------------------------------------
+
+    def provenance(self, view_name: str, pin: Pin | None = None) -> Provenance:
+        """Versions and freshness behind ``serving.<view>`` at ``pin`` (the current pin by default)."""
         view = self.pipeline.view(view_name)
-        pinned = self.pinned.get(view_name) or self.refresh()[view_name]
-        speed = self.speed_states(view, pinned, f"{INGEST_TAG}, {INGESTED_AT_MAX}, window_start")
-        stats = self.spark.sql(
-            f"SELECT min({INGEST_TAG}) AS lo, max({INGEST_TAG}) AS hi, max({INGESTED_AT_MAX}) AS newest, "
-            f"max(window_start) AS newest_window FROM ({speed})"
+        pin = pin or self._pin or self.refresh()
+        speed = self.speed_partials(view, pin)
+        stats = speed.agg(
+            F.min(INGEST_TAG).alias("lo"),
+            F.max(INGEST_TAG).alias("hi"),
+            F.max(INGESTED_AT_MAX).alias("newest"),
+            F.max(WINDOW_START).alias("newest_window"),
         ).first()
-        batch_window = self.spark.sql(
-            f"SELECT max(window_start) AS w FROM ({self.batch_states(view, pinned, 'window_start')})"
-        ).first()
-        cov = pinned.coverage
+        batch_window = self.batch_states(view, pin).agg(F.max(WINDOW_START).alias("w")).first()
+        assert stats is not None and batch_window is not None
+        cov = pin.coverage
         newest_window = max((w for w in (stats.newest_window, batch_window.w) if w is not None), default=None)
         newest_ingested = stats.newest
         lag = None
@@ -205,10 +375,53 @@ class ServingLayer:
             covered_master_version=cov.master_version,
             batch_run_id=cov.run_id,
             batch_published_at=cov.published_at if cov.run_id != "none" else None,
-            batch_view_version=pinned.batch_version,
-            speed_table_version=pinned.speed_version,
+            batch_view_version=cov.view_versions.get(view_name),
+            speed_table_version=pin[view_name].speed_version,
+            master_table_version=pin.master_version,
             uncovered_tags=(int(stats.lo), int(stats.hi)) if stats.lo is not None else None,
             newest_event_window=newest_window,
             newest_ingested_at=newest_ingested,
             freshness_lag_seconds=lag,
         )
+
+
+def _schema(dataset: Any) -> T.StructType:
+    return T.StructType.fromJson(json.loads(dataset.schema().json()))
+
+
+def _matches(pattern: str | None, name: str) -> bool:
+    """Spark's SHOW ... LIKE pattern: ``*`` is any text, ``|`` separates alternatives, case-insensitive."""
+    if pattern is None:
+        return True
+    for alternative in pattern.split("|"):
+        try:
+            if re.fullmatch(alternative.strip().replace("*", ".*"), name, re.IGNORECASE):
+                return True
+        except re.error:
+            continue
+    return False
+
+
+def _commit_time(spark: SparkSession, path: str, version: int) -> datetime:
+    from delta.tables import DeltaTable
+
+    row = DeltaTable.forPath(spark, path).history().filter(F.col("version") == version).select("timestamp").first()
+    if row is None:
+        raise LambdaError(f"{path}: version {version} is no longer in the table's history")
+    return row.timestamp
+
+
+def _version_at(spark: SparkSession, path: str, when: datetime) -> int | None:
+    """The newest version of the table at ``path`` committed at or before ``when`` (None if none was)."""
+    from delta.tables import DeltaTable
+
+    if table_version(spark, path) is None:
+        return None
+    row = (
+        DeltaTable.forPath(spark, path)
+        .history()
+        .filter(F.col("timestamp") <= F.lit(when))
+        .agg(F.max("version").alias("v"))
+        .first()
+    )
+    return None if row is None or row.v is None else int(row.v)

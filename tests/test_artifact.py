@@ -198,12 +198,13 @@ def test_spark_submit_runs_the_pipeline_from_the_artifact_alone(
 
     submitted = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     spark = request.getfixturevalue("spark")  # started only now: no idle JVM beside the submitted ones
-    in_process = ServingLayer(spark, CLICKSTREAM, locations).query(sql).collect()
+    serving = ServingLayer(spark, CLICKSTREAM, locations)
+    in_process = serving.query(sql).collect()
     assert submitted == [json.loads(json.dumps(row.asDict(recursive=True), default=str)) for row in in_process]
     assert sum(row["events"] for row in submitted) == 2000
-    speed_events = spark.sql("SELECT coalesce(sum(events), 0) AS n FROM speed.page_activity").first().n
+    speed_events = serving.query("SELECT coalesce(sum(events), 0) AS n FROM speed.page_activity").first().n
     assert speed_events == 400  # the merge really combined both layers
-    frame = ServingLayer(spark, CLICKSTREAM, locations).query(sql)
+    frame = serving.query(sql)
     assert_same_view(by_key(frame), recompute(spark, locations.master), users_tolerance=0.05)
 
 

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 def _probe(spark, serving: ServingLayer, locations) -> int:
     pinned = serving.refresh()["page_activity"]
-    got = by_key(spark.sql("SELECT * FROM serving.page_activity"))
+    got = by_key(serving.query("SELECT * FROM serving.page_activity", refresh=False))
     covered = pinned.coverage.master_version
     speed_tags = [
         r.ingest_tag
@@ -77,14 +77,14 @@ def test_serving_is_exact_during_streaming_and_converges(spark, settings, locati
     final = _probe(spark, serving, locations)
     assert final == len(generated)
     assert_same_view(
-        by_key(spark.sql("SELECT * FROM serving.page_activity")),
+        by_key(serving.query("SELECT * FROM serving.page_activity", refresh=False)),
         recompute(spark, locations.master),
         users_tolerance=0.02,
     )
     # A final batch moves everything to the batch layer without changing the answer.
     run_batch(spark, CLICKSTREAM, locations)
     assert _probe(spark, serving, locations) == len(generated)
-    share = spark.sql(
+    share = serving.query(
         "SELECT (SELECT sum(events) FROM batch.page_activity) b, (SELECT count(*) FROM speed.page_activity) s"
     ).first()
     assert share.b == len(generated) and share.s == 0

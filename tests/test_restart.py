@@ -67,7 +67,7 @@ def test_speed_restarted_between_micro_batches_converges(spark, settings, locati
         start_speed(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()  # stop, then restart
     serving.refresh()
     assert_same_view(
-        by_key(spark.sql("SELECT * FROM serving.page_activity")),
+        by_key(serving.query("SELECT * FROM serving.page_activity", refresh=False)),
         recompute(spark, locations.master),
         users_tolerance=0.0,
     )
@@ -80,7 +80,7 @@ def test_batch_killed_before_publishing_leaves_previous_view_served(spark, setti
     published, _ = run_batch(spark, CLICKSTREAM, locations)
     serving = ServingLayer(spark, CLICKSTREAM, locations)
     serving.refresh()
-    served_before = by_key(spark.sql("SELECT * FROM batch.page_activity"))
+    served_before = by_key(serving.query("SELECT * FROM batch.page_activity", refresh=False))
 
     generator.write(locations.landing, 300, files=1)
     start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
@@ -96,12 +96,12 @@ def test_batch_killed_before_publishing_leaves_previous_view_served(spark, setti
     assert (
         pinned.coverage.run_id == published.run_id and pinned.batch_version == published.view_versions["page_activity"]
     )
-    assert by_key(spark.sql("SELECT * FROM batch.page_activity")) == served_before
+    assert by_key(serving.query("SELECT * FROM batch.page_activity", refresh=False)) == served_before
     # Nothing is lost meanwhile: the speed layer serves what the unpublished batch would have covered.
     start_speed(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
     serving.refresh()
     assert_same_view(
-        by_key(spark.sql("SELECT * FROM serving.page_activity")),
+        by_key(serving.query("SELECT * FROM serving.page_activity", refresh=False)),
         recompute(spark, locations.master),
         users_tolerance=0.02,
     )

@@ -142,11 +142,11 @@ def test_pipeline_on_s3_is_exact_and_stays_in_the_bucket(
 
     serving = ServingLayer(spark, CLICKSTREAM, loc)
     serving.refresh()
-    got = by_key(spark.sql("SELECT * FROM serving.page_activity"))
+    got = by_key(serving.query("SELECT * FROM serving.page_activity", refresh=False))
     assert_same_view(got, recompute(spark, loc.master), users_tolerance=0.02)
     generated = {e for f in first + second for e in f.event_ids}
     assert sum(row["events"] for row in got.values()) == len(generated)
-    share = spark.sql(
+    share = serving.query(
         "SELECT (SELECT sum(events) FROM batch.page_activity) AS b, (SELECT sum(events) FROM speed.page_activity) AS s"
     ).first()
     first_ids, second_ids = ({e for f in wave for e in f.event_ids} for wave in (first, second))
