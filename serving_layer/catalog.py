@@ -337,8 +337,7 @@ class ServingLayer:
             dataset = jvm.org.apache.spark.sql.classic.Dataset.ofRows(self._session._jsparkSession, bound)
         except Py4JJavaError as exc:
             raise convert_exception(exc.java_exception) from None
-        allowed = frozenset(path for plan in plans.values() for path in guard.table_paths(plan))
-        guard.check_resolved(statement.sql, dataset.queryExecution().analyzed(), allowed)
+        guard.check_resolved(statement.sql, dataset.queryExecution().analyzed(), list(plans.values()))
         return dataset
 
     def _rows(self, rows: list[tuple[Any, ...]], columns: list[str]) -> DataFrame:

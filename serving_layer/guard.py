@@ -48,7 +48,6 @@ __all__ = [
     "bind",
     "check_resolved",
     "parse",
-    "table_paths",
 ]
 
 LAYERS = ("master", "batch", "speed", "serving")
@@ -415,51 +414,31 @@ _SUBQUERY_EXPRESSIONS = frozenset(
 
 # ---- the resolved plan ------------------------------------------------------------------------
 
-_RESOLVED_LEAVES = frozenset(
-    [
-        "org.apache.spark.sql.execution.datasources.LogicalRelation",
-        _LOGICAL + "LocalRelation",
-        _LOGICAL + "OneRowRelation",
-        _LOGICAL + "Range",
-        _LOGICAL + "CTERelationRef",
-    ]
-)
+_INLINE_LEAVES = frozenset([_LOGICAL + "LocalRelation", _LOGICAL + "OneRowRelation", _LOGICAL + "Range"])
+"""Leaves a query may hold besides the pinned relations: its own literal rows and ranges."""
 
 _REFUSED_RESOLVED = _REFUSED_EXPRESSIONS | frozenset(
     [
-        "org.apache.spark.sql.catalyst.expressions.ScalaUDF",
+        _EXPRESSIONS + "ScalaUDF",
         "org.apache.spark.sql.execution.python.PythonUDF",
         "org.apache.spark.sql.execution.python.PythonUDAF",
-        "org.apache.spark.sql.catalyst.expressions.UserDefinedExpression",
+        "org.apache.spark.sql.execution.python.PythonUDTF",
     ]
 )
 
 
-def check_resolved(sql: str, analyzed: Any, allowed_paths: frozenset[str]) -> None:
-    """Every leaf of the analysed plan is a pinned table or an inline relation; no JVM calls, no UDFs."""
+def check_resolved(sql: str, analyzed: Any, pinned: list[Any]) -> None:
+    """Every leaf of the analysed plan is a leaf of a ``pinned`` relation, or inline; no JVM calls, no UDFs."""
     for node in _nodes(json.loads(analyzed.toJSON())):
         cls = node["class"]
         if cls in _REFUSED_RESOLVED or ".expressions.objects." in cls:
             raise _refuse(sql, f"{cls.rsplit('.', 1)[-1]} calls code outside the query")
+    # sameResult compares canonical forms: a relation read twice gets fresh attribute ids, nothing else.
+    allowed = [leaf for plan in pinned for leaf in _leaves(plan)]
     for leaf in _leaves(analyzed):
-        cls = leaf.getClass().getName()
-        if cls not in _RESOLVED_LEAVES:
-            raise _refuse(sql, f"{cls.rsplit('.', 1)[-1]} is not one of the registered relations")
-        if not set(_root_paths(leaf)) <= allowed_paths:
-            raise _refuse(sql, "the query reads a table that is not registered")
-
-
-def table_paths(plan: Any) -> Iterator[str]:
-    """The root paths of every file relation a plan reads."""
-    for leaf in _leaves(plan):
-        yield from _root_paths(leaf)
-
-
-def _root_paths(leaf: Any) -> Iterator[str]:
-    if leaf.getClass().getName().endswith(".LogicalRelation"):
-        paths = leaf.relation().location().rootPaths()
-        for i in range(paths.size()):
-            yield str(paths.apply(i).toString()).rstrip("/")
+        if leaf.getClass().getName() in _INLINE_LEAVES or any(leaf.sameResult(known) for known in allowed):
+            continue
+        raise _refuse(sql, f"the query reads {leaf.getClass().getSimpleName()}, which is not a registered relation")
 
 
 def _leaves(plan: Any) -> Iterator[Any]:

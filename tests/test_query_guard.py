@@ -401,3 +401,14 @@ def test_guard_messages_are_one_clear_line(spark) -> None:
     message = str(refused.value)
     assert "\n" not in message and message.startswith("refused: 'DROP TABLE master.master_events'")
     assert json.dumps(message)  # printable as it is
+
+
+def test_resolved_check_refuses_a_relation_that_is_not_pinned(spark, workdir) -> None:
+    from serving_layer.guard import check_resolved
+
+    serving = ServingLayer(spark, CLICKSTREAM, workdir)
+    pinned = serving.relation("batch", "page_activity")._jdf.queryExecution().analyzed()
+    master = serving.relation("master", "master_events")._jdf.queryExecution().analyzed()
+    check_resolved("SELECT * FROM master.master_events", master, [master])
+    with pytest.raises(ReadOnlyViolation, match="not a registered relation"):
+        check_resolved("SELECT * FROM master.master_events", master, [pinned])

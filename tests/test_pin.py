@@ -1,0 +1,132 @@
+"""One pin per query: two views and master read at one consistent set of versions, and ``--as-of``."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from batch_layer.job import publish, run_batch, stage_batch
+from ingestion.job import start_ingest
+from lambda_core.pipeline import Pipeline
+from lambda_core.views import TumblingWindow, View, count, max_of
+from pipelines.cli import main
+from pipelines.clickstream import CLICKS, CLICKSTREAM, PAGE_ACTIVITY
+from pipelines.generator import ClickstreamGenerator
+from serving_layer.catalog import Pin, ServingLayer
+from speed_layer.job import start_speed
+
+pytestmark = pytest.mark.integration
+
+PAGE_VISITS = View(
+    name="page_visits",
+    source=CLICKS,
+    keys=("page",),
+    window=TumblingWindow("event_time", "5 minutes"),
+    measures={"visits": count(), "longest_ms": max_of("duration_ms")},
+)
+TWO_VIEWS = Pipeline(name="two_views", source=CLICKS, views=(PAGE_ACTIVITY, PAGE_VISITS))
+
+JOINED = (
+    "SELECT (SELECT coalesce(sum(events), 0) FROM serving.page_activity) AS activity, "
+    "(SELECT coalesce(sum(visits), 0) FROM serving.page_visits) AS visits, "
+    "(SELECT count(*) FROM master.master_events) AS master_rows, "
+    "(SELECT count(*) FROM serving.page_activity a JOIN serving.page_visits v ON a.page = v.page) AS joined"
+)
+
+
+def _expected_at(spark, locations, pin: Pin, view: View) -> int:
+    """Independently of the serving layer: the master events the pin's batch and speed versions hold."""
+    covered = pin.coverage.master_version
+    speed_version = pin[view.name].speed_version
+    tags: list[int] = []
+    if speed_version is not None:
+        speed = (
+            spark.read.format("delta").option("versionAsOf", speed_version).load(locations.speed_partials(view.name))
+        )
+        tags = [r.ingest_tag for r in speed.filter(f"ingest_tag > {covered}").select("ingest_tag").distinct().collect()]
+    master = spark.read.format("delta").option("versionAsOf", pin.master_version).load(locations.master)
+    tag_list = ",".join(str(t) for t in tags) or "-1"
+    assert max([covered, *tags]) <= pin.master_version  # master is read last: it holds every tag served
+    return master.filter(f"ingest_tag <= {covered} OR ingest_tag IN ({tag_list})").count()
+
+
+def test_two_views_and_master_in_one_query_read_one_pin_while_batches_publish(spark, settings, locations) -> None:
+    generator = ClickstreamGenerator(31, malformed_fraction=0.0, duplicate_fraction=0.0, late_fraction=0.0)
+    generator.write(locations.landing, 200, files=1)
+    start_ingest(spark, TWO_VIEWS, settings, locations, once=True).awaitTermination()
+    run_batch(spark, TWO_VIEWS, locations)
+    failures: list[BaseException] = []
+
+    def layers_at_work() -> None:  # ingest, speed and batch keep committing while the queries run
+        try:
+            for _ in range(4):
+                generator.write(locations.landing, 150, files=1)
+                start_ingest(spark, TWO_VIEWS, settings, locations, once=True).awaitTermination()
+                start_speed(spark, TWO_VIEWS, settings, locations, once=True).awaitTermination()
+                run_batch(spark, TWO_VIEWS, locations)
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+
+    worker = threading.Thread(target=layers_at_work, daemon=True)
+    serving = ServingLayer(spark, TWO_VIEWS, locations)
+    answers: list[tuple[Pin, tuple[int, ...]]] = []
+    worker.start()
+    deadline = time.monotonic() + 600
+    try:
+        while worker.is_alive() and time.monotonic() < deadline and len(answers) < 40:
+            answer = serving.answer(JOINED)
+            row = answer.frame.first()
+            answers.append((answer.pin, (row.activity, row.visits, row.master_rows, row.joined)))
+    finally:  # never leave the layers running into the next test
+        worker.join(timeout=max(1.0, deadline - time.monotonic()))
+    assert not failures, failures
+    assert not worker.is_alive(), "the layers did not finish within the deadline"
+    pins = {json.dumps(pin.as_dict(), sort_keys=True, default=str) for pin, _ in answers}
+    assert len(pins) >= 2, "the queries never saw the layers move"
+    for pin, (activity, visits, master_rows, joined) in answers:
+        assert activity == _expected_at(spark, locations, pin, PAGE_ACTIVITY), pin
+        assert visits == _expected_at(spark, locations, pin, PAGE_VISITS), pin
+        master = spark.read.format("delta").option("versionAsOf", pin.master_version).load(locations.master)
+        assert master_rows == master.count(), pin
+        assert joined > 0
+
+
+def test_as_of_an_earlier_publication_reanswers_what_was_served_then(spark, settings, locations, capsys) -> None:
+    generator = ClickstreamGenerator(37, malformed_fraction=0.0, duplicate_fraction=0.0, late_fraction=0.0)
+    for events in (200, 100):
+        generator.write(locations.landing, events, files=1)
+        start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
+    start_speed(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
+    first = publish(spark, locations, stage_batch(spark, CLICKSTREAM, locations, master_version=1))
+    sql = (
+        "SELECT page, sum(events) AS events, (SELECT count(*) FROM master.master_events) AS master_rows "
+        "FROM serving.page_activity GROUP BY page ORDER BY page"
+    )
+    serving = ServingLayer(spark, CLICKSTREAM, locations)
+    then = serving.answer(sql)
+    served_then = [r.asDict() for r in then.frame.collect()]
+    assert sum(r["events"] for r in served_then) == 300 and then.pin[PAGE_ACTIVITY.name].speed_version is not None
+
+    # Newer commits everywhere: speed purges what the first publication covered, newer batches publish.
+    for events in (100, 50):
+        generator.write(locations.landing, events, files=1)
+        start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
+        start_speed(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
+        run_batch(spark, CLICKSTREAM, locations)
+    assert sum(r.events for r in serving.query(sql).collect()) == 450
+
+    again = serving.answer(sql, as_of=first.run_id[:8])
+    assert [r.asDict() for r in again.frame.collect()] == served_then
+    assert again.pin.as_dict() | {"as_of": None} == then.pin.as_dict()
+
+    base = ["--workdir", locations.workdir, "--format", "json"]
+    assert main(["query", sql, "--as-of", first.run_id, "--provenance", *base]) == 0
+    out = capsys.readouterr()
+    assert [json.loads(line) for line in out.out.splitlines()] == json.loads(json.dumps(served_then, default=str))
+    pin = json.loads(out.err.strip().splitlines()[0])["pin"]
+    assert pin["publication"] == first.run_id and pin["as_of"] == first.run_id
+    assert main(["query", sql, "--as-of", "feedbeef", *base]) == 1
+    assert "names no publication" in capsys.readouterr().err
