@@ -96,7 +96,29 @@ class TableNames(_Strict):
 
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 # Kafka options that carry credentials: their value must come from the environment, never from a file.
-_SECRET_OPTIONS = ("password", "secret", "jaas.config", "key.password", "keystore", "truststore.password")
+_SECRET_OPTIONS = ("password", "secret", "jaas.config", "ssl.keystore.key")
+# One option of a JAAS line: name=value, the value quoted or a bare token.
+_JAAS_OPTION = re.compile(r"([A-Za-z_][\w.-]*)\s*=\s*(\"(?:[^\"\\]|\\.)*\"|[^\s;]+)")
+_JAAS_SECRET_NAMES = ("password", "secret", "token", "credential")
+
+
+def _literal_secret(key: str, text: str) -> str | None:
+    """The part of a Kafka option that is a literal credential, or None when every credential is ``${env:NAME}``.
+
+    A credential option (``ssl.key.password``, ...) must be one ``${env:NAME}`` and nothing else. A JAAS
+    line (``sasl.jaas.config``) is read option by option: each option that names a credential (password,
+    secret, token, ``...Key``) must be an ``${env:NAME}``; the rest of the line (the login module, a role
+    ARN for MSK IAM) is not a secret.
+    """
+    if not key.endswith("jaas.config"):
+        return None if _ENV_REF.fullmatch(text.strip()) else key
+    for name, value in _JAAS_OPTION.findall(text):
+        lowered = name.lower()
+        if any(word in lowered for word in _JAAS_SECRET_NAMES) or lowered.endswith("key"):
+            inner = value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
+            if not _ENV_REF.fullmatch(inner.strip()):
+                return f"{key} ({name}=...)"
+    return None
 
 
 class KafkaSettings(_Strict):
@@ -135,12 +157,11 @@ class KafkaSettings(_Strict):
         out = {}
         for key, raw in value.items():
             key, text = str(key).removeprefix("kafka."), str(raw).lower() if isinstance(raw, bool) else str(raw)
-            secret = any(marker in key for marker in _SECRET_OPTIONS)
-            # MSK IAM's JAAS line holds no secret: the instance role authenticates.
-            if secret and not _ENV_REF.search(text) and "IAMLoginModule" not in text:
+            literal = _literal_secret(key, text) if any(m in key for m in _SECRET_OPTIONS) else None
+            if literal is not None:
                 raise ValueError(
-                    f"option {key!r} holds a credential: write it as '${{env:NAME}}' and export NAME "
-                    "in the job's environment (or use an instance role with MSK IAM)"
+                    f"option {literal} holds a literal credential: write it as '${{env:NAME}}' (the whole "
+                    "value) and export NAME in the job's environment (or use an instance role with MSK IAM)"
                 )
             out[key] = text
         return out

@@ -108,10 +108,23 @@ def test_compose_file_is_valid_under_the_compose_specification() -> None:
     assert any("service_ready" in e.message for e in validator.iter_errors(broken))
 
 
+PUBLISH_ADDRESS = "${LAMBDA_PIPELINE_PUBLISH_ADDRESS:-127.0.0.1}"
+
+
 def test_compose_file_has_no_interpolation_by_accident() -> None:
-    """Compose replaces ``$NAME`` with the host's environment: a '$' meant for a container would vanish."""
-    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    """Compose replaces ``$NAME`` with the host's environment: a '$' meant for a container would vanish.
+
+    The one interpolation on purpose is the address published ports bind to.
+    """
+    text = COMPOSE_FILE.read_text(encoding="utf-8").replace(PUBLISH_ADDRESS, "")
     assert re.findall(r"(?<!\$)\$(?!\$)", text) == []
+
+
+def test_published_ports_bind_to_loopback_unless_overridden() -> None:
+    published = [(name, port) for name, svc in _compose()["services"].items() for port in svc.get("ports", [])]
+    assert published, "the compose file publishes the Kafka and Spark UI ports"
+    for name, port in published:
+        assert isinstance(port, str) and port.startswith(PUBLISH_ADDRESS + ":"), (name, port)
 
 
 def test_every_lambda_pipeline_command_parses_with_the_real_cli() -> None:

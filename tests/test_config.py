@@ -67,3 +67,41 @@ def test_missing_file_and_invalid_yaml(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("text", "seconds"), [("500 ms", 0.5), ("1 second", 1), ("2 minutes", 120), ("1h", 3600)])
 def test_durations(text: str, seconds: float) -> None:
     assert duration_seconds(text) == seconds
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        (
+            "sasl.jaas.config",
+            'org.apache.kafka.common.security.scram.ScramLoginModule required username="u" password="hunter2";',
+        ),
+        ("sasl.jaas.config", 'x.ScramLoginModule required username="${env:USER}" password="hunter2";'),
+        ("sasl.jaas.config", 'software.amazon.msk.auth.iam.IAMLoginModule required password="hunter2";'),
+        ("sasl.jaas.config", 'a.PlainLoginModule required password=hunter2 comment="${env:X}";'),
+        ("sasl.jaas.config", 'a.OAuthLoginModule required clientSecret="hunter2";'),
+        ("ssl.key.password", "hunter2"),
+        ("ssl.key.password", "hunter2${env:X}"),
+        ("kafka.ssl.truststore.password", "${env:A} hunter2"),
+        ("ssl.keystore.key", "-----BEGIN PRIVATE KEY-----hunter2"),
+    ],
+)
+def test_kafka_literal_secrets_are_refused_whatever_else_the_value_holds(key: str, value: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(None, [f"ingest.kafka.options={{{key!r}: {value!r}}}"])
+    assert "hunter2" not in str(refused.value) and "literal credential" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("sasl.jaas.config", "${env:KAFKA_JAAS}"),
+        ("sasl.jaas.config", "software.amazon.msk.auth.iam.IAMLoginModule required;"),
+        ("sasl.jaas.config", 'x.ScramLoginModule required username="alice" password="${env:KAFKA_PASSWORD}";'),
+        ("ssl.key.password", "${env:KEY_PASSWORD}"),
+        ("ssl.keystore.location", "/etc/kafka/client.jks"),
+    ],
+)
+def test_kafka_credentials_from_the_environment_are_accepted(key: str, value: str) -> None:
+    settings = load_settings(None, [f"ingest.kafka.options={{{key!r}: {value!r}}}"])
+    assert settings.ingest.kafka.options[key] == value
