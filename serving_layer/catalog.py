@@ -45,14 +45,7 @@ __all__ = ["LAYERS", "Answer", "Pin", "Pinned", "Provenance", "ServingLayer", "c
 
 def check_read_only(spark: SparkSession, sql: str, registered: frozenset[tuple[str, str]] | None = None) -> None:
     """Refuse ``sql`` unless the guard accepts it (over ``registered`` names, by default any in a layer)."""
-    guard.parse(spark, sql, registered if registered is not None else _AnyLayer())
-
-
-class _AnyLayer(frozenset):  # type: ignore[type-arg]
-    """Every ``<layer>.<name>``: for checking a statement's shape without a work directory."""
-
-    def __contains__(self, item: object) -> bool:
-        return isinstance(item, tuple) and len(item) == 2 and item[0] in LAYERS
+    guard.parse(spark, sql, registered if registered is not None else guard.ANY_LAYER)
 
 
 @dataclass(frozen=True)
@@ -234,7 +227,7 @@ class ServingLayer:
             if pin.quarantine_version is None:
                 return self._session.createDataFrame([], QUARANTINE_SCHEMA)
             return reader.option("versionAsOf", pin.quarantine_version).load(self.locations.quarantine)
-        view = self.pipeline.view(next(v.name for v in self.pipeline.views if v.name.lower() == name))
+        view = next(v for v in self.pipeline.views if v.name.lower() == name)
         if layer == "batch":
             return view.finalize(self.batch_states(view, pin))
         if layer == "speed":

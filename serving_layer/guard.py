@@ -28,7 +28,7 @@ the registry of names and the pinned schemas, EXPLAIN from the bound plan.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACCEPTED",
+    "ANY_LAYER",
     "FUNCTIONS",
     "LAYERS",
     "QUERY_NODES",
@@ -114,6 +115,22 @@ _PATH_SOURCES = frozenset(
 """Data sources Spark reads by path in SQL (``text.`/etc/passwd```): named in the refusal."""
 
 
+class _AnyLayer(Container[tuple[str, str]]):
+    """Every ``<layer>.<name>``: checks a statement's shape without a work directory."""
+
+    def __contains__(self, item: object) -> bool:
+        return isinstance(item, tuple) and len(item) == 2 and item[0] in LAYERS
+
+    def __repr__(self) -> str:
+        return ", ".join(f"{layer}.*" for layer in LAYERS)
+
+
+ANY_LAYER = _AnyLayer()
+
+Registered = Container[tuple[str, str]]
+"""The ``(layer, name)`` pairs a statement may read."""
+
+
 @dataclass(frozen=True)
 class Statement:
     """One accepted statement: what to answer, and the registered names it reads."""
@@ -147,7 +164,7 @@ def _option(opt: Any) -> Any:
     return opt.get() if opt.isDefined() else None
 
 
-def parse(spark: SparkSession, sql: str, registered: frozenset[tuple[str, str]]) -> Statement:
+def parse(spark: SparkSession, sql: str, registered: Registered) -> Statement:
     """Accept ``sql`` if it is one allowed statement over ``registered`` names; else ReadOnlyViolation."""
     if not sql.strip():
         raise _refuse(sql, "the statement is empty")
@@ -225,9 +242,7 @@ def _layer(sql: str, namespace_plan: Any) -> str | None:
     raise _refuse(sql, f"'{'.'.join(parts)}' is not a layer ({', '.join(LAYERS)})")
 
 
-def _registered_table(
-    sql: str, target: Any, registered: frozenset[tuple[str, str]], namespace: Any = None
-) -> tuple[str, str]:
+def _registered_table(sql: str, target: Any, registered: Registered, namespace: Any = None) -> tuple[str, str]:
     if target.getClass().getName() != _ANALYSIS + "UnresolvedTableOrView":
         raise _refuse(sql, "the statement does not name a registered relation")
     parts = _names(target.multipartIdentifier())
@@ -239,8 +254,10 @@ def _registered_table(
     raise _refuse(sql, f"'{'.'.join(parts)}' is not a registered relation ({_known(registered)})")
 
 
-def _known(registered: frozenset[tuple[str, str]]) -> str:
-    return ", ".join(sorted(".".join(n) for n in registered)) or "none yet"
+def _known(registered: Registered) -> str:
+    if isinstance(registered, _AnyLayer):
+        return repr(registered)
+    return ", ".join(sorted(".".join(n) for n in registered)) or "none yet"  # type: ignore[attr-defined]
 
 
 # ---- the parsed query --------------------------------------------------------------------------
@@ -265,7 +282,7 @@ def _parts(text: Any) -> tuple[str, ...]:
     return tuple(p.strip() for p in inner.split(",")) if inner else ()
 
 
-def _check_query(sql: str, plan: Any, registered: frozenset[tuple[str, str]]) -> frozenset[tuple[str, str]]:
+def _check_query(sql: str, plan: Any, registered: Registered) -> frozenset[tuple[str, str]]:
     """Every node of a parsed query against the allow-lists; returns the registered names it reads."""
     nodes = list(_nodes(json.loads(plan.toJSON())))
     ctes = {
@@ -414,8 +431,11 @@ _SUBQUERY_EXPRESSIONS = frozenset(
 
 # ---- the resolved plan ------------------------------------------------------------------------
 
-_INLINE_LEAVES = frozenset([_LOGICAL + "LocalRelation", _LOGICAL + "OneRowRelation", _LOGICAL + "Range"])
-"""Leaves a query may hold besides the pinned relations: its own literal rows and ranges."""
+_INLINE_LEAVES = frozenset(
+    [_LOGICAL + "LocalRelation", _LOGICAL + "OneRowRelation", _LOGICAL + "Range", _LOGICAL + "CTERelationRef"]
+)
+"""Leaves a query may hold besides the pinned relations: its own literal rows and ranges, and references
+to its CTEs (whose definitions are children of the plan, and checked as such)."""
 
 _REFUSED_RESOLVED = _REFUSED_EXPRESSIONS | frozenset(
     [
