@@ -48,6 +48,8 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "LAMBDA_PIPELINE_SET": "KEY=VALUE overrides separated by spaces (shell quoting), validated like --set, "
     "applied before the --set options",
     "LAMBDA_PIPELINE_CACHE": "cache of resolved jar paths and fetched jars (default ~/.cache/lambda-pipeline)",
+    "LAMBDA_PIPELINE_VERBOSE": "1 shows everything: Ivy's resolution report, Spark's start-up log lines and "
+    "PySpark's error logs (like --verbose)",
     "LAMBDA_PIPELINE_MAVEN_REPO": "Maven repository of the jars fetched directly (default Maven Central)",
 }
 

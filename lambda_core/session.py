@@ -31,7 +31,9 @@ __all__ = [
     "hadoop_aws_coordinate",
     "hadoop_version",
     "required_packages",
+    "resolve_jars",
     "token_provider_jar",
+    "verbose",
 ]
 
 SCALA_BINARY = "2.13"
@@ -178,11 +180,25 @@ def _manifest(packages: tuple[str, ...]) -> Path:
 
 
 def _cached_jars(packages: tuple[str, ...]) -> list[str] | None:
+    """The jars a finished resolution recorded, if every one is still there at its recorded size.
+
+    A manifest is written only once Spark has loaded every jar, and each line carries the jar's size, so
+    a jar that another process is still writing, or that was truncated or removed since, is never trusted.
+    """
     manifest = _manifest(packages)
-    if not manifest.is_file():
+    try:
+        lines = [line.split("\t") for line in manifest.read_text().splitlines() if line]
+    except OSError:
         return None
-    jars = [line for line in manifest.read_text().splitlines() if line]
-    return jars if jars and all(Path(j).is_file() for j in jars) else None
+    if not lines or any(len(parts) != 2 or not parts[1].isdigit() for parts in lines):
+        return None  # absent, or written by an older release without sizes
+    for path, size in lines:
+        try:
+            if os.path.getsize(path) != int(size):
+                return None
+        except OSError:
+            return None
+    return [path for path, _ in lines]
 
 
 def _remember_jars(spark: SparkSession, packages: tuple[str, ...]) -> None:
@@ -191,7 +207,107 @@ def _remember_jars(spark: SparkSession, packages: tuple[str, ...]) -> None:
     if jars:
         manifest = _manifest(packages)
         manifest.parent.mkdir(parents=True, exist_ok=True)
-        manifest.write_text("\n".join(jars) + "\n")
+        partial = manifest.with_suffix(f".{os.getpid()}.part")
+        partial.write_text("".join(f"{jar}\t{os.path.getsize(jar)}\n" for jar in jars))
+        partial.replace(manifest)  # readers see the whole manifest or none
+
+
+RESOLVE_TIMEOUT_SECONDS = 1800
+"""How long a first resolution (and a process waiting for another's) may take: the AWS SDK is 690 MB."""
+_RESOLVER_CONF = ("spark.jars.ivy", "spark.jars.repositories", "spark.jars.ivySettings", "spark.jars.excludes")
+
+
+def verbose() -> bool:
+    """``LAMBDA_PIPELINE_VERBOSE=1`` (or ``--verbose``): Ivy's report, Spark's own log lines, all of it."""
+    return os.environ.get("LAMBDA_PIPELINE_VERBOSE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def resolve_jars(packages: tuple[str, ...], conf: dict[str, str]) -> list[str]:
+    """Local paths of ``packages`` and their dependencies, fetched once per machine, under a lock.
+
+    Several jobs often start together on an empty cache (docker compose, the crash tests, an operator
+    starting ingest and batch at once). Only one resolves, in a child process whose Ivy report goes to
+    ``resolve.log`` in the cache (or to the terminal with :func:`verbose`); the others wait for its
+    manifest. ``conf`` passes the resolver settings on (``spark.jars.ivy``, repositories, excludes).
+    """
+    cached = _cached_jars(packages)
+    if cached:
+        return cached
+    from lambda_core.locks import file_lock
+
+    with file_lock(_cache_dir() / "resolve.lock", RESOLVE_TIMEOUT_SECONDS, "fetching the JVM packages"):
+        cached = _cached_jars(packages)  # another process may have finished meanwhile
+        if cached:
+            return cached
+        s3a = any(":hadoop-aws:" in p for p in packages)
+        size = "about 90 MB" + (", and about 690 MB for the AWS SDK bundle of hadoop-aws" if s3a else "")
+        ivy = conf.get("spark.jars.ivy", str(Path.home() / ".ivy2.5.2"))
+        log = _cache_dir() / "resolve.log"
+        print(
+            f"lambda-pipeline: fetching the JVM packages from Maven Central, once for this machine ({size}; "
+            f"cached in {ivy}): {', '.join(packages)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        command = [sys.executable, "-m", "lambda_core.session", "--resolve", *packages]
+        for key in _RESOLVER_CONF:
+            if key in conf:
+                command += ["--conf", f"{key}={conf[key]}"]
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("w") as out:
+            streams = {} if verbose() else {"stdout": out, "stderr": subprocess.STDOUT}
+            try:
+                done = subprocess.run(command, timeout=RESOLVE_TIMEOUT_SECONDS, check=False, **streams)
+            except subprocess.TimeoutExpired:
+                raise EnvironmentProblem(f"fetching the JVM packages took over {RESOLVE_TIMEOUT_SECONDS}s") from None
+        cached = _cached_jars(packages)
+        if done.returncode != 0 or not cached:
+            tail = " | ".join(line.strip() for line in _tail(log, 6)) if log.exists() else ""
+            raise EnvironmentProblem(
+                f"could not fetch the JVM packages {', '.join(packages)} (see {log}): {tail or 'no output'}; "
+                f"check access to Maven Central, or pre-fetch with: mvn dependency:get -Dartifact={packages[0]}"
+            )
+        print("lambda-pipeline: JVM packages fetched; later starts reuse them", file=sys.stderr, flush=True)
+        return cached
+
+
+def _tail(path: Path, lines: int) -> list[str]:
+    kept = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return kept[-lines:]
+
+
+def _resolve_here(packages: tuple[str, ...], conf: dict[str, str]) -> None:
+    """In the child of :func:`resolve_jars`: let Spark's resolver fetch ``packages``, record the jars."""
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.master("local[1]").appName("lambda-pipeline-resolve")
+    for key, value in {**conf, "spark.jars.packages": ",".join(packages), "spark.ui.enabled": "false"}.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    try:
+        _remember_jars(spark, packages)
+    finally:
+        spark.stop()
+
+
+def _quiet_log4j() -> Path:
+    """A log4j2 configuration that keeps Spark's errors and drops its start-up INFO and WARN lines."""
+    path = _cache_dir() / "log4j2-quiet.properties"
+    text = (
+        "rootLogger.level = error\n"
+        "rootLogger.appenderRef.stderr.ref = console\n"
+        "appender.console.type = Console\n"
+        "appender.console.name = console\n"
+        "appender.console.target = SYSTEM_ERR\n"
+        "appender.console.layout.type = PatternLayout\n"
+        "appender.console.layout.pattern = %d{HH:mm:ss} %p %c{1}: %m%n%ex\n"
+    )
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.part")
+        partial.write_text(text)
+        partial.replace(path)
+    return path
 
 
 def get_spark(
@@ -203,11 +319,11 @@ def get_spark(
 ) -> SparkSession:
     """Create (or return the running) Spark session with Delta enabled.
 
-    The first call on a machine resolves the JVM packages from Maven Central
-    through Spark's own resolver (about 90 MB, cached under ~/.ivy2.5.2; with
-    :func:`hadoop_aws_coordinate` for ``s3a://`` about 690 MB more); the
-    resolved jar paths are then remembered so later starts skip resolution.
-    Under ``spark-submit`` the JVM already runs: pass ``--packages`` there.
+    The first call on a machine fetches the JVM packages from Maven Central (:func:`resolve_jars`:
+    about 90 MB, cached under ~/.ivy2.5.2; with :func:`hadoop_aws_coordinate` for ``s3a://`` about
+    690 MB more), once, under a lock; later starts read the recorded jar paths. Under ``spark-submit``
+    the JVM already runs: pass ``--packages`` there. Spark's start-up log lines are dropped unless
+    :func:`verbose` (its errors stay).
     """
     from pyspark.sql import SparkSession
 
@@ -246,37 +362,38 @@ def get_spark(
     conf.update(extra_conf or {})
     # spark-submit starts the JVM first and hands Python its gateway port: packages come from --packages.
     launched_by_submit = "PYSPARK_GATEWAY_PORT" in os.environ
-    cached = None if launched_by_submit else _cached_jars(wanted)
     if not launched_by_submit:
-        if cached:
-            conf["spark.jars"] = ",".join(dict.fromkeys([*cached, *extra_jars]))
-        else:
-            s3a = any(":hadoop-aws:" in p for p in wanted)
-            size = " (hadoop-aws brings the AWS SDK bundle, about 690 MB)" if s3a else ""
-            print(
-                f"Resolving JVM packages {', '.join(wanted)} from Maven Central (first run only){size}...",
-                file=sys.stderr,
-            )
-            conf["spark.jars.packages"] = ",".join(wanted)
-            if extra_jars and "PYSPARK_SUBMIT_ARGS" not in os.environ:
-                # spark-submit merges --jars with the resolved packages; a spark.jars setting would replace them.
-                os.environ["PYSPARK_SUBMIT_ARGS"] = f"--jars {','.join(extra_jars)} pyspark-shell"
+        jars = resolve_jars(wanted, conf)
+        conf["spark.jars"] = ",".join(dict.fromkeys([*jars, *extra_jars]))
+        if not verbose() and "spark.driver.extraJavaOptions" not in conf:
+            conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{_quiet_log4j()}"
     builder = SparkSession.builder.master(settings.master).appName(app_name or settings.app_name)
     for key, value in conf.items():
         builder = builder.config(key, value)
     try:
         spark = builder.getOrCreate()
-    except Exception as exc:  # the JVM failed to start or to resolve a package
+    except Exception as exc:  # the JVM failed to start
         raise EnvironmentProblem(
             f"Spark could not start ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
-            f"If package resolution failed, check access to Maven Central for {', '.join(wanted)}, or "
-            f"pre-fetch with: mvn dependency:get -Dartifact={wanted[0]}"
+            "Check Java and the settings under spark: in the config"
         ) from exc
-    spark.sparkContext.setLogLevel(settings.log_level)
+    if verbose() or settings.log_level in ("INFO", "DEBUG"):
+        spark.sparkContext.setLogLevel(settings.log_level)
+    else:  # Spark's WARN lines (AQE off for streams, long plan strings) are for --verbose
+        spark.sparkContext.setLogLevel("ERROR")
+        _quiet_pyspark_loggers()
     _check_delta(spark)
-    if not cached and not launched_by_submit:
-        _remember_jars(spark, wanted)
     return spark
+
+
+def _quiet_pyspark_loggers() -> None:
+    """PySpark logs every analysis error as a JSON record with the whole Java trace; the CLI says it in one line."""
+    import logging
+
+    from pyspark.logger import PySparkLogger
+
+    for name in ("SQLQueryContextLogger", "DataFrameQueryContextLogger"):
+        PySparkLogger.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _check_delta(spark: SparkSession) -> None:
@@ -288,3 +405,13 @@ def _check_delta(spark: SparkSession) -> None:
         raise EnvironmentProblem(
             f"the Delta Lake jars are not on Spark's classpath; under spark-submit pass --packages {DELTA_COORDINATE}"
         ) from None
+
+
+if __name__ == "__main__":  # the resolver child of resolve_jars
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m lambda_core.session")
+    parser.add_argument("--resolve", nargs="+", required=True, metavar="COORDINATE")
+    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE")
+    parsed = parser.parse_args()
+    _resolve_here(tuple(parsed.resolve), dict(item.split("=", 1) for item in parsed.conf))

@@ -8,7 +8,6 @@ successful run a manifest lists the jars, so later calls never start Maven again
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
@@ -16,12 +15,12 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 from lambda_core.errors import EnvironmentProblem
+from lambda_core.locks import file_lock
 
 __all__ = ["cache_root", "resolve"]
 
@@ -105,29 +104,6 @@ def _read_manifest(directory: Path, fingerprint: str) -> list[Path] | None:
     return jars if jars and all(jar.is_file() for jar in jars) else None
 
 
-@contextmanager
-def _locked(path: Path, timeout: float) -> Iterator[None]:
-    """Exclusive ``flock`` on ``path``: a second process waits (bounded) instead of racing Maven."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+") as handle:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise EnvironmentProblem(
-                        f"another process has held {path} for over {timeout:.0f}s while resolving jars; "
-                        "wait for it to finish, or stop it and delete the lock file"
-                    ) from None
-                time.sleep(0.5)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
 def _find_mvn(directory: Path) -> str:
     mvn = shutil.which("mvn")
     if not mvn:
@@ -172,7 +148,7 @@ def resolve(coordinates: Sequence[str], cache_name: str) -> list[Path]:
     if jars is not None:
         return jars
     mvn = _find_mvn(directory)
-    with _locked(directory / ".lock", LOCK_TIMEOUT_SECONDS):
+    with file_lock(directory / ".lock", LOCK_TIMEOUT_SECONDS):
         jars = _read_manifest(directory, fingerprint)  # another process may have finished meanwhile
         if jars is not None:
             return jars

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -82,6 +83,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set speed.trigger='2 seconds' (repeatable)",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ivy's resolution report and Spark's own log lines too (jobs: LAMBDA_PIPELINE_VERBOSE=1)",
     )
 
 
@@ -272,6 +278,8 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "verbose", False):
+        os.environ["LAMBDA_PIPELINE_VERBOSE"] = "1"  # read by the session factory, and by the jobs it starts
     if getattr(args, "source", None):
         args.overrides = [*args.overrides, f"ingest.source={args.source}"]
     try:
