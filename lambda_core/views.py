@@ -351,10 +351,6 @@ class View:
 
         return states.groupBy(*self.group_columns).agg(*[F.expr(item) for item in self.merge_sql()])
 
-    def select_sql(self, relation_sql: str) -> str:
-        """The SQL that turns a relation of states into the view (used for the catalog views)."""
-        keys = ", ".join(_quote(c) for c in self.group_columns)
-        return f"SELECT {keys}, {', '.join(self.merge_sql())} FROM ({relation_sql}) GROUP BY {keys}"
-
-    def state_select(self) -> str:
-        return ", ".join(_quote(c) for c in (*self.group_columns, *(n for n, _ in self.state_columns())))
+    def state_column_names(self) -> tuple[str, ...]:
+        """The columns of a partial state, in order: what batch and speed states share."""
+        return (*self.group_columns, *(name for name, _ in self.state_columns()))

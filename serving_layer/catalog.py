@@ -235,7 +235,7 @@ class ServingLayer:
         return view.finalize(self.batch_states(view, pin).unionByName(self.speed_states(view, pin)))
 
     def _states(self, view: View, frame: DataFrame) -> DataFrame:
-        return frame.select(*view.group_columns, *(name for name, _ in view.state_columns()))
+        return frame.select(*view.state_column_names())
 
     def _empty_partials(self, view: View, *, by_tag: bool) -> DataFrame:
         empty = self._session.createDataFrame([], self.pipeline.source.master_schema)
