@@ -35,11 +35,12 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 
 # 2. The JVM packages (Delta Lake, Spark's Kafka connector and its token-provider jar), resolved from Maven
 #    Central once, here, by the project's own session factory: it keeps the jars in ~/.ivy2.5.2 and their
-#    paths in ~/.cache/lambda-pipeline, so the containers start without resolving anything. Only lambda_core
+#    paths in ~/.cache/lambda-pipeline, so the containers start without resolving anything. Only the core
 #    is needed, so changes elsewhere in the code keep this layer.
 USER app
-COPY --chown=app:app lambda_core/ lambda_core/
-RUN python -c "from lambda_core.session import KAFKA_COORDINATE, get_spark; get_spark(packages=(KAFKA_COORDINATE,)).stop()"
+COPY --chown=app:app lambda_pipeline/__init__.py lambda_pipeline/
+COPY --chown=app:app lambda_pipeline/core/ lambda_pipeline/core/
+RUN python -c "from lambda_pipeline.core.session import KAFKA_COORDINATE, get_spark; get_spark(packages=(KAFKA_COORDINATE,)).stop()"
 
 # 3. The project itself: the 'lambda-pipeline' command and the configs in /app/conf.
 USER root

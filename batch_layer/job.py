@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 from pyspark.sql import functions as F
 
-from lambda_core.pipeline import Pipeline
-from lambda_core.tables import (
+from lambda_pipeline.core.pipeline import Pipeline
+from lambda_pipeline.core.tables import (
     COVERAGE_SCHEMA,
     Coverage,
     Locations,
@@ -29,7 +29,7 @@ from lambda_core.tables import (
     latest_coverage,
     latest_version,
 )
-from lambda_core.views import INGEST_TAG, EventSource, View
+from lambda_pipeline.core.views import INGEST_TAG, EventSource, View
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from lambda_core.config import Settings
+    from lambda_pipeline.core.config import Settings
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

@@ -1,6 +1,6 @@
 """Hundreds of SIGKILLs: the crash check of tests/test_kafka_crash.py at a scale CI cannot afford.
 
-Starts the project's Kafka broker on a free loopback port, then runs ``pipelines.crash_check.crash_run``
+Starts the project's Kafka broker on a free loopback port, then runs ``tests.crash_check.crash_run``
 in rounds of ``--kills-per-round`` kills (each round a fresh topic and work directory, so a failure
 points at a small history), until ``--kills`` kills in all. Every round must be exact: produced =
 master + quarantine, no event id twice, every generated id present, serving = full recompute before
@@ -21,10 +21,10 @@ from pathlib import Path
 
 from _common import environment, write_results
 
-from lambda_core.config import load_settings
-from lambda_core.session import KAFKA_COORDINATE, get_spark
-from local_services.kafka_broker import KafkaBroker, free_port
-from pipelines.crash_check import crash_run
+from lambda_pipeline.core.config import load_settings
+from lambda_pipeline.core.session import KAFKA_COORDINATE, get_spark
+from lambda_pipeline.local_services.kafka_broker import KafkaBroker, free_port
+from tests.crash_check import crash_run
 
 
 def main(argv: list[str] | None = None) -> int:

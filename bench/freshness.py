@@ -48,14 +48,14 @@ from typing import TYPE_CHECKING, Any
 
 from _common import add_common_args, environment, percentile, summary, write_results
 
-from batch_layer.job import run_batch
-from ingestion.job import start_ingest
-from lambda_core.config import load_settings
-from lambda_core.session import get_spark
-from lambda_core.tables import Locations, latest_version, sql_path
-from pipelines.clickstream import CLICKSTREAM, PAGE_ACTIVITY
-from pipelines.generator import ClickstreamGenerator
-from speed_layer.job import start_speed
+from lambda_pipeline.batch_layer.job import run_batch
+from lambda_pipeline.core.config import load_settings
+from lambda_pipeline.core.session import get_spark
+from lambda_pipeline.core.tables import Locations, latest_version, sql_path
+from lambda_pipeline.ingestion.job import start_ingest
+from lambda_pipeline.pipelines.clickstream import CLICKSTREAM, PAGE_ACTIVITY
+from lambda_pipeline.pipelines.generator import ClickstreamGenerator
+from lambda_pipeline.speed_layer.job import start_speed
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

@@ -100,7 +100,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming import StreamingQuery
 
-    from lambda_core.config import KafkaSettings, Settings
+    from lambda_pipeline.core.config import KafkaSettings, Settings
 
 NAME = "kafka_freshness"
 DEFAULT_OVERRIDES = (
@@ -211,7 +211,7 @@ class FastMessages:
     def __init__(
         self, seed: int, label: str, late: float, duplicate: float, malformed: float, users: int = 2000
     ) -> None:
-        from pipelines.generator import PAGES
+        from lambda_pipeline.pipelines.generator import PAGES
 
         self.rng = random.Random(f"{seed}-{label}")
         self.prefix = f"{seed:x}{label}".encode()
@@ -266,7 +266,7 @@ class ProjectMessages:
     """``ClickstreamGenerator.messages``: the project's generator, ~25 us of Python per message."""
 
     def __init__(self, seed: int, label: str, late: float, duplicate: float, malformed: float) -> None:
-        from pipelines.generator import ClickstreamGenerator
+        from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 
         salt = sum(label.encode()) * 7919
         self.gen = ClickstreamGenerator(
@@ -299,7 +299,7 @@ def produce_worker(
 ) -> None:
     """Producer process: paced bursts on a deadline schedule; reports (time, messages, events) per burst."""
     try:
-        from pipelines.kafka_producer import KafkaEventProducer
+        from lambda_pipeline.local_services.kafka_producer import KafkaEventProducer
 
         producer = KafkaEventProducer(kafka, topic)
         generator = make_generator(kind, seed, label, fractions)
@@ -410,7 +410,7 @@ class ProducerProcess:
 
 
 def _read_json_lines(path: Path) -> list[Any] | None:
-    from ingestion.batch_input import json_lines
+    from lambda_pipeline.ingestion.batch_input import json_lines
 
     try:
         return json_lines(path.read_text(encoding="utf-8"))
@@ -543,7 +543,7 @@ class SpeedVisibility:
         self.poll_seconds: list[float] = []
 
     def poll(self) -> None:
-        from lambda_core.tables import sql_path
+        from lambda_pipeline.core.tables import sql_path
 
         t0 = time.perf_counter()
         self.polls += 1
@@ -845,7 +845,7 @@ def stop_queries(queries: list[StreamingQuery]) -> None:
 
 def topic_lag(phase: Phase, checkpoint: Checkpoint) -> tuple[int, int]:
     """(topic latest offsets summed, messages the query committed); latest is -1 if the broker did not answer."""
-    from local_services.kafka_broker import offsets
+    from lambda_pipeline.local_services.kafka_broker import offsets
 
     try:
         latest = sum(hi for _, hi in offsets(phase.kafka.bootstrap_servers, phase.topic, timeout=5).values())
@@ -866,9 +866,9 @@ def run_noop(phase: Phase) -> dict[str, Any]:
     """The baseline: same Kafka options, decode and parse as ingest, into the noop sink, same trigger."""
     from pyspark.sql import functions as F
 
-    from ingestion.job import parse_events
-    from ingestion.sources import kafka_lines
-    from pipelines.clickstream import CLICKSTREAM
+    from lambda_pipeline.ingestion.job import parse_events
+    from lambda_pipeline.ingestion.sources import kafka_lines
+    from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 
     spark, settings, args = phase.spark, phase.settings, phase.args
     checkpoint_dir = phase.workdir / "checkpoint"
@@ -963,13 +963,13 @@ def run_pipeline(phase: Phase) -> dict[str, Any]:
     from freshness import read_commit
     from pyspark.sql import functions as F
 
-    from batch_layer.job import run_batch
-    from ingestion.job import start_ingest
-    from lambda_core.tables import Locations, latest_version
-    from pipelines.clickstream import CLICKSTREAM, PAGE_ACTIVITY
-    from pipelines.kafka_producer import KafkaEventProducer
-    from serving_layer.catalog import ServingLayer
-    from speed_layer.job import start_speed
+    from lambda_pipeline.batch_layer.job import run_batch
+    from lambda_pipeline.core.tables import Locations, latest_version
+    from lambda_pipeline.ingestion.job import start_ingest
+    from lambda_pipeline.local_services.kafka_producer import KafkaEventProducer
+    from lambda_pipeline.pipelines.clickstream import CLICKSTREAM, PAGE_ACTIVITY
+    from lambda_pipeline.serving_layer.catalog import ServingLayer
+    from lambda_pipeline.speed_layer.job import start_speed
 
     spark, settings, args = phase.spark, phase.settings, phase.args
     loc = Locations.create(settings, phase.workdir)
@@ -1336,9 +1336,9 @@ def print_max_table(runs: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from lambda_core.config import load_settings
-    from lambda_core.session import KAFKA_COORDINATE, get_spark
-    from local_services.kafka_broker import KafkaBroker, free_port
+    from lambda_pipeline.core.config import load_settings
+    from lambda_pipeline.core.session import KAFKA_COORDINATE, get_spark
+    from lambda_pipeline.local_services.kafka_broker import KafkaBroker, free_port
 
     own_workdir = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="bench-kafka-")) if own_workdir else Path(args.workdir).resolve()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pyspark.sql import types as T
 
-from lambda_core.pipeline import Pipeline
-from lambda_core.views import EventSource, TumblingWindow, View, approx_distinct, count, max_of, sum_of
+from lambda_pipeline.core.pipeline import Pipeline
+from lambda_pipeline.core.views import EventSource, TumblingWindow, View, approx_distinct, count, max_of, sum_of
 
 __all__ = ["CLICKS", "CLICKSTREAM", "PAGE_ACTIVITY"]
 

@@ -19,7 +19,7 @@ from pathlib import Path, PurePath, PurePosixPath
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from lambda_core.errors import LambdaError
+from lambda_pipeline.core.errors import LambdaError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -300,7 +300,7 @@ def _write_through_hadoop(spark: SparkSession | None, uri: str, data: bytes) -> 
     if spark is None:
         raise LambdaError(
             f"writing {uri} needs Spark's Hadoop file system (hadoop-aws for s3a://); start a Spark session "
-            "first (lambda_core.session.get_spark) or pass it as spark="
+            "first (lambda_pipeline.core.session.get_spark) or pass it as spark="
         )
     jvm = spark.sparkContext._jvm
     assert jvm is not None

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from lambda_core.errors import ConfigError
-from lambda_core.pipeline import Pipeline
-from pipelines.clickstream import CLICKSTREAM
+from lambda_pipeline.core.errors import ConfigError
+from lambda_pipeline.core.pipeline import Pipeline
+from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 
 __all__ = ["PIPELINES", "get_pipeline"]
 

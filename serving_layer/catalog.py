@@ -3,7 +3,7 @@
 The names a query can read are ``serving.<view>`` (batch ⊕ uncovered speed partials),
 ``batch.<view>`` and ``speed.<view>`` (one layer alone), and ``master.<table>`` /
 ``master.quarantine``. They are not catalog objects: each query is parsed and checked by
-:mod:`serving_layer.guard`, and its names are bound to DataFrames read at **one pin**, a consistent
+:mod:`lambda_pipeline.serving_layer.guard`, and its names are bound to DataFrames read at **one pin**, a consistent
 set of table versions taken in this order:
 
 1. every speed table's version ``s``, **first**;
@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lambda_core.errors import LambdaError
-from lambda_core.pipeline import Pipeline
-from lambda_core.tables import QUARANTINE_SCHEMA, Coverage, Locations, latest_coverage, table_version
-from lambda_core.views import INGEST_TAG, INGESTED_AT_MAX, WINDOW_START, View
-from serving_layer import guard
-from serving_layer.guard import LAYERS, Statement
+from lambda_pipeline.core.errors import LambdaError
+from lambda_pipeline.core.pipeline import Pipeline
+from lambda_pipeline.core.tables import QUARANTINE_SCHEMA, Coverage, Locations, latest_coverage, table_version
+from lambda_pipeline.core.views import INGEST_TAG, INGESTED_AT_MAX, WINDOW_START, View
+from lambda_pipeline.serving_layer import guard
+from lambda_pipeline.serving_layer.guard import LAYERS, Statement
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

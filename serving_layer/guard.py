@@ -32,8 +32,8 @@ from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lambda_core.errors import ReadOnlyViolation
-from serving_layer._functions import GROUPS
+from lambda_pipeline.core.errors import ReadOnlyViolation
+from lambda_pipeline.serving_layer._functions import GROUPS
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

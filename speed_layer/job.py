@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING
 
 from pyspark.sql import functions as F
 
-from lambda_core.config import Settings
-from lambda_core.pipeline import Pipeline
-from lambda_core.streaming import CheckpointAppId, OnceAppender, with_trigger
-from lambda_core.tables import COVERAGE_SCHEMA, Locations, ensure_table, latest_coverage
-from lambda_core.views import INGEST_TAG
+from lambda_pipeline.core.config import Settings
+from lambda_pipeline.core.pipeline import Pipeline
+from lambda_pipeline.core.streaming import CheckpointAppId, OnceAppender, with_trigger
+from lambda_pipeline.core.tables import COVERAGE_SCHEMA, Locations, ensure_table, latest_coverage
+from lambda_pipeline.core.views import INGEST_TAG
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lambda_core.config import Settings, SparkSettings, load_settings
-from lambda_core.tables import Locations
+from lambda_pipeline.core.config import Settings, SparkSettings, load_settings
+from lambda_pipeline.core.tables import Locations
 
 pytest_plugins = [
     "tests.kafka_support",  # kafka_broker (real broker on loopback) and kafka_topic
@@ -17,7 +17,7 @@ pytest_plugins = [
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory):
-    from lambda_core.session import KAFKA_COORDINATE, get_spark, hadoop_aws_coordinate
+    from lambda_pipeline.core.session import KAFKA_COORDINATE, get_spark, hadoop_aws_coordinate
 
     warehouse = tmp_path_factory.mktemp("spark-warehouse")
     session = get_spark(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pyspark.sql import DataFrame, SparkSession
 
-from batch_layer.job import deduplicate
-from pipelines.clickstream import CLICKS, PAGE_ACTIVITY
+from lambda_pipeline.batch_layer.job import deduplicate
+from lambda_pipeline.pipelines.clickstream import CLICKS, PAGE_ACTIVITY
 
 EXACT_MEASURES = ("events", "total_duration_ms", "max_duration_ms")
 

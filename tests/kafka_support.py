@@ -20,8 +20,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from lambda_core.errors import LambdaError
-from local_services.kafka_broker import KafkaBroker, free_port
+from lambda_pipeline.core.errors import LambdaError
+from lambda_pipeline.local_services.kafka_broker import KafkaBroker, free_port
 
 __all__ = ["kafka_broker", "kafka_topic"]
 

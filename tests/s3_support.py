@@ -18,8 +18,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from lambda_core.config import S3Settings
-from local_services.s3_server import S3Server, free_port
+from lambda_pipeline.core.config import S3Settings
+from lambda_pipeline.local_services.s3_server import S3Server, free_port
 
 __all__ = ["local_s3_settings", "s3_bucket", "s3_server"]
 

@@ -18,17 +18,17 @@ from pathlib import Path
 
 import pytest
 
-from lambda_core.config import load_settings
-from pipelines.artifact import MANIFEST, build_artifact, read_project
+from lambda_pipeline.core.config import load_settings
+from lambda_pipeline.deploy.artifact import MANIFEST, build_artifact, read_project
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE_PACKAGES = next(Path(p) for p in sys.path if p.endswith("site-packages") and Path(p).is_dir())
-# Test-only probe in the throwaway venv: the driver reports where lambda_core came from as it exits.
+# Test-only probe in the throwaway venv: the driver reports where lambda_pipeline came from as it exits.
 PROBE = """import atexit, sys
 def _where():
-    module = sys.modules.get("lambda_core")
+    module = sys.modules.get("lambda_pipeline")
     if module is not None:
-        print(f"PROBE lambda_core from {module.__file__}", file=sys.stderr, flush=True)
+        print(f"PROBE lambda_pipeline from {module.__file__}", file=sys.stderr, flush=True)
 atexit.register(_where)
 """
 
@@ -49,13 +49,13 @@ def isolated_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (site / "sitecustomize.py").write_text(PROBE)
     python = folder / "bin" / "python"
     probe = subprocess.run(
-        [str(python), "-c", "import pydantic, yaml, pyspark; import lambda_core"],
+        [str(python), "-c", "import pydantic, yaml, pyspark; import lambda_pipeline"],
         capture_output=True,
         text=True,
         cwd=folder,
         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
     )
-    assert "No module named 'lambda_core'" in probe.stderr, probe.stderr  # the deps import, the project does not
+    assert "No module named 'lambda_pipeline'" in probe.stderr, probe.stderr  # the deps import, the project does not
     return python
 
 
@@ -67,7 +67,13 @@ def test_zip_holds_the_packages_pyproject_lists_and_the_conf(artifact: tuple[Pat
         times = {entry.date_time for entry in archive.infolist()}
     for package in info.packages:
         assert f"{package.replace('.', '/')}/__init__.py" in names, package
-    assert {"conf/local.yaml", "conf/emr.yaml", "pipelines/artifact.py", "lambda_core/config.py"} <= names
+    assert {
+        "lambda_pipeline/conf/local.yaml",
+        "lambda_pipeline/conf/emr.yaml",
+        "lambda_pipeline/deploy/artifact.py",
+        "lambda_pipeline/core/config.py",
+        "lambda_pipeline/py.typed",
+    } <= names
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     assert times == {(1980, 1, 1, 0, 0, 0)}
     assert manifest["packages"] == list(info.packages) and manifest["version"] == info.version
@@ -107,7 +113,7 @@ def test_rebuild_is_byte_identical_and_removes_stale_files(artifact: tuple[Path,
 def test_default_config_loads_from_inside_the_zip(artifact: tuple[Path, dict], isolated_python: Path) -> None:
     dist, manifest = artifact
     code = (
-        "import lambda_core.config as c; s = c.load_settings(); "
+        "import lambda_pipeline.core.config as c; s = c.load_settings(); "
         "print(c.__file__); print(s.pipeline, s.spark.master, s.batch.interval)"
     )
     result = subprocess.run(
@@ -119,7 +125,7 @@ def test_default_config_loads_from_inside_the_zip(artifact: tuple[Path, dict], i
     )
     assert result.returncode == 0, result.stderr
     where, values = result.stdout.splitlines()
-    assert where == str(dist / manifest["zip"] / "lambda_core" / "config.py")
+    assert where == str(dist / manifest["zip"] / "lambda_pipeline" / "core" / "config.py")
     expected = load_settings(ROOT / "conf" / "local.yaml")
     assert values == f"{expected.pipeline} {expected.spark.master} {expected.batch.interval}"
 
@@ -128,7 +134,7 @@ def _delta_jars(coordinate: str) -> list[str]:
     """``--jars`` with the jar paths the session factory resolved before (no Ivy run per submit), else
     ``--packages``, as on a cluster."""
     try:
-        from lambda_core.session import _cached_jars, required_packages
+        from lambda_pipeline.core.session import _cached_jars, required_packages
 
         jars = _cached_jars(required_packages())
     except ImportError:  # the factory's cache changed shape: resolve like a cluster does
@@ -139,7 +145,7 @@ def _delta_jars(coordinate: str) -> list[str]:
 def _spark_submit(dist: Path, python: Path, job: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     import pyspark
 
-    from lambda_core.session import DELTA_COORDINATE
+    from lambda_pipeline.core.session import DELTA_COORDINATE
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYSPARK_SUBMIT_ARGS")}
     env.update(SPARK_HOME=str(Path(pyspark.__file__).parent), PYSPARK_PYTHON=str(python))
@@ -163,15 +169,15 @@ def _spark_submit(dist: Path, python: Path, job: str, *args: str, cwd: Path) -> 
 def test_spark_submit_runs_the_pipeline_from_the_artifact_alone(
     artifact: tuple[Path, dict], isolated_python: Path, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    from pipelines.clickstream import CLICKSTREAM
-    from pipelines.generator import ClickstreamGenerator
-    from serving_layer.catalog import ServingLayer
+    from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
+    from lambda_pipeline.pipelines.generator import ClickstreamGenerator
+    from lambda_pipeline.serving_layer.catalog import ServingLayer
     from tests.helpers import assert_same_view, by_key, recompute
 
     dist, manifest = artifact
     workdir = tmp_path / "work"
     settings = load_settings(None)
-    from lambda_core.tables import Locations
+    from lambda_pipeline.core.tables import Locations
 
     locations = Locations.create(settings, workdir)
     locations.ensure_local_dirs()
@@ -184,7 +190,9 @@ def test_spark_submit_runs_the_pipeline_from_the_artifact_alone(
         assert result.returncode == 0, f"{job}: {result.stderr[-3000:]}"
         # The driver imported the project from the zip on --py-files, nothing else (spark-submit merges the
         # Python driver's stderr into its stdout).
-        assert f"PROBE lambda_core from {dist / manifest['zip'] / 'lambda_core' / '__init__.py'}" in result.stdout
+        assert (
+            f"PROBE lambda_pipeline from {dist / manifest['zip'] / 'lambda_pipeline' / '__init__.py'}" in result.stdout
+        )
         print(f"{job} {' '.join(args)}: {time.perf_counter() - started:.1f}s")
         return result.stdout
 
@@ -223,7 +231,8 @@ def test_packed_env_runs_the_dependencies_without_pyspark_or_the_project(tmp_pat
     code = (
         # delta's Python half is there but imports pyspark, which spark-submit adds from SPARK_HOME.
         "import sys, importlib.util as u; import pydantic_core, yaml, confluent_kafka; "
-        "print(sys.prefix); print(u.find_spec('delta') is not None, u.find_spec('pyspark'), u.find_spec('lambda_core'))"
+        "print(sys.prefix); "
+        "print(u.find_spec('delta') is not None, u.find_spec('pyspark'), u.find_spec('lambda_pipeline'))"
     )
     result = subprocess.run(
         [str(tmp_path / "env" / "bin" / "python"), "-c", code],

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args],
+        [sys.executable, "-m", "lambda_pipeline.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -60,7 +60,7 @@ def test_demo_runs_end_to_end_and_reruns(tmp_path: Path) -> None:
 def test_spark_submit_entry_file_reads_what_the_cli_wrote(tmp_path: Path) -> None:
     import pyspark
 
-    from lambda_core.session import DELTA_COORDINATE
+    from lambda_pipeline.core.session import DELTA_COORDINATE
 
     workdir = tmp_path / "demo"
     assert run_cli("demo", "--events", "200", "--seed", "8", "--workdir", str(workdir)).returncode == 0

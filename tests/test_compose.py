@@ -20,11 +20,12 @@ from typing import Any
 import pytest
 import yaml
 
-from lambda_core.config import ENVIRONMENT_VARIABLES, load_settings
-from lambda_core.errors import ConfigError
-from lambda_core.tables import Locations
-from pipelines.cli import build_parser
-from pipelines.registry import get_pipeline
+from lambda_pipeline.cli.main import build_parser
+from lambda_pipeline.core.config import ENVIRONMENT_VARIABLES, load_settings
+from lambda_pipeline.core.errors import ConfigError
+from lambda_pipeline.core.tables import Locations
+from lambda_pipeline.deploy.artifact import read_project
+from lambda_pipeline.pipelines.registry import get_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -32,12 +33,12 @@ DOCKERFILE = ROOT / "Dockerfile"
 SCHEMA = Path(__file__).parent / "data" / "compose-spec.json"
 APP_IMAGE = "lambda-pipeline:local"
 # The packages whose code the containers run: where an environment variable must actually be read.
-SOURCE_DIRS = ("lambda_core", "ingestion", "batch_layer", "speed_layer", "serving_layer", "pipelines", "local_services")
+SOURCE_DIRS = ("lambda_pipeline", "batch_layer", "speed_layer", "serving_layer", "pipelines")
 
 # Variables set for the application's containers that the project does not read itself: each one is read
 # by a documented third-party program, named here with the reason.
 THIRD_PARTY_VARIABLES = {
-    "JAVA_HOME": "Spark's launch scripts and lambda_core.session.check_java find Java through it",
+    "JAVA_HOME": "Spark's launch scripts and lambda_pipeline.core.session.check_java find Java through it",
     "PYSPARK_PYTHON": "PySpark: the Python that executors on the Spark worker start for Python code",
     "PYTHONUNBUFFERED": "CPython: progress lines reach 'docker compose logs' at once",
     "PIP_NO_CACHE_DIR": "pip, at build time only: no wheel cache left in the image",
@@ -311,7 +312,7 @@ def test_settings_come_from_the_environment(tmp_path: Path) -> None:
 
 
 def test_the_cli_takes_its_defaults_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipelines.cli import Context
+    from lambda_pipeline.cli.context import Context
 
     monkeypatch.setenv("LAMBDA_PIPELINE_CONFIG", str(ROOT / "conf" / "docker.yaml"))
     monkeypatch.setenv("LAMBDA_PIPELINE_WORKDIR", str(tmp_path / "from-env"))
@@ -415,13 +416,14 @@ def test_the_dockerfile_builds_from_official_images_and_existing_files() -> None
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     needed = ["pyproject.toml", project["project"]["readme"], "conf/docker.yaml"]
-    needed += [package.replace(".", "/") + "/__init__.py" for package in project["tool"]["setuptools"]["packages"]]
+    info = read_project(ROOT)
+    needed += [(info.folder(ROOT, package) / "__init__.py").relative_to(ROOT).as_posix() for package in info.packages]
     assert [path for path in needed if not (ROOT / path).is_file() or _docker_ignored(path)] == []
     assert _docker_ignored(".venv") and _docker_ignored("lambda-work") and _docker_ignored("pipelines/__pycache__")
 
 
 def test_the_jar_prefetch_calls_the_session_factory_that_exists(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The build resolves the JVM packages through lambda_core.session: a rename must break this test,
+    """The build resolves the JVM packages through lambda_pipeline.core.session: a rename must break this test,
     not the image build on someone else's machine. And it must resolve what the jobs ask for, or every
     container would resolve again at start."""
     runs = [args for op, args in _dockerfile() if op == "RUN" and "python -c" in args and "get_spark" in args]
@@ -431,16 +433,16 @@ def test_the_jar_prefetch_calls_the_session_factory_that_exists(monkeypatch: pyt
     imported = [
         (node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names
     ]
-    assert ("lambda_core.session", "get_spark") in imported
+    assert ("lambda_pipeline.core.session", "get_spark") in imported
     for module, name in imported:
         assert hasattr(importlib.import_module(str(module)), name), f"{module}.{name}"
     (call,) = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "get_spark"]
     (packages,) = [k.value for k in call.keywords if k.arg == "packages"]
     assert isinstance(packages, ast.Tuple)
-    session = importlib.import_module("lambda_core.session")
+    session = importlib.import_module("lambda_pipeline.core.session")
     prefetched = tuple(getattr(session, element.id) for element in packages.elts if isinstance(element, ast.Name))
 
-    from pipelines.cli import Context
+    from lambda_pipeline.cli.context import Context
 
     for name, value in _environment(_compose()["services"]["ingest"]).items():
         monkeypatch.setenv(name, value)

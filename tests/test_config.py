@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from lambda_core.config import DEFAULT_CONFIG, duration_seconds, load_settings
-from lambda_core.errors import ConfigError
+from lambda_pipeline.core.config import DEFAULT_CONFIG, duration_seconds, load_settings
+from lambda_pipeline.core.errors import ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:

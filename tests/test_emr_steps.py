@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from lambda_core.config import load_settings
-from pipelines.artifact import build_artifact
-from pipelines.cli import build_parser
-from pipelines.emr_steps import GLUE_FACTORY, rate_expression
+from lambda_pipeline.cli.main import build_parser
+from lambda_pipeline.core.config import load_settings
+from lambda_pipeline.deploy.artifact import build_artifact
+from lambda_pipeline.deploy.emr_steps import GLUE_FACTORY, rate_expression
 
 ROOT = Path(__file__).resolve().parents[1]
 EMR_CONF = ROOT / "conf" / "emr.yaml"
@@ -31,7 +31,7 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def emr_steps(*args: str, dist: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "emr-steps", "--dist", str(dist), *args],
+        [sys.executable, "-m", "lambda_pipeline.cli", "emr-steps", "--dist", str(dist), *args],
         capture_output=True,
         text=True,
         timeout=120,

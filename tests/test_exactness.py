@@ -13,13 +13,13 @@ import time
 
 import pytest
 
-from batch_layer.job import run_batch
-from ingestion.job import start_ingest
-from lambda_core.streaming import stop_between_batches
-from pipelines.clickstream import CLICKSTREAM
-from pipelines.generator import ClickstreamGenerator
-from serving_layer.catalog import ServingLayer
-from speed_layer.job import start_speed
+from lambda_pipeline.batch_layer.job import run_batch
+from lambda_pipeline.core.streaming import stop_between_batches
+from lambda_pipeline.ingestion.job import start_ingest
+from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
+from lambda_pipeline.pipelines.generator import ClickstreamGenerator
+from lambda_pipeline.serving_layer.catalog import ServingLayer
+from lambda_pipeline.speed_layer.job import start_speed
 from tests.helpers import assert_same_view, by_key, recompute
 
 pytestmark = pytest.mark.integration

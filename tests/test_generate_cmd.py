@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from local_services.kafka_broker import KafkaBroker
-from pipelines.cli import main
+from lambda_pipeline.cli.main import main
+from lambda_pipeline.local_services.kafka_broker import KafkaBroker
 
 
 def test_generate_to_files_writes_the_rate_it_was_given(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

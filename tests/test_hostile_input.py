@@ -8,11 +8,11 @@ from datetime import datetime, timedelta, timezone
 
 from pyspark.sql import functions as F
 
-from ingestion.job import parse_events
-from ingestion.sources import decode_messages
-from lambda_core.config import EventTimePolicy
-from pipelines.clickstream import CLICKS
-from pipelines.generator import HOSTILE_KINDS, ClickstreamGenerator
+from lambda_pipeline.core.config import EventTimePolicy
+from lambda_pipeline.ingestion.job import parse_events
+from lambda_pipeline.ingestion.sources import decode_messages
+from lambda_pipeline.pipelines.clickstream import CLICKS
+from lambda_pipeline.pipelines.generator import HOSTILE_KINDS, ClickstreamGenerator
 
 KAFKA_SCHEMA = "value binary, topic string, partition int, offset long"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lambda_core import session
+from lambda_pipeline.core import session
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,8 +41,8 @@ def test_a_manifest_is_trusted_only_while_every_jar_has_its_recorded_size(tmp_pa
 _PROBE = textwrap.dedent(
     """
     import sys
-    from lambda_core.config import SparkSettings
-    from lambda_core.session import KAFKA_COORDINATE, get_spark
+    from lambda_pipeline.core.config import SparkSettings
+    from lambda_pipeline.core.session import KAFKA_COORDINATE, get_spark
     spark = get_spark(
         SparkSettings(master="local[1]", shuffle_partitions=1, conf={"spark.ui.enabled": "false",
                       "spark.jars.ivy": sys.argv[1]}),

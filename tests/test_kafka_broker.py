@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from lambda_core.errors import EnvironmentProblem
-from local_services.kafka_broker import MESSAGE_MAX_BYTES, KafkaBroker, free_port, offsets
+from lambda_pipeline.core.errors import EnvironmentProblem
+from lambda_pipeline.local_services.kafka_broker import MESSAGE_MAX_BYTES, KafkaBroker, free_port, offsets
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["tests.kafka_support"]  # harmless if conftest registers it too
@@ -137,7 +137,7 @@ def test_a_stale_pid_file_is_not_trusted(tmp_path: Path) -> None:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args],
+        [sys.executable, "-m", "lambda_pipeline.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,

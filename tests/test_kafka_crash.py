@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.crash_check import crash_run
+from tests.crash_check import crash_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.crash]
 

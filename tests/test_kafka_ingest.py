@@ -9,18 +9,18 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from batch_layer.job import run_batch
-from ingestion.job import start_ingest
-from lambda_core.config import Settings, load_settings
-from lambda_core.errors import DataLossError
-from lambda_core.streaming import stop_between_batches
-from lambda_core.tables import Locations
-from local_services.kafka_broker import delete_records, offsets
-from pipelines.clickstream import CLICKSTREAM
-from pipelines.generator import HOSTILE_KINDS, ClickstreamGenerator
-from pipelines.kafka_producer import KafkaEventProducer
-from serving_layer.catalog import ServingLayer
-from speed_layer.job import start_speed
+from lambda_pipeline.batch_layer.job import run_batch
+from lambda_pipeline.core.config import Settings, load_settings
+from lambda_pipeline.core.errors import DataLossError
+from lambda_pipeline.core.streaming import stop_between_batches
+from lambda_pipeline.core.tables import Locations
+from lambda_pipeline.ingestion.job import start_ingest
+from lambda_pipeline.local_services.kafka_broker import delete_records, offsets
+from lambda_pipeline.local_services.kafka_producer import KafkaEventProducer
+from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
+from lambda_pipeline.pipelines.generator import HOSTILE_KINDS, ClickstreamGenerator
+from lambda_pipeline.serving_layer.catalog import ServingLayer
+from lambda_pipeline.speed_layer.job import start_speed
 from tests.helpers import assert_same_view, by_key, recompute
 
 pytestmark = pytest.mark.integration

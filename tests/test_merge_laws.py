@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lambda_core.views import (
+from lambda_pipeline.core.views import (
     TumblingWindow,
     View,
     approx_distinct,
@@ -23,7 +23,7 @@ from lambda_core.views import (
     min_of,
     sum_of,
 )
-from pipelines.clickstream import CLICKS
+from lambda_pipeline.pipelines.clickstream import CLICKS
 
 VIEW = View(
     "laws",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from chispa import assert_df_equality
 
-from lambda_core.streaming import CheckpointAppId, OnceAppender, last_marked_batch
+from lambda_pipeline.core.streaming import CheckpointAppId, OnceAppender, last_marked_batch
 
 
 def _checkpoint(tmp_path: Path, query_id: str) -> str:

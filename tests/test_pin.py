@@ -8,15 +8,15 @@ import time
 
 import pytest
 
-from batch_layer.job import publish, run_batch, stage_batch
-from ingestion.job import start_ingest
-from lambda_core.pipeline import Pipeline
-from lambda_core.views import TumblingWindow, View, count, max_of
-from pipelines.cli import main
-from pipelines.clickstream import CLICKS, CLICKSTREAM, PAGE_ACTIVITY
-from pipelines.generator import ClickstreamGenerator
-from serving_layer.catalog import Pin, ServingLayer
-from speed_layer.job import start_speed
+from lambda_pipeline.batch_layer.job import publish, run_batch, stage_batch
+from lambda_pipeline.cli.main import main
+from lambda_pipeline.core.pipeline import Pipeline
+from lambda_pipeline.core.views import TumblingWindow, View, count, max_of
+from lambda_pipeline.ingestion.job import start_ingest
+from lambda_pipeline.pipelines.clickstream import CLICKS, CLICKSTREAM, PAGE_ACTIVITY
+from lambda_pipeline.pipelines.generator import ClickstreamGenerator
+from lambda_pipeline.serving_layer.catalog import Pin, ServingLayer
+from lambda_pipeline.speed_layer.job import start_speed
 
 pytestmark = pytest.mark.integration
 

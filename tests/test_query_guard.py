@@ -19,17 +19,17 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-from batch_layer.job import run_batch
-from ingestion.job import start_ingest
-from lambda_core.config import load_settings
-from lambda_core.errors import ReadOnlyViolation
-from lambda_core.tables import Locations, table_version
-from pipelines.cli import main
-from pipelines.clickstream import CLICKSTREAM
-from pipelines.generator import ClickstreamGenerator
-from serving_layer.catalog import ServingLayer, check_read_only
-from serving_layer.guard import ACCEPTED, FUNCTIONS
-from speed_layer.job import start_speed
+from lambda_pipeline.batch_layer.job import run_batch
+from lambda_pipeline.cli.main import main
+from lambda_pipeline.core.config import load_settings
+from lambda_pipeline.core.errors import ReadOnlyViolation
+from lambda_pipeline.core.tables import Locations, table_version
+from lambda_pipeline.ingestion.job import start_ingest
+from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
+from lambda_pipeline.pipelines.generator import ClickstreamGenerator
+from lambda_pipeline.serving_layer.catalog import ServingLayer, check_read_only
+from lambda_pipeline.serving_layer.guard import ACCEPTED, FUNCTIONS
+from lambda_pipeline.speed_layer.job import start_speed
 
 SECRET_FILE_MARKER = "guard-test-secret-7f3a"
 """Written into a file outside the warehouse: it must never appear in any output."""
@@ -404,7 +404,7 @@ def test_guard_messages_are_one_clear_line(spark) -> None:
 
 
 def test_resolved_check_refuses_a_relation_that_is_not_pinned(spark, workdir) -> None:
-    from serving_layer.guard import check_resolved
+    from lambda_pipeline.serving_layer.guard import check_resolved
 
     serving = ServingLayer(spark, CLICKSTREAM, workdir)
     pinned = serving.relation("batch", "page_activity")._jdf.queryExecution().analyzed()

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 from chispa import assert_df_equality
 
-from batch_layer.job import publish, run_batch, stage_batch
-from ingestion.job import start_ingest
-from lambda_core.tables import latest_coverage, latest_version
-from pipelines.clickstream import CLICKSTREAM
-from pipelines.generator import ClickstreamGenerator
-from serving_layer.catalog import ServingLayer
-from speed_layer.job import start_speed
+from lambda_pipeline.batch_layer.job import publish, run_batch, stage_batch
+from lambda_pipeline.core.tables import latest_coverage, latest_version
+from lambda_pipeline.ingestion.job import start_ingest
+from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
+from lambda_pipeline.pipelines.generator import ClickstreamGenerator
+from lambda_pipeline.serving_layer.catalog import ServingLayer
+from lambda_pipeline.speed_layer.job import start_speed
 from tests.helpers import assert_same_view, by_key, recompute
 
 pytestmark = pytest.mark.integration

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from lambda_core.config import S3Settings, load_settings
-from lambda_core.errors import ConfigError, EnvironmentProblem
-from lambda_core.tables import Locations
-from local_services.s3_server import S3Server, free_port
-from pipelines.cli import Context
-from pipelines.clickstream import CLICKSTREAM
+from lambda_pipeline.cli.context import Context
+from lambda_pipeline.core.config import S3Settings, load_settings
+from lambda_pipeline.core.errors import ConfigError, EnvironmentProblem
+from lambda_pipeline.core.tables import Locations
+from lambda_pipeline.local_services.s3_server import S3Server, free_port
+from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from tests.helpers import assert_same_view, by_key, recompute
 
 
@@ -108,7 +108,7 @@ def test_s3_server_starts_refuses_a_taken_port_and_stops(tmp_path: Path) -> None
 
 
 def test_s3_cli_verb_status_and_refusal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from pipelines.cli import main
+    from lambda_pipeline.cli.main import main
 
     state = tmp_path / "state"
     assert main(["s3", "status", "--dir", str(state), "--port", str(free_port())]) == 1
@@ -120,11 +120,11 @@ def test_s3_cli_verb_status_and_refusal(tmp_path: Path, capsys: pytest.CaptureFi
 def test_pipeline_on_s3_is_exact_and_stays_in_the_bucket(
     spark, s3_server: S3Server, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from batch_layer.job import run_batch
-    from ingestion.job import start_ingest
-    from pipelines.generator import ClickstreamGenerator
-    from serving_layer.catalog import ServingLayer
-    from speed_layer.job import start_speed
+    from lambda_pipeline.batch_layer.job import run_batch
+    from lambda_pipeline.ingestion.job import start_ingest
+    from lambda_pipeline.pipelines.generator import ClickstreamGenerator
+    from lambda_pipeline.serving_layer.catalog import ServingLayer
+    from lambda_pipeline.speed_layer.job import start_speed
 
     monkeypatch.chdir(tmp_path)  # anything written to local disk by mistake would show up here
     settings = load_settings(None, ["speed.compact_every=0"])

@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from batch_layer.job import run_batch
-from ingestion.job import start_ingest
-from lambda_core.errors import LambdaError, ReadOnlyViolation
-from pipelines.cli import main
-from pipelines.clickstream import CLICKSTREAM
-from pipelines.generator import ClickstreamGenerator
-from serving_layer.catalog import ServingLayer, check_read_only
-from speed_layer.job import start_speed
+from lambda_pipeline.batch_layer.job import run_batch
+from lambda_pipeline.cli.main import main
+from lambda_pipeline.core.errors import LambdaError, ReadOnlyViolation
+from lambda_pipeline.ingestion.job import start_ingest
+from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
+from lambda_pipeline.pipelines.generator import ClickstreamGenerator
+from lambda_pipeline.serving_layer.catalog import ServingLayer, check_read_only
+from lambda_pipeline.speed_layer.job import start_speed
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import types as T
 
-from lambda_core.errors import ViewDefinitionError
-from lambda_core.views import (
+from lambda_pipeline.core.errors import ViewDefinitionError
+from lambda_pipeline.core.views import (
     INGEST_TAG,
     INGESTED_AT_MAX,
     TumblingWindow,
@@ -20,7 +20,7 @@ from lambda_core.views import (
     max_of,
     sum_of,
 )
-from pipelines.clickstream import CLICKS, PAGE_ACTIVITY
+from lambda_pipeline.pipelines.clickstream import CLICKS, PAGE_ACTIVITY
 
 MINUTE = TumblingWindow("event_time", "1 minute")
 

@@ -2,7 +2,7 @@
 
 import sys
 
-from pipelines.cli import main
+from lambda_pipeline.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["speed", *sys.argv[1:]]))

@@ -1,0 +1,58 @@
+"""What every verb of the command line shares: validated settings, locations, the pipeline, and Spark.
+
+Its own module so that the verbs' modules import it without importing the parser that imports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from lambda_pipeline.core.config import Settings, load_settings
+from lambda_pipeline.core.pipeline import Pipeline
+from lambda_pipeline.core.tables import Locations
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+__all__ = ["Context"]
+
+
+@dataclass
+class Context:
+    """What every verb needs: validated settings, locations, the pipeline, and (lazily) Spark."""
+
+    settings: Settings
+    locations: Locations
+    pipeline: Pipeline
+    _spark: SparkSession | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Context:
+        from lambda_pipeline.pipelines.registry import get_pipeline
+
+        settings = load_settings(args.config, args.overrides)
+        return cls(
+            settings,
+            Locations.create(settings, args.workdir),
+            get_pipeline(settings.pipeline, str(args.config or "config")),
+        )
+
+    @property
+    def jvm_packages(self) -> tuple[str, ...]:
+        """Maven packages beyond Delta: the Kafka connector for a Kafka source, hadoop-aws for ``s3a://``."""
+        from lambda_pipeline.core.session import KAFKA_COORDINATE, hadoop_aws_coordinate
+
+        kafka = (KAFKA_COORDINATE,) if self.settings.ingest.source == "kafka" else ()
+        return kafka + ((hadoop_aws_coordinate(),) if self.locations.needs_s3a else ())
+
+    @property
+    def spark(self) -> SparkSession:
+        if self._spark is None:
+            from lambda_pipeline.core.session import get_spark
+
+            # The s3 section as fs.s3a.* settings; an explicit spark.conf entry of the same name wins.
+            s3a = {k: v for k, v in self.settings.s3.spark_conf().items() if k not in self.settings.spark.conf}
+            self._spark = get_spark(self.settings.spark, packages=self.jvm_packages, extra_conf=s3a)
+        return self._spark

@@ -1,0 +1,148 @@
+"""The demo: generator -> ingest -> batch -> more events -> ingest -> speed -> merged query.
+
+With ``--source kafka`` the generator produces to a topic of the project's own
+broker on 127.0.0.1 (started for the demo and stopped after it, unless one was
+already running), including the message kinds only a broker carries.
+
+The second wave of events is ingested after the batch ran, so the speed layer
+alone covers it and the merge is visible in the layer shares printed at the end.
+Re-running on the same work directory adds new events on top of the old ones.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lambda_pipeline.pipelines.generator import ClickstreamGenerator
+
+if TYPE_CHECKING:
+    from lambda_pipeline.cli.context import Context
+
+__all__ = ["run_demo"]
+
+
+class _Steps:
+    def __init__(self, total: int) -> None:
+        self.total, self.n, self.t0 = total, 0, time.perf_counter()
+
+    def __call__(self, text: str) -> None:
+        self.n += 1
+        print(f"[{self.n}/{self.total}] {text}  (+{time.perf_counter() - self.t0:.1f}s)", flush=True)
+
+
+def run_demo(ctx: Context, *, events: int, seed: int | None = None) -> None:
+    from lambda_pipeline.batch_layer.job import run_batch
+    from lambda_pipeline.ingestion.job import start_ingest
+    from lambda_pipeline.serving_layer.catalog import ServingLayer
+    from lambda_pipeline.speed_layer.job import start_speed
+
+    if events < 10:
+        raise ValueError("--events must be at least 10")
+    kafka = ctx.settings.ingest.source == "kafka"
+    step = _Steps(9 if kafka else 8)
+    loc = ctx.locations
+    loc.ensure_local_dirs()
+    seed = seed if seed is not None else time.time_ns() % 1_000_000_007
+    generator = ClickstreamGenerator(seed)
+    first_wave, second_wave = events * 4 // 5, events - events * 4 // 5
+
+    broker = None
+    if kafka:
+        broker = _local_broker(ctx)
+        step(f"Kafka broker {ctx.settings.ingest.kafka.bootstrap_servers}, topic {ctx.settings.ingest.kafka.topic}")
+    step(f"work directory {loc.workdir}; starting Spark")
+    spark = ctx.spark
+    try:
+        malformed = _send(ctx, generator, first_wave, "first")
+        step(f"generated the first wave ({first_wave} events, {sum(malformed.values())} bad or repeated)")
+        start_ingest(spark, ctx.pipeline, ctx.settings, loc, once=True).awaitTermination()
+        step("ingested the first wave into the master dataset")
+        coverage, _ = run_batch(spark, ctx.pipeline, loc)
+        step(f"batch layer published coverage = master version {coverage.master_version}")
+
+        malformed += _send(ctx, generator, second_wave, "second")
+        start_ingest(spark, ctx.pipeline, ctx.settings, loc, once=True).awaitTermination()
+        step(f"generated and ingested a second wave of {second_wave} events (after the batch)")
+        start_speed(spark, ctx.pipeline, ctx.settings, loc, once=True).awaitTermination()
+        step("speed layer caught up with the uncovered commits")
+
+        serving = ServingLayer(spark, ctx.pipeline, loc)
+        serving.refresh()
+        step("serving layer pinned: serving.*, batch.*, speed.*, master.* at one consistent set of versions")
+        _report(ctx, serving, malformed)
+    finally:
+        if broker is not None:
+            broker.stop()
+            print(f"stopped the demo's Kafka broker (its data stays in {broker.base_dir})")
+
+
+def _local_broker(ctx: Context):
+    """Start the project's broker for the demo when the config points at loopback and none answers."""
+    from lambda_pipeline.local_services.kafka_broker import KafkaBroker, create_topic
+
+    kafka = ctx.settings.ingest.kafka
+    host, _, port = kafka.bootstrap_servers.split(",")[0].rpartition(":")
+    if host not in ("127.0.0.1", "localhost"):
+        create_topic(kafka.bootstrap_servers, str(kafka.topic), kafka.partitions)
+        return None  # a real cluster: use it as it is
+    broker = KafkaBroker(Path(ctx.locations.workdir) / "kafka", port=int(port))
+    if broker.status().running:
+        broker = None  # started by 'lambda-pipeline kafka start': leave it running
+    else:
+        broker.start()
+    create_topic(kafka.bootstrap_servers, str(kafka.topic), kafka.partitions)
+    return broker
+
+
+def _send(ctx: Context, generator: ClickstreamGenerator, events: int, wave: str) -> Counter[str]:
+    """One wave of events into the landing folder or the topic; the bad lines by kind."""
+    if ctx.settings.ingest.source != "kafka":
+        written = generator.write(ctx.locations.landing, events, files=4 if wave == "first" else 2, spark=ctx.spark)
+        return sum((f.malformed for f in written), Counter()) + Counter(duplicate=sum(f.duplicates for f in written))
+    from lambda_pipeline.local_services.kafka_producer import KafkaEventProducer
+
+    producer = KafkaEventProducer(ctx.settings.ingest.kafka)
+    sent = producer.produce(generator, events, hostile_fraction=0.01)
+    producer.close()
+    return sent.malformed + sent.hostile + Counter(duplicate=sent.duplicates)
+
+
+def _report(ctx: Context, serving, malformed: Counter[str]) -> None:
+    def sql(statement: str):  # every report query reads the one pin taken above
+        return serving.query(statement, refresh=False)
+
+    tables = ctx.settings.tables
+    print("\nserving.page_activity (newest windows first):")
+    sql(
+        "SELECT page, window_start, events, total_duration_ms, max_duration_ms, unique_users "
+        "FROM serving.page_activity ORDER BY window_start DESC, events DESC"
+    ).show(15, truncate=False)
+    share = sql(
+        "SELECT (SELECT coalesce(sum(events), 0) FROM batch.page_activity) AS batch_events, "
+        "(SELECT coalesce(sum(events), 0) FROM speed.page_activity) AS speed_events, "
+        "(SELECT coalesce(sum(events), 0) FROM serving.page_activity) AS serving_events, "
+        f"(SELECT count(*) FROM master.{tables.master}) AS master_rows, "
+        f"(SELECT count(*) FROM master.{tables.quarantine}) AS quarantined"
+    ).first()
+    print("events each layer contributed to serving.page_activity:")
+    print(f"  batch layer : {share.batch_events:>9}")
+    print(f"  speed layer : {share.speed_events:>9}  (ingested after the last batch)")
+    print(f"  merged      : {share.serving_events:>9}  (= batch + speed, each event once)")
+    print(f"master rows {share.master_rows}, quarantined lines {share.quarantined}:")
+    sql(
+        f"SELECT regexp_extract(reason, '^[a-z_0-9]+', 0) AS reason, count(*) AS lines "
+        f"FROM master.{tables.quarantine} GROUP BY 1 ORDER BY 2 DESC"
+    ).show(truncate=False)
+    prov = serving.provenance("page_activity")
+    lag = "n/a" if prov.freshness_lag_seconds is None else f"{prov.freshness_lag_seconds:.1f}s"
+    print(
+        f"provenance: batch covers master versions <= {prov.covered_master_version}; speed tags "
+        f"{prov.uncovered_tags}; newest ingested at {prov.newest_ingested_at}; "
+        f"freshness lag {lag}"
+    )
+    print(
+        f'\nTry: lambda-pipeline query "SELECT * FROM serving.page_activity LIMIT 5" --workdir {ctx.locations.workdir}'
+    )

@@ -1,0 +1,283 @@
+"""``lambda-pipeline``: ingest | batch | speed | query | demo, one config and work directory for all.
+
+Thin on purpose: parse arguments, load the config, call a function of a layer.
+Errors a user can fix print as one line and exit non-zero; no stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from lambda_pipeline.cli.context import Context
+from lambda_pipeline.cli.generate import add_generate_parser, run_generate
+from lambda_pipeline.cli.kafka import add_kafka_parser, run_kafka
+from lambda_pipeline.cli.s3 import add_s3_parser, run_s3
+from lambda_pipeline.core.config import duration_seconds
+from lambda_pipeline.core.errors import LambdaError
+from lambda_pipeline.deploy.artifact import add_package_parser, run_package
+from lambda_pipeline.deploy.emr_steps import add_emr_steps_parser, run_emr_steps
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+__all__ = ["build_parser", "main"]
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file (default: $LAMBDA_PIPELINE_CONFIG, else conf/local.yaml)")
+    parser.add_argument(
+        "--workdir",
+        help="root of tables, checkpoints and landing folder (default: $LAMBDA_PIPELINE_WORKDIR, else 'workdir')",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set speed.trigger='2 seconds' (repeatable)",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ivy's resolution report and Spark's own log lines too (jobs: LAMBDA_PIPELINE_VERBOSE=1)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lambda-pipeline", description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    ingest = verbs.add_parser("ingest", help="stream the landing folder or Kafka topic into the master dataset")
+    ingest.add_argument("--once", action="store_true", help="ingest what is there now, then stop")
+    ingest.add_argument(
+        "--accept-data-loss",
+        action="store_true",
+        help="resume although Kafka offsets ingest still needed aged out (the loss is recorded in quarantine)",
+    )
+    speed = verbs.add_parser("speed", help="maintain the speed layer's partials for uncovered events")
+    speed.add_argument("--once", action="store_true", help="catch up with the master table, then stop")
+    batch = verbs.add_parser("batch", help="recompute and publish the batch views")
+    batch.add_argument(
+        "--every",
+        nargs="?",
+        const="config",
+        metavar="DURATION",
+        help="run repeatedly; without a value, every batch.interval of the config",
+    )
+    batch.add_argument("--force", action="store_true", help="recompute even if master has not changed")
+    query = verbs.add_parser("query", help="read-only SQL over serving.*, batch.*, speed.*, master.*")
+    query.add_argument("sql", help='e.g. "SELECT * FROM serving.page_activity ORDER BY window_start DESC"')
+    query.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    query.add_argument("--limit", type=int, default=1000, help="rows to print at most (default 1000)")
+    query.add_argument(
+        "--provenance",
+        action="store_true",
+        help="also print, on stderr, the pin (every table version read) and each view's freshness",
+    )
+    query.add_argument(
+        "--as-of",
+        metavar="PUBLICATION",
+        help="answer at an earlier batch publication (its run id, or a unique prefix, as 'batch' prints it)",
+    )
+    demo = verbs.add_parser("demo", help="generator -> ingest -> batch -> speed -> merged query")
+    demo.add_argument("--events", type=int, default=20_000, help="valid events to generate (default 20000)")
+    demo.add_argument("--seed", type=int, default=None, help="generator seed (default: new each run)")
+    demo.add_argument(
+        "--source",
+        choices=("files", "kafka"),
+        default=None,
+        help="files: the landing folder; kafka: a local broker on 127.0.0.1 (started if needed) (default: config)",
+    )
+    kafka = add_kafka_parser(verbs)
+    s3 = add_s3_parser(verbs)
+    generate = add_generate_parser(verbs)
+    add_package_parser(verbs)  # no --config: one artifact serves every config
+    emr_steps = add_emr_steps_parser(verbs)
+    for sub in (ingest, speed, batch, query, demo, kafka, emr_steps, generate, s3):
+        _common(sub)
+    return parser
+
+
+def _print_frame(frame: DataFrame, fmt: str, limit: int) -> int:
+    rows = frame.limit(limit + 1).collect()
+    shown = rows[:limit]
+    columns = frame.columns
+    if fmt == "json":
+        for row in shown:
+            print(json.dumps(row.asDict(recursive=True), default=str))
+    elif fmt == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows([[("" if v is None else v) for v in row] for row in shown])
+    else:
+        cells = [[("NULL" if v is None else str(v)) for v in row] for row in shown]
+        widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+        line = "+".join("-" * (w + 2) for w in widths)
+        print(" | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+        print(line)
+        for r in cells:
+            print(" | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+        if len(rows) > limit:
+            print(f"... (more than {limit} rows; use --limit)")
+    return len(shown)
+
+
+def _cmd_ingest(ctx: Context, args: argparse.Namespace) -> int:
+    from lambda_pipeline.core.streaming import run_until_stopped
+    from lambda_pipeline.ingestion.job import start_ingest
+
+    settings = ctx.settings
+    query = start_ingest(
+        ctx.spark, ctx.pipeline, settings, ctx.locations, once=args.once, accept_data_loss=args.accept_data_loss
+    )
+    kafka = settings.ingest.kafka
+    origin = (
+        f"kafka {kafka.bootstrap_servers} {kafka.topic or kafka.subscribe_pattern}"
+        if settings.ingest.source == "kafka"
+        else ctx.locations.landing
+    )
+    print(f"ingest: watching {origin} -> {ctx.locations.master}" + (" (once)" if args.once else ""), flush=True)
+    try:
+        run_until_stopped([query], once=args.once)
+    except Exception as exc:
+        from lambda_pipeline.ingestion.data_loss import check_data_loss, is_data_loss_failure
+
+        if settings.ingest.source == "kafka" and is_data_loss_failure(exc):
+            # Offsets aged out while the job ran: report the exact ranges if they can be found.
+            check_data_loss(ctx.spark, kafka, ctx.locations.checkpoint("ingest"), accept=False)
+            raise LambdaError(
+                f"Kafka reported data loss while ingest ran ({str(exc).strip().splitlines()[0]}); "
+                "restart ingest to see the lost ranges, then decide on --accept-data-loss"
+            ) from None
+        raise
+    return 0
+
+
+def _cmd_speed(ctx: Context, args: argparse.Namespace) -> int:
+    from lambda_pipeline.core.streaming import run_until_stopped
+    from lambda_pipeline.speed_layer.job import start_speed
+
+    query = start_speed(ctx.spark, ctx.pipeline, ctx.settings, ctx.locations, once=args.once)
+    print(
+        f"speed: {ctx.locations.master} -> {ctx.locations.warehouse}/speed" + (" (once)" if args.once else ""),
+        flush=True,
+    )
+    run_until_stopped([query], once=args.once)
+    return 0
+
+
+def _cmd_batch(ctx: Context, args: argparse.Namespace) -> int:
+    from lambda_pipeline.batch_layer.job import run_batch
+
+    interval = None
+    if args.every is not None:
+        text = ctx.settings.batch.interval if args.every == "config" else args.every
+        try:
+            interval = duration_seconds(text)
+        except ValueError as exc:
+            raise LambdaError(f"--every: {exc}") from None
+    while True:
+        coverage, staged = run_batch(ctx.spark, ctx.pipeline, ctx.locations, force=args.force)
+        if staged is None:
+            print(f"batch: up to date, coverage = master version {coverage.master_version}")
+        else:
+            print(
+                f"batch: published run {staged.run_id[:8]} covering master version {staged.master_version} "
+                f"({staged.master_events} rows) in {staged.seconds:.1f}s; views {staged.view_versions}"
+            )
+        if interval is None:
+            return 0
+        time.sleep(interval)  # the schedule itself; Ctrl-C stops between runs
+
+
+def _cmd_query(ctx: Context, args: argparse.Namespace) -> int:
+    from lambda_pipeline.serving_layer.catalog import ServingLayer
+
+    serving = ServingLayer(ctx.spark, ctx.pipeline, ctx.locations)
+    answer = serving.answer(args.sql, as_of=args.as_of)
+    _print_frame(answer.frame, args.format, args.limit)
+    if args.provenance:
+        print(json.dumps({"pin": answer.pin.as_dict()}, default=str), file=sys.stderr)
+        read = {name for layer, name in answer.statement.reads if layer != "master"}
+        for view in ctx.pipeline.views:
+            if not read or view.name.lower() in read:
+                provenance = serving.provenance(view.name, answer.pin).as_dict()
+                print(json.dumps({"provenance": provenance}, default=str), file=sys.stderr)
+    return 0
+
+
+def _cmd_demo(ctx: Context, args: argparse.Namespace) -> int:
+    from lambda_pipeline.cli.demo import run_demo
+
+    run_demo(ctx, events=args.events, seed=args.seed)
+    return 0
+
+
+COMMANDS = {
+    "ingest": _cmd_ingest,
+    "speed": _cmd_speed,
+    "batch": _cmd_batch,
+    "query": _cmd_query,
+    "demo": _cmd_demo,
+    "kafka": run_kafka,
+    "s3": run_s3,
+    "generate": run_generate,
+    "emr-steps": lambda ctx, args: run_emr_steps(ctx.settings, args),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "verbose", False):
+        os.environ["LAMBDA_PIPELINE_VERBOSE"] = "1"  # read by the session factory, and by the jobs it starts
+    if getattr(args, "source", None):
+        args.overrides = [*args.overrides, f"ingest.source={args.source}"]
+    try:
+        if args.verb == "package":
+            return run_package(args)
+        ctx = Context.from_args(args)
+        return COMMANDS[args.verb](ctx, args)
+    except LambdaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from pyspark.errors import PySparkException
+
+        if isinstance(exc, PySparkException):
+            first = str(exc).strip().splitlines()[0]
+            print(f"error: Spark refused the request: {first}", file=sys.stderr)
+            return 1
+        s3_problem = _s3_access_problem(exc)
+        if s3_problem:
+            print(f"error: {s3_problem}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _s3_access_problem(exc: BaseException) -> str | None:
+    """One line for S3 refusing the job (no credentials, access denied), instead of a Java stack trace."""
+    text = str(exc)
+    for marker, advice in (
+        ("NoAuthWithAWSException", "export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run with an instance role"),
+        ("AccessDeniedException", "check the credentials' permissions on the bucket (and s3.endpoint)"),
+    ):
+        if marker in text:
+            detail = next((line.strip() for line in text.splitlines() if marker in line), marker)
+            return f"S3 refused the job: {detail[:300]}; {advice} (see docs/s3.md)"
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""Where every table and checkpoint lives, and the record that ties the layers together.
+
+The layers never import each other: they meet here, through table locations,
+the coverage record and the quarantine schema.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from pyspark.sql import types as T
+
+from lambda_pipeline.core.config import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+__all__ = [
+    "COVERAGE_SCHEMA",
+    "QUARANTINE_SCHEMA",
+    "Coverage",
+    "Locations",
+    "ensure_table",
+    "latest_coverage",
+    "latest_version",
+    "sql_path",
+    "table_version",
+]
+
+QUARANTINE_SCHEMA = T.StructType(
+    [
+        T.StructField("raw", T.StringType(), True),
+        T.StructField("source_file", T.StringType(), True),
+        T.StructField("reason", T.StringType(), False),
+        T.StructField("ingest_batch", T.LongType(), False),
+        T.StructField("quarantined_at", T.TimestampType(), False),
+    ]
+)
+
+COVERAGE_SCHEMA = T.StructType(
+    [
+        T.StructField("run_id", T.StringType(), False),
+        T.StructField("master_version", T.LongType(), False),
+        T.StructField("view_versions", T.MapType(T.StringType(), T.LongType(), False), False),
+        T.StructField("master_events", T.LongType(), False),
+        T.StructField("published_at", T.TimestampType(), False),
+    ]
+)
+
+
+def _is_uri(root: str) -> bool:
+    return "://" in root
+
+
+@dataclass(frozen=True)
+class Locations:
+    """Every path of a deployment, derived from the work directory and the config."""
+
+    workdir: str
+    settings: Settings
+
+    @classmethod
+    def create(cls, settings: Settings, workdir: str | Path | None = None) -> Locations:
+        root = str(workdir) if workdir is not None else settings.workdir
+        if not _is_uri(root):
+            root = str(Path(root).expanduser().resolve())
+        return cls(root, settings)
+
+    def _under(self, *parts: str) -> str:
+        first = parts[0]
+        if _is_uri(first) or posixpath.isabs(first):
+            return posixpath.join(*parts)
+        return posixpath.join(self.workdir, *parts)
+
+    @property
+    def landing(self) -> str:
+        return self._under(self.settings.ingest.landing_dir)
+
+    @property
+    def warehouse(self) -> str:
+        return self._under(self.settings.warehouse)
+
+    @property
+    def master(self) -> str:
+        return posixpath.join(self.warehouse, "master", self.settings.tables.master)
+
+    @property
+    def quarantine(self) -> str:
+        return posixpath.join(self.warehouse, "master", self.settings.tables.quarantine)
+
+    @property
+    def coverage(self) -> str:
+        return posixpath.join(self.warehouse, "batch", f"_{self.settings.tables.coverage}")
+
+    def batch_view(self, view: str) -> str:
+        return posixpath.join(self.warehouse, "batch", view)
+
+    def speed_partials(self, view: str) -> str:
+        return posixpath.join(self.warehouse, "speed", view)
+
+    def checkpoint(self, job: str) -> str:
+        return posixpath.join(self._under(self.settings.checkpoints), job)
+
+    @property
+    def roots(self) -> tuple[str, ...]:
+        """Every root a job touches: the work directory, landing folder, warehouse and checkpoints."""
+        return (self.workdir, self.landing, self.warehouse, self._under(self.settings.checkpoints))
+
+    @property
+    def needs_s3a(self) -> bool:
+        """Whether any root is on ``s3a://``, so Spark needs hadoop-aws on its classpath."""
+        return any(root.startswith("s3a://") for root in self.roots)
+
+    def s3a_buckets(self) -> tuple[str, ...]:
+        """The buckets the ``s3a://`` roots name, in order, once each."""
+        buckets = (urlsplit(root).netloc for root in self.roots if root.startswith("s3a://"))
+        return tuple(dict.fromkeys(b for b in buckets if b))
+
+    def ensure_local_dirs(self) -> None:
+        for path in (self.landing, self.warehouse):
+            if not _is_uri(path):
+                Path(path).mkdir(parents=True, exist_ok=True)
+
+    def ensure_dirs(self, spark: SparkSession) -> None:
+        """Like :meth:`ensure_local_dirs`, and URI folders through Hadoop's file system.
+
+        Spark's file stream source refuses a landing folder that does not exist; on S3 a "folder" exists
+        once an object is under it, so an empty landing needs S3A's directory marker.
+        """
+        self.ensure_local_dirs()
+        jvm = spark.sparkContext._jvm
+        assert jvm is not None
+        for path in (self.landing, self.warehouse):
+            if _is_uri(path):
+                hpath = jvm.org.apache.hadoop.fs.Path(path)
+                fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[union-attr]
+                if not fs.exists(hpath):
+                    fs.mkdirs(hpath)
+
+
+def sql_path(path: str) -> str:
+    """A path quoted for ``delta.`path``` in SQL."""
+    return "delta.`" + path.replace("`", "``") + "`"
+
+
+def ensure_table(spark: SparkSession, path: str, schema: T.StructType, partition_by: tuple[str, ...] = ()) -> None:
+    """Create the Delta table at ``path`` if absent (version 0, empty).
+
+    Two jobs starting together (ingest and speed both ensure master) race to write version 0; the
+    loser's ``ProtocolChangedException`` is harmless once the winner's version 0 is there. The wait asks
+    the log itself: ``DeltaTable.isDeltaTable`` answers from the snapshot this JVM cached before the
+    winner committed, so it would stay false.
+    """
+    import time
+
+    from delta.tables import DeltaTable
+
+    if table_version(spark, path) is not None:
+        return
+    builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
+    if partition_by:
+        builder = builder.partitionedBy(*partition_by)
+    try:
+        builder.execute()
+    except Exception:
+        deadline = time.monotonic() + 60
+        while table_version(spark, path) is None:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)  # waiting for the other writer's version 0, bounded by the deadline
+
+
+def table_version(spark: SparkSession, path: str) -> int | None:
+    """The newest version in the Delta log at ``path``, freshly listed; None when nothing is committed.
+
+    One look at the log (no Spark job), and never the stale answer of a snapshot this JVM cached.
+    """
+    jvm = spark._jvm  # type: ignore[attr-defined]
+    none = jvm.scala.Option.empty()
+    log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)  # type: ignore[attr-defined]
+    version = int(log.update(False, none, none).version())
+    return version if version >= 0 else None
+
+
+def latest_version(spark: SparkSession, path: str) -> int:
+    """The newest committed version of a Delta table.
+
+    Asks the Delta log for its current snapshot (tens of milliseconds) rather
+    than ``history()``, which runs a Spark job over the commit files.
+    """
+    return _snapshot_identity(spark, path)[0]
+
+
+def _snapshot_identity(spark: SparkSession, path: str) -> tuple[int, str]:
+    """(newest version, table id): the id tells a re-created table from the old one."""
+    from delta.tables import DeltaTable
+
+    table = DeltaTable.forPath(spark, path)
+    try:
+        none = spark._jvm.scala.Option.empty()  # type: ignore[union-attr]
+        snapshot = table._jdt.deltaLog().update(False, none, none)
+        return int(snapshot.version()), str(snapshot.metadata().id())
+    except Exception:  # a Delta release with another internal signature: the public, slower way
+        return int(table.history(1).select("version").first()[0]), ""
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """What a published batch covers: every master commit up to ``master_version``.
+
+    ``view_versions`` pins the batch-view table version published with it, so a
+    reader that takes one coverage row reads a consistent (coverage, view) pair.
+    """
+
+    run_id: str
+    master_version: int
+    view_versions: dict[str, int]
+    master_events: int
+    published_at: datetime
+
+    @staticmethod
+    def none() -> Coverage:
+        """Before the first batch: nothing is covered (master version 0 is the empty table)."""
+        return Coverage("none", 0, {}, 0, datetime.fromtimestamp(0))
+
+
+_coverage_cache: dict[tuple[str, str, int], Coverage] = {}
+
+
+def latest_coverage(spark: SparkSession, path: str, version: int | None = None) -> Coverage:
+    """The newest coverage record (as of a table version, if given).
+
+    Read on every speed micro-batch, so the answer is cached by table version:
+    an unchanged coverage table costs one look at the Delta log.
+    """
+    newest, table_id = _snapshot_identity(spark, path)
+    version = newest if version is None else version
+    cached = _coverage_cache.get((path, table_id, version))
+    if cached is not None:
+        return cached
+    coverage: DataFrame = spark.read.format("delta").option("versionAsOf", version).load(path)
+    row = coverage.orderBy(coverage.master_version.desc(), coverage.published_at.desc()).first()
+    result = (
+        Coverage.none()
+        if row is None
+        else Coverage(
+            row.run_id, int(row.master_version), dict(row.view_versions), int(row.master_events), row.published_at
+        )
+    )
+    _coverage_cache[(path, table_id, version)] = result
+    return result

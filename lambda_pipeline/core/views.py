@@ -1,0 +1,356 @@
+"""Views declared once, compiled into the batch job, the speed job and the serving SQL.
+
+A view is: a source of events, grouping keys, a tumbling event-time window and
+named *mergeable* aggregates. Each aggregate knows three SQL fragments:
+
+- ``partial``: its state over a set of events (batch and speed compute these);
+- ``merge``: how states of disjoint event sets combine (serving runs these);
+- ``final``: the value users read, from the merged state.
+
+Because batch, speed and serving all use the same fragments, no aggregate is
+ever written per layer, and ``final(merge(partial(A), partial(B))) ==
+final(partial(A ∪ B))`` is a property of the aggregate, tested once.
+
+>>> from lambda_pipeline.core.views import View, TumblingWindow, count, sum_of
+>>> activity = View("activity", source=clicks, keys=("page",),  # doctest: +SKIP
+...                 window=TumblingWindow("event_time", "1 minute"),
+...                 measures={"events": count(), "total_ms": sum_of("duration_ms")})
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from pyspark.sql import types as T
+
+from lambda_pipeline.core.config import duration_seconds
+from lambda_pipeline.core.errors import ViewDefinitionError
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+__all__ = [
+    "INGESTED_AT",
+    "INGEST_TAG",
+    "SOURCE_FILE",
+    "WINDOW_END",
+    "WINDOW_START",
+    "Aggregate",
+    "EventSource",
+    "TumblingWindow",
+    "View",
+    "approx_distinct",
+    "approx_quantile",
+    "avg_of",
+    "count",
+    "max_of",
+    "min_of",
+    "sum_of",
+]
+
+INGEST_TAG = "ingest_tag"
+"""Master-table commit version that brought the event in: the unit of coverage."""
+INGESTED_AT = "ingested_at"
+SOURCE_FILE = "source_file"
+WINDOW_START = "window_start"
+WINDOW_END = "window_end"
+INGESTED_AT_MAX = "ingested_at_max"
+"""Kept in speed partials so serving can tell how fresh the newest visible event is."""
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NUMERIC = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType, T.DecimalType)
+_ORDERED = (*_NUMERIC, T.StringType, T.DateType, T.TimestampType, T.TimestampNTZType)
+_HLL_INPUT = (T.IntegerType, T.LongType, T.StringType, T.BinaryType)
+_RESERVED = {INGEST_TAG, INGESTED_AT, SOURCE_FILE, WINDOW_START, WINDOW_END, INGESTED_AT_MAX}
+
+
+def _quote(name: str) -> str:
+    return f"`{name}`"
+
+
+@dataclass(frozen=True)
+class EventSource:
+    """The events a pipeline ingests: their schema, identity and event time."""
+
+    name: str
+    schema: T.StructType
+    id_column: str
+    time_column: str
+    required: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = set(self.schema.fieldNames())
+        for role, column in (("id_column", self.id_column), ("time_column", self.time_column)):
+            if column not in names:
+                raise ViewDefinitionError(
+                    f"source '{self.name}': {role} '{column}' is not in its schema {sorted(names)}"
+                )
+        if not isinstance(self.schema[self.time_column].dataType, T.TimestampType):
+            raise ViewDefinitionError(f"source '{self.name}': time_column '{self.time_column}' must be a timestamp")
+        clash = names & _RESERVED
+        if clash:
+            raise ViewDefinitionError(f"source '{self.name}': columns {sorted(clash)} are reserved by the pipeline")
+        missing = [c for c in self.required if c not in names]
+        if missing:
+            raise ViewDefinitionError(f"source '{self.name}': required columns {missing} are not in its schema")
+
+    @property
+    def master_schema(self) -> T.StructType:
+        """The master table: the event columns plus where and when each event came in."""
+        return T.StructType(
+            [
+                *self.schema.fields,
+                T.StructField(INGEST_TAG, T.LongType(), False),
+                T.StructField(INGESTED_AT, T.TimestampType(), False),
+                T.StructField(SOURCE_FILE, T.StringType(), True),
+            ]
+        )
+
+    def column_type(self, column: str) -> T.DataType:
+        return self.schema[column].dataType
+
+
+@dataclass(frozen=True)
+class TumblingWindow:
+    """Event-time bucket: fixed, non-overlapping windows of ``size`` over ``column``."""
+
+    column: str
+    size: str
+
+    def __post_init__(self) -> None:
+        try:
+            seconds = duration_seconds(self.size)
+        except ValueError as exc:
+            raise ViewDefinitionError(f"window size: {exc}") from None
+        if seconds < 1 or seconds != int(seconds):
+            raise ViewDefinitionError(f"window size must be a whole number of seconds, got {self.size!r}")
+
+    @property
+    def seconds(self) -> int:
+        return int(duration_seconds(self.size))
+
+    def start_sql(self) -> str:
+        # Arithmetic rather than window(): one expression usable in SQL views and DataFrames alike.
+        return f"timestamp_seconds(floor(unix_seconds({_quote(self.column)}) / {self.seconds}) * {self.seconds})"
+
+    def end_sql(self) -> str:
+        return f"{self.start_sql()} + make_dt_interval(0, 0, 0, {self.seconds})"
+
+
+@dataclass(frozen=True)
+class State:
+    """One column of an aggregate's mergeable state."""
+
+    suffix: str
+    partial: str
+    merge: str
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """A mergeable aggregate. Build with :func:`count`, :func:`sum_of`, ... rather than directly."""
+
+    kind: str
+    column: str | None
+    states: tuple[State, ...]
+    final: str
+    """SQL over the merged states: ``{0}``, ``{1}``... in the order of ``states``."""
+    accepts: tuple[type, ...] = ()
+    params: tuple[tuple[str, object], ...] = field(default=())
+
+    def state_name(self, measure: str, state: State) -> str:
+        return f"{measure}{state.suffix}"
+
+    def check(self, measure: str, source: EventSource) -> None:
+        if self.column is None:
+            return
+        if self.column not in source.schema.fieldNames():
+            raise ViewDefinitionError(
+                f"measure '{measure}': {self.kind}({self.column}) names an unknown column; "
+                f"source '{source.name}' has {source.schema.fieldNames()}"
+            )
+        dtype = source.column_type(self.column)
+        if self.accepts and not isinstance(dtype, self.accepts):
+            kinds = ", ".join(sorted(t.__name__.removesuffix("Type").lower() for t in self.accepts))
+            raise ViewDefinitionError(
+                f"measure '{measure}': {self.kind}({self.column}) needs a column of type {kinds}, "
+                f"but '{self.column}' is {dtype.simpleString()}"
+            )
+
+
+def _col(column: str) -> str:
+    return _quote(column)
+
+
+def count() -> Aggregate:
+    """Number of events."""
+    return Aggregate("count", None, (State("", "count(1)", "sum({s})"),), "coalesce({0}, 0)")
+
+
+def sum_of(column: str) -> Aggregate:
+    return Aggregate("sum", column, (State("", f"sum({_col(column)})", "sum({s})"),), "{0}", _NUMERIC)
+
+
+def min_of(column: str) -> Aggregate:
+    return Aggregate("min", column, (State("", f"min({_col(column)})", "min({s})"),), "{0}", _ORDERED)
+
+
+def max_of(column: str) -> Aggregate:
+    return Aggregate("max", column, (State("", f"max({_col(column)})", "max({s})"),), "{0}", _ORDERED)
+
+
+def avg_of(column: str) -> Aggregate:
+    """Mean, kept as a sum and a count so that it merges exactly."""
+    c = _col(column)
+    return Aggregate(
+        "avg",
+        column,
+        (
+            State("__sum", f"sum(cast({c} as double))", "sum({s})"),
+            State("__count", f"count({c})", "sum({s})"),
+        ),
+        "try_divide({0}, {1})",
+        _NUMERIC,
+    )
+
+
+def approx_distinct(column: str, lg_k: int = 12) -> Aggregate:
+    """Approximate distinct count with Spark's HLL sketches (relative error about 1.04/sqrt(2^lg_k))."""
+    if not 4 <= lg_k <= 21:
+        raise ViewDefinitionError(f"approx_distinct({column}): lg_k must be within 4..21, got {lg_k}")
+    return Aggregate(
+        "approx_distinct",
+        column,
+        (State("__hll", f"hll_sketch_agg({_col(column)}, {lg_k})", "hll_union_agg({s}, false)"),),
+        "coalesce(hll_sketch_estimate({0}), 0)",
+        _HLL_INPUT,
+        (("lg_k", lg_k),),
+    )
+
+
+def approx_quantile(column: str, quantile: float, k: int = 200) -> Aggregate:
+    """Approximate quantile with Spark's KLL sketches (normalised rank error about 1.65/k)."""
+    if not 0.0 <= quantile <= 1.0:
+        raise ViewDefinitionError(f"approx_quantile({column}): quantile must be within 0..1, got {quantile}")
+    return Aggregate(
+        "approx_quantile",
+        column,
+        (State("__kll", f"kll_sketch_agg_double(cast({_col(column)} as double), {k})", "kll_merge_agg_double({s})"),),
+        f"kll_sketch_get_quantile_double({{0}}, {quantile!r})",
+        _NUMERIC,
+        (("quantile", quantile), ("k", k)),
+    )
+
+
+_NOT_MERGEABLE = {
+    "count_distinct": "use approx_distinct(column): an exact distinct count cannot be merged across layers",
+    "median": "use approx_quantile(column, 0.5): an exact median cannot be merged across layers",
+    "percentile": "use approx_quantile(column, q)",
+    "first": "'first' depends on arrival order, which differs between layers",
+    "last": "'last' depends on arrival order, which differs between layers",
+    "stddev": "not provided yet; declare sums and counts and derive it in the query",
+}
+
+
+@dataclass(frozen=True)
+class View:
+    """A view, declared once. Validated against its source when it is created."""
+
+    name: str
+    source: EventSource
+    keys: tuple[str, ...]
+    window: TumblingWindow
+    measures: Mapping[str, Aggregate]
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keys", tuple(self.keys))
+        object.__setattr__(self, "measures", dict(self.measures))
+        where = f"view '{self.name}'"
+        if not _IDENTIFIER.match(self.name):
+            raise ViewDefinitionError(f"{where}: the name must be an identifier (letters, digits, '_')")
+        columns = self.source.schema.fieldNames()
+        for key in self.keys:
+            if key not in columns:
+                raise ViewDefinitionError(
+                    f"{where}: key '{key}' is not a column of source '{self.source.name}' {columns}"
+                )
+        if self.window.column not in columns:
+            raise ViewDefinitionError(f"{where}: window column '{self.window.column}' is not in {columns}")
+        if not isinstance(self.source.column_type(self.window.column), T.TimestampType):
+            raise ViewDefinitionError(f"{where}: window column '{self.window.column}' must be a timestamp")
+        if not self.measures:
+            raise ViewDefinitionError(f"{where}: declare at least one measure")
+        taken = set(self.keys) | _RESERVED
+        for measure, aggregate in self.measures.items():
+            if not isinstance(aggregate, Aggregate):
+                hint = _NOT_MERGEABLE.get(str(aggregate).lower())
+                raise ViewDefinitionError(
+                    f"{where}: measure '{measure}' is {aggregate!r}, which is not a mergeable aggregate"
+                    + (
+                        f"; {hint}"
+                        if hint
+                        else "; use count, sum_of, min_of, max_of, avg_of, approx_distinct or approx_quantile"
+                    )
+                )
+            if not _IDENTIFIER.match(measure):
+                raise ViewDefinitionError(f"{where}: measure name {measure!r} must be an identifier")
+            aggregate.check(measure, self.source)
+            for state in aggregate.states:
+                name = aggregate.state_name(measure, state)
+                if name in taken:
+                    raise ViewDefinitionError(f"{where}: column '{name}' of measure '{measure}' clashes")
+                taken.add(name)
+
+    # ---- compiled forms ---------------------------------------------------------------
+
+    @property
+    def group_columns(self) -> tuple[str, ...]:
+        return (*self.keys, WINDOW_START, WINDOW_END)
+
+    def state_columns(self) -> list[tuple[str, State]]:
+        return [
+            (aggregate.state_name(measure, state), state)
+            for measure, aggregate in self.measures.items()
+            for state in aggregate.states
+        ]
+
+    def partial_sql(self) -> list[str]:
+        """``expr AS state`` items, computed over events by both batch and speed."""
+        return [f"{state.partial} AS {_quote(name)}" for name, state in self.state_columns()]
+
+    def merge_sql(self) -> list[str]:
+        """``final(merge(state)) AS measure`` items, run by serving over unioned states."""
+        items = []
+        for measure, aggregate in self.measures.items():
+            merged = [state.merge.format(s=_quote(aggregate.state_name(measure, state))) for state in aggregate.states]
+            items.append(f"{aggregate.final.format(*merged)} AS {_quote(measure)}")
+        return items
+
+    def partials(self, events: DataFrame, *, by_tag: bool) -> DataFrame:
+        """Mergeable state per key and window (and per ingest tag, for the speed layer)."""
+        from pyspark.sql import functions as F
+
+        bucketed = events.select(
+            "*",
+            F.expr(self.window.start_sql()).alias(WINDOW_START),
+            F.expr(self.window.end_sql()).alias(WINDOW_END),
+        )
+        group = [*self.group_columns, *([INGEST_TAG] if by_tag else [])]
+        aggs = [F.expr(item) for item in self.partial_sql()]
+        if by_tag:
+            aggs.append(F.max(INGESTED_AT).alias(INGESTED_AT_MAX))
+        return bucketed.groupBy(*group).agg(*aggs)
+
+    def finalize(self, states: DataFrame) -> DataFrame:
+        """Merge any union of partial states into the view users read."""
+        from pyspark.sql import functions as F
+
+        return states.groupBy(*self.group_columns).agg(*[F.expr(item) for item in self.merge_sql()])
+
+    def state_column_names(self) -> tuple[str, ...]:
+        """The columns of a partial state, in order: what batch and speed states share."""
+        return (*self.group_columns, *(name for name, _ in self.state_columns()))

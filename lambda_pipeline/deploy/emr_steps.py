@@ -1,0 +1,337 @@
+"""``lambda-pipeline emr-steps``: the EMR steps (AddJobFlowSteps ``Steps``) that run the jobs on a cluster.
+
+Generated, not hand-written, so that the steps can only name what exists: files listed in the
+artifact's manifest (``lambda-pipeline package``) and a config that validates. The three jobs are
+long-running YARN applications submitted in cluster mode: ingest and speed stream, the batch job runs
+``batch --every`` (or is added by an EventBridge schedule, ``emr.batch_trigger: schedule``).
+
+Printed on stdout: the JSON list for ``aws emr add-steps --steps file://steps.json``. With ``--out``,
+also written there: ``steps.json``, ``configurations.json`` (cluster classifications), ``cluster.json``
+(release, log URI, step concurrency, bootstrap action) and, in schedule mode, ``batch-schedule.json``
+(input of ``aws scheduler create-schedule --cli-input-json``). With Glue on: ``glue-tables.sql``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import posixpath
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lambda_pipeline.core.config import DEFAULT_CONFIG, Settings, duration_seconds
+from lambda_pipeline.core.errors import ConfigError
+
+__all__ = ["EmrPlan", "add_emr_steps_parser", "glue_spark_conf", "plan_emr", "rate_expression", "run_emr_steps"]
+
+GLUE_FACTORY = "com.amazonaws.glue.catalog.metastore.AWSGlueDataCatalogHiveClientFactory"
+STREAMING_JOBS = ("ingest", "speed")
+CLUSTER_ID_PLACEHOLDER = "j-REPLACE_WITH_CLUSTER_ID"
+ROLE_PLACEHOLDER = "arn:aws:iam::REPLACE_WITH_ACCOUNT:role/lambda-pipeline-scheduler"
+
+
+@dataclass
+class EmrPlan:
+    """Everything the deployment needs, as JSON-ready values."""
+
+    steps: list[dict[str, Any]]
+    configurations: list[dict[str, Any]]
+    cluster: dict[str, Any]
+    schedule: dict[str, Any] | None = None
+    glue_sql: str | None = None
+    referenced: list[str] = field(default_factory=list)  # artifact files the steps name
+
+
+def glue_spark_conf() -> dict[str, str]:
+    """Spark settings that make the Glue Data Catalog Spark's metastore (EMR ships the client factory)."""
+    return {
+        "spark.sql.catalogImplementation": "hive",
+        "spark.hadoop.hive.metastore.client.factory.class": GLUE_FACTORY,
+    }
+
+
+def rate_expression(interval: str) -> str:
+    """An EventBridge Scheduler ``rate(...)`` for ``batch.interval``; it counts whole minutes at least."""
+    seconds = duration_seconds(interval)
+    minutes = max(1, math.ceil(seconds / 60))
+    for unit, size in (("day", 1440), ("hour", 60), ("minute", 1)):
+        if minutes % size == 0:
+            count = minutes // size
+            return f"rate({count} {unit}{'s' if count > 1 else ''})"
+    raise AssertionError("unreachable: every whole number of minutes is a rate in minutes")
+
+
+def _artifact(manifest: dict[str, Any], name: str, referenced: list[str], dist: Path) -> str:
+    """The artifact-relative name of a file, refused if the manifest does not list it."""
+    listed = {entry["path"] for entry in manifest.get("files", [])}
+    if name not in listed:
+        raise ConfigError(
+            str(dist / "manifest.json"), None, f"the artifact has no {name}: rebuild it with 'lambda-pipeline package'"
+        )
+    referenced.append(name)
+    return name
+
+
+def _config_in_artifact(config: Path, manifest: dict[str, Any], dist: Path) -> str:
+    """The config must ship byte for byte in the artifact: what the steps name is what was uploaded."""
+    name = f"conf/{config.name}"
+    entry = next((e for e in manifest.get("files", []) if e["path"] == name), None)
+    digest = hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None
+    if entry is None or entry["sha256"] != digest:
+        state = "is not in" if entry is None else "differs from the copy in"
+        raise ConfigError(
+            str(config),
+            None,
+            f"{state} the artifact in {dist}: rebuild it with 'lambda-pipeline package'"
+            + ("" if config.parent.resolve() == DEFAULT_CONFIG.parent else f" --add-config {config}"),
+        )
+    return name
+
+
+def _workdir(settings: Settings, source: str, bucket: str) -> str:
+    """Jobs on EMR keep everything on S3: a relative workdir goes under the bucket."""
+    workdir = settings.workdir
+    if "://" in workdir:
+        if not workdir.startswith(("s3://", "s3a://")):
+            raise ConfigError(source, "workdir", f"on EMR the work directory must be on S3 (s3://...), got {workdir!r}")
+        return workdir.rstrip("/")
+    if workdir.startswith("/"):
+        raise ConfigError(
+            source,
+            "workdir",
+            f"on EMR the work directory must be on S3: make it relative to emr.bucket, not {workdir!r}",
+        )
+    for key in ("warehouse", "checkpoints"):
+        value = getattr(settings, key)
+        if value.startswith("/"):
+            raise ConfigError(source, key, f"on EMR it must be relative to the work directory or s3://, got {value!r}")
+    return f"s3://{bucket}/{workdir.strip('/')}"
+
+
+def _kafka_needs_msk_iam(settings: Settings) -> bool:
+    options = settings.ingest.kafka.options
+    return options.get("sasl.mechanism") == "AWS_MSK_IAM" or "IAMLoginModule" in options.get("sasl.jaas.config", "")
+
+
+def plan_emr(
+    settings: Settings,
+    manifest: dict[str, Any],
+    *,
+    config: Path,
+    overrides: list[str],
+    dist: Path,
+    artifact_uri: str | None = None,
+    cluster_id: str | None = None,
+    scheduler_role_arn: str | None = None,
+) -> EmrPlan:
+    """Build the steps and the cluster description for ``settings`` from the artifact's ``manifest``."""
+    source = str(config)
+    emr = settings.emr
+    if emr.bucket is None:
+        raise ConfigError(
+            source,
+            "emr.bucket",
+            "required by emr-steps: the S3 bucket name; set it in the file or --set emr.bucket=NAME",
+        )
+    uri = (artifact_uri or f"s3://{emr.bucket}/{emr.artifact_prefix}/{manifest['version']}").rstrip("/")
+    if not uri.startswith("s3://"):
+        raise ConfigError("--artifact-uri", None, f"expected an s3:// URI of the uploaded artifact, got {uri!r}")
+    referenced: list[str] = []
+
+    def at(name: str) -> str:
+        return f"{uri}/{_artifact(manifest, name, referenced, dist)}"
+
+    config_name = _config_in_artifact(config, manifest, dist)
+    config_uri = at(config_name)
+    workdir = _workdir(settings, source, emr.bucket)
+    maven = manifest["maven"]
+
+    submit_conf: dict[str, str] = {}
+    archives: list[str] = []
+    if emr.python is not None:
+        python = emr.python
+    elif manifest.get("env"):
+        archives.append(f"{at(manifest['env']['archive'])}#env")
+        python = f"./env/{manifest['env']['python']}"
+    else:
+        raise ConfigError(
+            str(dist / "manifest.json"),
+            None,
+            "the artifact has no packed environment: build it with 'lambda-pipeline package --with-env', "
+            "or set emr.python to an interpreter installed on the cluster nodes",
+        )
+    submit_conf["spark.yarn.appMasterEnv.PYSPARK_PYTHON"] = python
+    submit_conf["spark.executorEnv.PYSPARK_PYTHON"] = python
+    if emr.glue.enabled:
+        submit_conf.update(glue_spark_conf())
+    submit_conf.update(emr.submit_conf)
+    zip_uri = at(manifest["zip"])
+
+    def step(job: str, job_args: list[str], name: str) -> dict[str, Any]:
+        packages = [maven["delta"]]
+        jars: list[str] = []
+        excludes: list[str] = []
+        if job == "ingest" and settings.ingest.source == "kafka":
+            packages.append(maven["kafka"])
+            excludes.append(maven["kafka_exclude"])
+            jars.append(at(manifest["jars"]["kafka_token_provider"]))
+            if _kafka_needs_msk_iam(settings):
+                packages.append(maven["msk_iam"])
+        # Cluster mode: the driver runs in a YARN container, so a step ends only when its application does,
+        # and the config shipped by --files lands in the driver's working directory under its own name.
+        args = ["spark-submit", "--deploy-mode", "cluster", "--master", "yarn"]
+        args += ["--name", f"{settings.spark.app_name}-{job}"]
+        args += ["--py-files", zip_uri, "--files", config_uri]
+        if archives:
+            args += ["--archives", ",".join(archives)]
+        for key, value in submit_conf.items():
+            args += ["--conf", f"{key}={value}"]
+        args += ["--packages", ",".join(packages)]
+        if excludes:
+            args += ["--exclude-packages", ",".join(excludes)]
+        if jars:
+            args += ["--jars", ",".join(jars)]
+        args += list(emr.spark_submit_args)
+        args.append(at(manifest["jobs"][job]))
+        args += [*job_args, "--config", posixpath.basename(config_name), "--workdir", workdir]
+        for override in overrides:  # the jobs see the same config; emr.* is read here only
+            if not override.strip().startswith("emr."):
+                args += ["--set", override]
+        return {
+            "Name": name,
+            "ActionOnFailure": "CONTINUE",
+            "HadoopJarStep": {"Jar": "command-runner.jar", "Args": args},
+        }
+
+    app = settings.spark.app_name
+    steps = [step(job, [], f"{app} {job} (streaming)") for job in STREAMING_JOBS]
+    batch_once = step("batch", [], f"{app} batch")
+    schedule = None
+    if emr.batch_trigger == "every":
+        steps.append(step("batch", ["--every"], f"{app} batch every {settings.batch.interval}"))
+    else:
+        schedule = {
+            "Name": f"{app}-batch",
+            "Description": f"adds the batch step to the EMR cluster every batch.interval ({settings.batch.interval})",
+            "ScheduleExpression": rate_expression(settings.batch.interval),
+            "FlexibleTimeWindow": {"Mode": "OFF"},
+            "Target": {
+                "Arn": "arn:aws:scheduler:::aws-sdk:emr:addJobFlowSteps",
+                "RoleArn": scheduler_role_arn or ROLE_PLACEHOLDER,
+                "Input": json.dumps({"JobFlowId": cluster_id or CLUSTER_ID_PLACEHOLDER, "Steps": [batch_once]}),
+            },
+        }
+
+    configurations: list[dict[str, Any]] = []
+    if emr.glue.enabled:
+        configurations.append(
+            {"Classification": "spark-hive-site", "Properties": {"hive.metastore.client.factory.class": GLUE_FACTORY}}
+        )
+    cluster: dict[str, Any] = {
+        "Name": app,
+        "ReleaseLabel": emr.release_label,
+        "Applications": [{"Name": "Spark"}, {"Name": "Hadoop"}],
+        "LogUri": f"s3://{emr.bucket}/{emr.log_prefix}/",
+        "StepConcurrencyLevel": emr.step_concurrency,
+        "Configurations": configurations,
+        "BootstrapActions": [
+            {"Name": "python", "ScriptBootstrapAction": {"Path": at(manifest["bootstrap"]), "Args": []}}
+        ]
+        if emr.python is None
+        else [],
+    }
+    long_running = len(steps)
+    if emr.step_concurrency < long_running:
+        raise ConfigError(
+            source,
+            "emr.step_concurrency",
+            f"the {long_running} long-running steps run at once: expected at least {long_running}, "
+            f"got {emr.step_concurrency}",
+        )
+    glue_sql = _glue_tables_sql(settings, workdir) if emr.glue.enabled else None
+    return EmrPlan(steps, configurations, cluster, schedule, glue_sql, sorted(set(referenced)))
+
+
+def _glue_tables_sql(settings: Settings, workdir: str) -> str:
+    """Register the published tables in the Glue database (path-based Delta tables stay the source of truth)."""
+    from lambda_pipeline.core.tables import Locations
+    from lambda_pipeline.pipelines.registry import get_pipeline
+
+    locations = Locations.create(settings, workdir)
+    database = settings.emr.glue.database
+    tables = {
+        settings.tables.master: locations.master,
+        settings.tables.quarantine: locations.quarantine,
+        f"batch_{settings.tables.coverage}": locations.coverage,
+    }
+    for view in get_pipeline(settings.pipeline).views:
+        tables[f"batch_{view.name}"] = locations.batch_view(view.name)
+    lines = [f"CREATE DATABASE IF NOT EXISTS {database};"]
+    for name, path in tables.items():
+        lines.append(f"CREATE TABLE IF NOT EXISTS {database}.{name} USING DELTA LOCATION '{path}';")
+    return "\n".join(lines) + "\n"
+
+
+def add_emr_steps_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``emr-steps``; the caller adds the common options (--config, --workdir, --set)."""
+    parser = verbs.add_parser(
+        "emr-steps",
+        help="print the EMR steps (aws emr add-steps --steps file://...) that run ingest, speed and batch",
+        description=__doc__.split("\n\n")[2] if __doc__ else None,
+    )
+    parser.add_argument(
+        "--artifact-uri",
+        help="where the artifact folder was uploaded (default: s3://<emr.bucket>/<emr.artifact_prefix>/<version>)",
+    )
+    parser.add_argument("--dist", default="dist", help="the built artifact folder with manifest.json (default: dist)")
+    parser.add_argument("--out", help="also write steps.json, cluster.json, configurations.json (and more) here")
+    parser.add_argument("--cluster-id", help="the cluster the batch schedule adds steps to (schedule mode)")
+    parser.add_argument("--scheduler-role-arn", help="role EventBridge Scheduler assumes (schedule mode)")
+    return parser
+
+
+def run_emr_steps(settings: Settings, args: argparse.Namespace) -> int:
+    from lambda_pipeline.deploy.artifact import load_manifest
+
+    if args.workdir:
+        raise ConfigError("--workdir", None, "emr-steps puts the work directory on S3: set 'workdir' in the config")
+    dist = Path(args.dist)
+    # The same file load_settings read: --config, else $LAMBDA_PIPELINE_CONFIG, else the default.
+    configured = os.environ.get("LAMBDA_PIPELINE_CONFIG", "").strip()
+    config = Path(args.config) if args.config else Path(configured) if configured else DEFAULT_CONFIG
+    plan = plan_emr(
+        settings,
+        load_manifest(dist),
+        config=config,
+        overrides=list(args.overrides),
+        dist=dist,
+        artifact_uri=args.artifact_uri,
+        cluster_id=args.cluster_id,
+        scheduler_role_arn=args.scheduler_role_arn,
+    )
+    print(json.dumps(plan.steps, indent=2))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        files = {
+            "steps.json": plan.steps,
+            "configurations.json": plan.configurations,
+            "cluster.json": plan.cluster,
+        }
+        if plan.schedule is not None:
+            files["batch-schedule.json"] = plan.schedule
+        for name, value in files.items():
+            (out / name).write_text(json.dumps(value, indent=2) + "\n")
+        if plan.glue_sql is not None:
+            (out / "glue-tables.sql").write_text(plan.glue_sql)
+        written = [*files, *(["glue-tables.sql"] if plan.glue_sql else [])]
+        print(f"wrote {', '.join(str(out / n) for n in written)}", file=sys.stderr)
+    uri = plan.steps[0]["HadoopJarStep"]["Args"][plan.steps[0]["HadoopJarStep"]["Args"].index("--py-files") + 1]
+    print(f"upload first: aws s3 sync {shlex.quote(str(dist))} {shlex.quote(posixpath.dirname(uri))}/", file=sys.stderr)
+    return 0
