@@ -28,6 +28,7 @@ from lambda_pipeline.core.tables import (
     ensure_table,
     latest_coverage,
     latest_version,
+    require_table,
 )
 from lambda_pipeline.core.views import INGEST_TAG, EventSource, View
 
@@ -74,11 +75,10 @@ def deduplicate(
 
 
 def setup_batch_tables(spark: SparkSession, pipeline: Pipeline, locations: Locations) -> None:
-    """Coverage table, and each batch view as an empty table (version 0 = nothing covered yet)."""
+    """The tables batch writes: coverage, and each batch view empty (version 0 = nothing covered yet)."""
     ensure_table(spark, locations.coverage, COVERAGE_SCHEMA)
-    empty = spark.createDataFrame([], pipeline.source.master_schema)
     for view in pipeline.views:
-        ensure_table(spark, locations.batch_view(view.name), view.partials(empty, by_tag=False).schema)
+        ensure_table(spark, locations.batch_view(view.name), view.partial_schema(by_tag=False))
 
 
 @dataclass(frozen=True)
@@ -141,9 +141,9 @@ def run_batch(
     Returns the coverage now served and the staged run (``None`` when nothing was to do),
     so re-running a batch job on an unchanged master commits nothing.
     """
+    master_version = require_table(spark, locations.master)  # ingest creates it
     setup_batch_tables(spark, pipeline, locations)
     current = latest_coverage(spark, locations.coverage)
-    master_version = latest_version(spark, locations.master)
     if (
         not force
         and current.master_version >= master_version

@@ -32,7 +32,14 @@ from pyspark.sql import types as T
 
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.pipeline import Pipeline
-from lambda_pipeline.core.tables import QUARANTINE_SCHEMA, Coverage, Locations, latest_coverage, table_version
+from lambda_pipeline.core.tables import (
+    NOTHING_INGESTED,
+    QUARANTINE_SCHEMA,
+    Coverage,
+    Locations,
+    latest_coverage,
+    table_version,
+)
 from lambda_pipeline.core.views import INGEST_TAG, INGESTED_AT_MAX, WINDOW_START, View
 from lambda_pipeline.serving_layer import guard
 from lambda_pipeline.serving_layer.guard import LAYERS, Statement
@@ -167,10 +174,7 @@ class ServingLayer:
 
     def _require(self, path: str, version: int | None) -> int:
         if version is None:
-            raise LambdaError(
-                f"no Delta table at {path}: nothing was ingested in this work directory yet; "
-                "run 'lambda-pipeline ingest' (or 'demo') with the same --workdir and --config first"
-            )
+            raise LambdaError(f"no Delta table at {path}: {NOTHING_INGESTED}")
         return version
 
     def _pin_as_of(self, publication: str) -> Pin:
@@ -238,8 +242,7 @@ class ServingLayer:
         return frame.select(*view.state_column_names())
 
     def _empty_partials(self, view: View, *, by_tag: bool) -> DataFrame:
-        empty = self._session.createDataFrame([], self.pipeline.source.master_schema)
-        return view.partials(empty, by_tag=by_tag)
+        return self._session.createDataFrame([], view.partial_schema(by_tag=by_tag))
 
     def batch_states(self, view: View, pin: Pin) -> DataFrame:
         """The batch view's states at the pinned version (empty before the first publication)."""

@@ -24,7 +24,7 @@ from pyspark.sql import functions as F
 from lambda_pipeline.core.config import Settings
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.streaming import CheckpointAppId, OnceAppender, with_trigger
-from lambda_pipeline.core.tables import COVERAGE_SCHEMA, Locations, ensure_table, latest_coverage
+from lambda_pipeline.core.tables import Locations, ensure_table, latest_coverage, require_table
 from lambda_pipeline.core.views import INGEST_TAG
 
 if TYPE_CHECKING:
@@ -41,9 +41,9 @@ def speed_partials(events: DataFrame, pipeline: Pipeline, covered_through: int) 
 
 
 def setup_speed_tables(spark: SparkSession, pipeline: Pipeline, locations: Locations) -> None:
-    empty = spark.createDataFrame([], pipeline.source.master_schema)
-    for name, partials in speed_partials(empty, pipeline, 0).items():
-        ensure_table(spark, locations.speed_partials(name), partials.schema)
+    """The tables speed writes: each view's partials, empty."""
+    for view in pipeline.views:
+        ensure_table(spark, locations.speed_partials(view.name), view.partial_schema(by_tag=True))
 
 
 def purge_covered(spark: SparkSession, pipeline: Pipeline, locations: Locations, covered_through: int) -> None:
@@ -92,9 +92,12 @@ class SpeedBatch:
 def start_speed(
     spark: SparkSession, pipeline: Pipeline, settings: Settings, locations: Locations, *, once: bool = False
 ) -> StreamingQuery:
-    """Start the speed stream (``once``: catch up with master, then stop)."""
-    ensure_table(spark, locations.master, pipeline.source.master_schema)
-    ensure_table(spark, locations.coverage, COVERAGE_SCHEMA)
+    """Start the speed stream (``once``: catch up with master, then stop).
+
+    Master is ingest's table and coverage batch's: speed creates neither. Master must be there (see
+    :func:`~lambda_pipeline.core.tables.wait_for_table`); a missing coverage means no batch ran yet.
+    """
+    require_table(spark, locations.master)
     setup_speed_tables(spark, pipeline, locations)
     checkpoint = locations.checkpoint("speed")
     # Used only when the checkpoint is new: nothing at or below the coverage needs reading.

@@ -6,18 +6,25 @@ from datetime import datetime
 
 import pytest
 from chispa import assert_df_equality
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 
 from lambda_pipeline.core.errors import ViewDefinitionError
 from lambda_pipeline.core.views import (
     INGEST_TAG,
     INGESTED_AT_MAX,
+    Aggregate,
+    EventSource,
     TumblingWindow,
     View,
     approx_distinct,
+    approx_quantile,
     avg_of,
     count,
     max_of,
+    min_of,
     sum_of,
 )
 from lambda_pipeline.pipelines.clickstream import CLICKS, PAGE_ACTIVITY
@@ -104,3 +111,85 @@ def test_distinct_users_merge_across_layers(spark) -> None:
     events = _events(spark).filter("page = '/a'")
     merged = view.finalize(view.partials(events, by_tag=True)).orderBy("window_start").collect()
     assert [r.users for r in merged] == [2, 1]
+
+
+# ---- the partial-state schema follows from the declaration ------------------------------------------
+
+_COLUMN_TYPES = (
+    T.ByteType(),
+    T.ShortType(),
+    T.IntegerType(),
+    T.LongType(),
+    T.FloatType(),
+    T.DoubleType(),
+    T.DecimalType(10, 2),
+    T.DecimalType(38, 4),
+    T.DecimalType(30, 0),
+    T.StringType(),
+    T.DateType(),
+    T.TimestampType(),
+    T.TimestampNTZType(),
+    T.BinaryType(),
+)
+_AGGREGATES = (
+    count,
+    sum_of,
+    min_of,
+    max_of,
+    avg_of,
+    approx_distinct,
+    lambda column: approx_quantile(column, 0.9),
+)
+
+
+@st.composite
+def _views(draw: st.DrawFn) -> View:
+    """A view over a random source: random column types and nullability, random keys and measures."""
+    types = draw(st.lists(st.sampled_from(_COLUMN_TYPES), min_size=1, max_size=6))
+    nullable = draw(st.lists(st.booleans(), min_size=len(types) + 2, max_size=len(types) + 2))
+    fields = [T.StructField("id", T.StringType(), nullable[0]), T.StructField("t", T.TimestampType(), nullable[1])]
+    fields += [T.StructField(f"c{i}", dtype, nullable[i + 2]) for i, dtype in enumerate(types)]
+    source = EventSource("s", T.StructType(fields), "id", "t")
+    columns = [f"c{i}" for i in range(len(types))]
+    keys = draw(st.lists(st.sampled_from(["id", *columns]), unique=True, max_size=2))
+    measures: dict[str, Aggregate] = {}
+    for i, (make, column) in enumerate(
+        draw(st.lists(st.tuples(st.sampled_from(_AGGREGATES), st.sampled_from(columns)), min_size=1, max_size=8))
+    ):
+        aggregate = make() if make is count else make(column)
+        try:
+            aggregate.check("m", source)
+        except ViewDefinitionError:
+            continue  # not defined over that column's type (sum of strings...)
+        measures[f"m{i}"] = aggregate
+    if not measures:
+        measures["n"] = count()
+    return View("v", source, tuple(keys), TumblingWindow("t", "1 minute"), measures)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(view=_views(), by_tag=st.booleans())
+def test_partial_schema_is_what_spark_computes(spark: SparkSession, view: View, by_tag: bool) -> None:
+    """Law: the schema the view model declares equals the one Spark gives the partials, types and
+    nullability alike, for every aggregate over every column type it accepts."""
+    empty = spark.createDataFrame([], view.source.master_schema)
+    assert view.partial_schema(by_tag=by_tag) == view.partials(empty, by_tag=by_tag).schema
+
+
+@pytest.mark.parametrize("nullable", [True, False])
+def test_partial_schema_for_every_aggregate_and_column_type(spark: SparkSession, nullable: bool) -> None:
+    """The same law, exhaustively: one view holding every aggregate over every column type it accepts."""
+    fields = [T.StructField("id", T.StringType(), nullable), T.StructField("t", T.TimestampType(), nullable)]
+    fields += [T.StructField(f"c{i}", dtype, nullable) for i, dtype in enumerate(_COLUMN_TYPES)]
+    source = EventSource("s", T.StructType(fields), "id", "t")
+    measures: dict[str, Aggregate] = {"n": count()}
+    for i in range(len(_COLUMN_TYPES)):
+        for j, make in enumerate(_AGGREGATES[1:]):
+            aggregate = make(f"c{i}")
+            if aggregate.accepts and isinstance(_COLUMN_TYPES[i], aggregate.accepts):
+                measures[f"m{i}_{j}"] = aggregate
+    view = View("v", source, ("id", "c9"), TumblingWindow("t", "1 minute"), measures)
+    assert len(measures) > 50
+    empty = spark.createDataFrame([], source.master_schema)
+    for by_tag in (False, True):
+        assert view.partial_schema(by_tag=by_tag) == view.partials(empty, by_tag=by_tag).schema

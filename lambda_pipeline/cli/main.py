@@ -162,9 +162,27 @@ def _cmd_ingest(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+# How long a long-running speed or batch job started together with ingest waits for the master table.
+MASTER_WAIT_SECONDS = 600.0
+
+
+def _wait_for_master(ctx: Context, verb: str) -> None:
+    from lambda_pipeline.core.tables import wait_for_table
+
+    wait_for_table(
+        ctx.spark,
+        ctx.locations.master,
+        timeout=MASTER_WAIT_SECONDS,
+        on_wait=lambda m: print(f"{verb}: {m}", flush=True),
+    )
+
+
 def _cmd_speed(ctx: Context, args: argparse.Namespace) -> int:
     from lambda_pipeline.core.streaming import run_until_stopped
     from lambda_pipeline.speed_layer.job import start_speed
+
+    if not args.once:
+        _wait_for_master(ctx, "speed")
 
     query = start_speed(ctx.spark, ctx.pipeline, ctx.settings, ctx.locations, once=args.once)
     print(
@@ -185,6 +203,7 @@ def _cmd_batch(ctx: Context, args: argparse.Namespace) -> int:
             interval = duration_seconds(text)
         except ValueError as exc:
             raise LambdaError(f"--every: {exc}") from None
+        _wait_for_master(ctx, "batch")
     while True:
         coverage, staged = run_batch(ctx.spark, ctx.pipeline, ctx.locations, force=args.force)
         if staged is None:

@@ -301,6 +301,10 @@ def _quiet_log4j() -> Path:
         "appender.console.target = SYSTEM_ERR\n"
         "appender.console.layout.type = PatternLayout\n"
         "appender.console.layout.pattern = %d{HH:mm:ss} %p %c{1}: %m%n%ex\n"
+        # PySpark's gateway starts logging as a shell would: without a level of its own for the gateway's
+        # logger, Spark prints "Setting default log level to WARN" and how to change it.
+        "logger.repl.name = org.apache.spark.api.python.PythonGatewayServer\n"
+        "logger.repl.level = error\n"
     )
     if not path.is_file() or path.read_text() != text:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ the coverage record and the quarantine schema.
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -16,21 +17,31 @@ from urllib.parse import urlsplit
 from pyspark.sql import types as T
 
 from lambda_pipeline.core.config import Settings
+from lambda_pipeline.core.errors import LambdaError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 __all__ = [
     "COVERAGE_SCHEMA",
+    "NOTHING_INGESTED",
     "QUARANTINE_SCHEMA",
     "Coverage",
     "Locations",
     "ensure_table",
     "latest_coverage",
     "latest_version",
+    "require_table",
     "sql_path",
     "table_version",
+    "wait_for_table",
 ]
+
+NOTHING_INGESTED = (
+    "nothing was ingested in this work directory yet; "
+    "run 'lambda-pipeline ingest' (or 'demo') with the same --workdir and --config first"
+)
+"""Why a job that reads the master dataset cannot start: the one message every reader gives."""
 
 QUARANTINE_SCHEMA = T.StructType(
     [
@@ -180,11 +191,42 @@ def table_version(spark: SparkSession, path: str) -> int | None:
 
     One look at the log (no Spark job), and never the stale answer of a snapshot this JVM cached.
     """
-    jvm = spark._jvm  # type: ignore[attr-defined]
-    none = jvm.scala.Option.empty()
-    log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)  # type: ignore[attr-defined]
-    version = int(log.update(False, none, none).version())
-    return version if version >= 0 else None
+    identity = _snapshot_identity(spark, path)
+    return None if identity is None else identity[0]
+
+
+def require_table(spark: SparkSession, path: str, why: str = NOTHING_INGESTED) -> int:
+    """The newest version of a table this job reads but another job creates; a clear error if absent."""
+    version = table_version(spark, path)
+    if version is None:
+        raise LambdaError(f"no Delta table at {path}: {why}")
+    return version
+
+
+def wait_for_table(
+    spark: SparkSession,
+    path: str,
+    *,
+    timeout: float,
+    why: str = NOTHING_INGESTED,
+    on_wait: Callable[[str], None] | None = None,
+    poll: float = 1.0,
+) -> int:
+    """:func:`require_table`, for a long-running job started together with the one that creates the table.
+
+    ``on_wait`` hears once that the job is waiting and for what; after ``timeout`` seconds the error of
+    :func:`require_table` is raised.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    version = table_version(spark, path)
+    if version is None and timeout > 0 and on_wait is not None:
+        on_wait(f"waiting up to {timeout:.0f}s for the Delta table at {path} (ingest creates it)")
+    while version is None and time.monotonic() < deadline:
+        time.sleep(poll)  # polling another process's commit, bounded by the deadline
+        version = table_version(spark, path)
+    return require_table(spark, path, why) if version is None else version
 
 
 def latest_version(spark: SparkSession, path: str) -> int:
@@ -193,20 +235,21 @@ def latest_version(spark: SparkSession, path: str) -> int:
     Asks the Delta log for its current snapshot (tens of milliseconds) rather
     than ``history()``, which runs a Spark job over the commit files.
     """
-    return _snapshot_identity(spark, path)[0]
+    identity = _snapshot_identity(spark, path)
+    if identity is None:
+        raise LambdaError(f"no Delta table at {path}")
+    return identity[0]
 
 
-def _snapshot_identity(spark: SparkSession, path: str) -> tuple[int, str]:
-    """(newest version, table id): the id tells a re-created table from the old one."""
-    from delta.tables import DeltaTable
-
-    table = DeltaTable.forPath(spark, path)
-    try:
-        none = spark._jvm.scala.Option.empty()  # type: ignore[union-attr]
-        snapshot = table._jdt.deltaLog().update(False, none, none)
-        return int(snapshot.version()), str(snapshot.metadata().id())
-    except Exception:  # a Delta release with another internal signature: the public, slower way
-        return int(table.history(1).select("version").first()[0]), ""
+def _snapshot_identity(spark: SparkSession, path: str) -> tuple[int, str] | None:
+    """(newest version, table id), or None when no table is there: the id tells a re-created table
+    from the old one."""
+    jvm = spark._jvm  # type: ignore[attr-defined]
+    none = jvm.scala.Option.empty()
+    log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)  # type: ignore[attr-defined]
+    snapshot = log.update(False, none, none)
+    version = int(snapshot.version())
+    return None if version < 0 else (version, str(snapshot.metadata().id()))
 
 
 @dataclass(frozen=True)
@@ -238,7 +281,10 @@ def latest_coverage(spark: SparkSession, path: str, version: int | None = None) 
     Read on every speed micro-batch, so the answer is cached by table version:
     an unchanged coverage table costs one look at the Delta log.
     """
-    newest, table_id = _snapshot_identity(spark, path)
+    identity = _snapshot_identity(spark, path)
+    if identity is None:  # no batch has run yet: the batch job creates the table with its first run
+        return Coverage.none()
+    newest, table_id = identity
     version = newest if version is None else version
     cached = _coverage_cache.get((path, table_id, version))
     if cached is not None:

@@ -48,6 +48,7 @@ __all__ = [
     "count",
     "max_of",
     "min_of",
+    "state_type",
     "sum_of",
 ]
 
@@ -142,11 +143,39 @@ class TumblingWindow:
 
 @dataclass(frozen=True)
 class State:
-    """One column of an aggregate's mergeable state."""
+    """One column of an aggregate's mergeable state.
+
+    ``kind`` names its type rule (see :func:`state_type`), so the schema of a view's partials follows
+    from the declaration alone, with no Spark job over an empty DataFrame to learn it.
+    """
 
     suffix: str
     partial: str
     merge: str
+    kind: str = "input"
+
+
+# What Spark's aggregate gives, per state kind: (type from the input column's type, nullable). The law
+# ``partial_schema == partials(empty).schema`` is checked for every kind and input type in tests/test_views.py.
+def state_type(kind: str, column_type: T.DataType | None) -> tuple[T.DataType, bool]:
+    """The type and nullability of a partial-state column of ``kind`` over a column of ``column_type``."""
+    if kind == "count":
+        return T.LongType(), False
+    if kind == "double":
+        return T.DoubleType(), True
+    if kind == "sketch":
+        return T.BinaryType(), False
+    if column_type is None:
+        raise ViewDefinitionError(f"state kind {kind!r} needs an input column")
+    if kind == "input":
+        return column_type, True
+    if kind == "sum":
+        if isinstance(column_type, T.DecimalType):
+            return T.DecimalType(min(38, column_type.precision + 10), column_type.scale), True
+        if isinstance(column_type, (T.FloatType, T.DoubleType)):
+            return T.DoubleType(), True
+        return T.LongType(), True
+    raise ViewDefinitionError(f"unknown state kind {kind!r}")
 
 
 @dataclass(frozen=True)
@@ -187,11 +216,11 @@ def _col(column: str) -> str:
 
 def count() -> Aggregate:
     """Number of events."""
-    return Aggregate("count", None, (State("", "count(1)", "sum({s})"),), "coalesce({0}, 0)")
+    return Aggregate("count", None, (State("", "count(1)", "sum({s})", "count"),), "coalesce({0}, 0)")
 
 
 def sum_of(column: str) -> Aggregate:
-    return Aggregate("sum", column, (State("", f"sum({_col(column)})", "sum({s})"),), "{0}", _NUMERIC)
+    return Aggregate("sum", column, (State("", f"sum({_col(column)})", "sum({s})", "sum"),), "{0}", _NUMERIC)
 
 
 def min_of(column: str) -> Aggregate:
@@ -209,8 +238,8 @@ def avg_of(column: str) -> Aggregate:
         "avg",
         column,
         (
-            State("__sum", f"sum(cast({c} as double))", "sum({s})"),
-            State("__count", f"count({c})", "sum({s})"),
+            State("__sum", f"sum(cast({c} as double))", "sum({s})", "double"),
+            State("__count", f"count({c})", "sum({s})", "count"),
         ),
         "try_divide({0}, {1})",
         _NUMERIC,
@@ -224,7 +253,7 @@ def approx_distinct(column: str, lg_k: int = 12) -> Aggregate:
     return Aggregate(
         "approx_distinct",
         column,
-        (State("__hll", f"hll_sketch_agg({_col(column)}, {lg_k})", "hll_union_agg({s}, false)"),),
+        (State("__hll", f"hll_sketch_agg({_col(column)}, {lg_k})", "hll_union_agg({s}, false)", "sketch"),),
         "coalesce(hll_sketch_estimate({0}), 0)",
         _HLL_INPUT,
         (("lg_k", lg_k),),
@@ -238,7 +267,14 @@ def approx_quantile(column: str, quantile: float, k: int = 200) -> Aggregate:
     return Aggregate(
         "approx_quantile",
         column,
-        (State("__kll", f"kll_sketch_agg_double(cast({_col(column)} as double), {k})", "kll_merge_agg_double({s})"),),
+        (
+            State(
+                "__kll",
+                f"kll_sketch_agg_double(cast({_col(column)} as double), {k})",
+                "kll_merge_agg_double({s})",
+                "sketch",
+            ),
+        ),
         f"kll_sketch_get_quantile_double({{0}}, {quantile!r})",
         _NUMERIC,
         (("quantile", quantile), ("k", k)),
@@ -350,6 +386,27 @@ class View:
         from pyspark.sql import functions as F
 
         return states.groupBy(*self.group_columns).agg(*[F.expr(item) for item in self.merge_sql()])
+
+    def partial_schema(self, *, by_tag: bool) -> T.StructType:
+        """The schema :meth:`partials` produces, from the declaration alone: what the batch and speed
+        tables are created with, and what serving reads before anything was published."""
+        fields = [
+            T.StructField(key, self.source.column_type(key), self.source.schema[key].nullable) for key in self.keys
+        ]
+        fields += [
+            T.StructField(WINDOW_START, T.TimestampType(), True),
+            T.StructField(WINDOW_END, T.TimestampType(), True),
+        ]
+        if by_tag:
+            fields.append(T.StructField(INGEST_TAG, T.LongType(), False))
+        for measure, aggregate in self.measures.items():
+            column_type = None if aggregate.column is None else self.source.column_type(aggregate.column)
+            for state in aggregate.states:
+                dtype, nullable = state_type(state.kind, column_type)
+                fields.append(T.StructField(aggregate.state_name(measure, state), dtype, nullable))
+        if by_tag:
+            fields.append(T.StructField(INGESTED_AT_MAX, T.TimestampType(), True))
+        return T.StructType(fields)
 
     def state_column_names(self) -> tuple[str, ...]:
         """The columns of a partial state, in order: what batch and speed states share."""
