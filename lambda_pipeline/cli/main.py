@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from lambda_pipeline.cli.context import Context
 from lambda_pipeline.cli.generate import add_generate_parser, run_generate
+from lambda_pipeline.cli.init import add_init_parser, run_init
 from lambda_pipeline.cli.kafka import add_kafka_parser, run_kafka
 from lambda_pipeline.cli.s3 import add_s3_parser, run_s3
 from lambda_pipeline.core.config import duration_seconds
@@ -30,7 +31,11 @@ __all__ = ["build_parser", "main"]
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config file (default: $LAMBDA_PIPELINE_CONFIG, else conf/local.yaml)")
+    parser.add_argument(
+        "--config",
+        help="YAML config file (default: $LAMBDA_PIPELINE_CONFIG, else the shipped local.yaml; "
+        "'lambda-pipeline init DIR' writes editable copies)",
+    )
     parser.add_argument(
         "--workdir",
         help="root of tables, checkpoints and landing folder (default: $LAMBDA_PIPELINE_WORKDIR, else 'workdir')",
@@ -99,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     s3 = add_s3_parser(verbs)
     generate = add_generate_parser(verbs)
     add_package_parser(verbs)  # no --config: one artifact serves every config
+    add_init_parser(verbs)  # writes the configs: needs none
     emr_steps = add_emr_steps_parser(verbs)
     for sub in (ingest, speed, batch, query, demo, kafka, emr_steps, generate, s3):
         _common(sub)
@@ -263,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.verb == "package":
             return run_package(args)
+        if args.verb == "init":
+            return run_init(args)
         ctx = Context.from_args(args)
         return COMMANDS[args.verb](ctx, args)
     except LambdaError as exc:
