@@ -138,7 +138,7 @@ class Locations:
         for path in (self.landing, self.warehouse):
             if _is_uri(path):
                 hpath = jvm.org.apache.hadoop.fs.Path(path)
-                fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[union-attr]
+                fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
                 if not fs.exists(hpath):
                     fs.mkdirs(hpath)
 
@@ -180,9 +180,10 @@ def table_version(spark: SparkSession, path: str) -> int | None:
 
     One look at the log (no Spark job), and never the stale answer of a snapshot this JVM cached.
     """
-    jvm = spark._jvm  # type: ignore[attr-defined]
+    jvm = spark._jvm
+    assert jvm is not None
     none = jvm.scala.Option.empty()
-    log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)  # type: ignore[attr-defined]
+    log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
     version = int(log.update(False, none, none).version())
     return version if version >= 0 else None
 
@@ -206,7 +207,9 @@ def _snapshot_identity(spark: SparkSession, path: str) -> tuple[int, str]:
         snapshot = table._jdt.deltaLog().update(False, none, none)
         return int(snapshot.version()), str(snapshot.metadata().id())
     except Exception:  # a Delta release with another internal signature: the public, slower way
-        return int(table.history(1).select("version").first()[0]), ""
+        newest = table.history(1).select("version").first()
+        assert newest is not None  # a Delta table has at least version 0
+        return int(newest[0]), ""
 
 
 @dataclass(frozen=True)
