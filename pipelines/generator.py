@@ -305,7 +305,7 @@ def _write_through_hadoop(spark: SparkSession | None, uri: str, data: bytes) -> 
     jvm = spark.sparkContext._jvm
     assert jvm is not None
     path = jvm.org.apache.hadoop.fs.Path(uri)
-    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[union-attr]
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
     stream = fs.create(path, False)  # never overwrite: names are unique, a clash is a bug
     try:
         stream.write(bytearray(data))

@@ -329,6 +329,7 @@ class ServingLayer:
         plans = {name: frame._jdf.queryExecution().analyzed() for name, frame in relations.items()}
         bound = guard.bind(self._session, statement.plan, plans)
         jvm = self._session._jvm
+        assert jvm is not None
         try:
             dataset = jvm.org.apache.spark.sql.classic.Dataset.ofRows(self._session._jsparkSession, bound)
         except Py4JJavaError as exc:
@@ -403,7 +404,8 @@ def _commit_time(spark: SparkSession, path: str, version: int) -> datetime:
     row = DeltaTable.forPath(spark, path).history().filter(F.col("version") == version).select("timestamp").first()
     if row is None:
         raise LambdaError(f"{path}: version {version} is no longer in the table's history")
-    return row.timestamp
+    committed: datetime = row.timestamp
+    return committed
 
 
 def _version_at(spark: SparkSession, path: str, when: datetime) -> int | None:

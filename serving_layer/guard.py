@@ -168,7 +168,7 @@ def parse(spark: SparkSession, sql: str, registered: Registered) -> Statement:
     """Accept ``sql`` if it is one allowed statement over ``registered`` names; else ReadOnlyViolation."""
     if not sql.strip():
         raise _refuse(sql, "the statement is empty")
-    parser = spark._jsparkSession.sessionState().sqlParser()  # type: ignore[attr-defined]
+    parser = spark._jsparkSession.sessionState().sqlParser()
     try:
         plan = parser.parsePlan(sql)
     except Exception as exc:  # ParseException: Spark's message, not a Java trace
@@ -369,7 +369,8 @@ def bind(spark: SparkSession, plan: Any, relations: Mapping[tuple[str, str], Any
     Walks the plan, the plans of subquery expressions and the CTE definitions; a Scala ``Map``
     from the old node to the new one serves as the partial function Spark's transforms take.
     """
-    jvm = spark._jvm  # type: ignore[attr-defined]
+    jvm = spark._jvm
+    assert jvm is not None
     alias = jvm.org.apache.spark.sql.catalyst.plans.logical.__getattr__("SubqueryAlias$").__getattr__("MODULE$")
     empty_map = jvm.scala.collection.immutable.__getattr__("Map$").__getattr__("MODULE$").empty()
 

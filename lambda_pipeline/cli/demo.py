@@ -19,7 +19,11 @@ from typing import TYPE_CHECKING
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 
 if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
     from lambda_pipeline.cli.context import Context
+    from lambda_pipeline.local_services.kafka_broker import KafkaBroker
+    from lambda_pipeline.serving_layer.catalog import ServingLayer
 
 __all__ = ["run_demo"]
 
@@ -79,7 +83,7 @@ def run_demo(ctx: Context, *, events: int, seed: int | None = None) -> None:
             print(f"stopped the demo's Kafka broker (its data stays in {broker.base_dir})")
 
 
-def _local_broker(ctx: Context):
+def _local_broker(ctx: Context) -> KafkaBroker | None:
     """Start the project's broker for the demo when the config points at loopback and none answers."""
     from lambda_pipeline.local_services.kafka_broker import KafkaBroker, create_topic
 
@@ -89,12 +93,11 @@ def _local_broker(ctx: Context):
         create_topic(kafka.bootstrap_servers, str(kafka.topic), kafka.partitions)
         return None  # a real cluster: use it as it is
     broker = KafkaBroker(Path(ctx.locations.workdir) / "kafka", port=int(port))
-    if broker.status().running:
-        broker = None  # started by 'lambda-pipeline kafka start': leave it running
-    else:
+    ours = not broker.status().running  # else started by 'lambda-pipeline kafka start': leave it running
+    if ours:
         broker.start()
     create_topic(kafka.bootstrap_servers, str(kafka.topic), kafka.partitions)
-    return broker
+    return broker if ours else None
 
 
 def _send(ctx: Context, generator: ClickstreamGenerator, events: int, wave: str) -> Counter[str]:
@@ -110,8 +113,8 @@ def _send(ctx: Context, generator: ClickstreamGenerator, events: int, wave: str)
     return sent.malformed + sent.hostile + Counter(duplicate=sent.duplicates)
 
 
-def _report(ctx: Context, serving, malformed: Counter[str]) -> None:
-    def sql(statement: str):  # every report query reads the one pin taken above
+def _report(ctx: Context, serving: ServingLayer, malformed: Counter[str]) -> None:
+    def sql(statement: str) -> DataFrame:  # every report query reads the one pin taken above
         return serving.query(statement, refresh=False)
 
     tables = ctx.settings.tables
@@ -127,6 +130,7 @@ def _report(ctx: Context, serving, malformed: Counter[str]) -> None:
         f"(SELECT count(*) FROM master.{tables.master}) AS master_rows, "
         f"(SELECT count(*) FROM master.{tables.quarantine}) AS quarantined"
     ).first()
+    assert share is not None  # scalar subqueries: always one row
     print("events each layer contributed to serving.page_activity:")
     print(f"  batch layer : {share.batch_events:>9}")
     print(f"  speed layer : {share.speed_events:>9}  (ingested after the last batch)")

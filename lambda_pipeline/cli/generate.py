@@ -47,7 +47,7 @@ def _fraction(text: str) -> float:
     return value
 
 
-def add_generate_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_generate_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Register the ``generate`` verb; the caller adds the common options (--config, --workdir, --set)."""
     generate = verbs.add_parser(
         "generate",

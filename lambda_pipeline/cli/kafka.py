@@ -22,7 +22,7 @@ _LOOPBACK = ("127.0.0.1", "localhost")
 _DEFAULT_PORT = 9092
 
 
-def add_kafka_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_kafka_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Register the ``kafka`` verb; the caller adds the common options (--config, --workdir, --set)."""
     kafka = verbs.add_parser(
         "kafka",

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from lambda_pipeline.cli.context import Context
@@ -247,7 +247,7 @@ def _cmd_demo(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {
+COMMANDS: dict[str, Callable[[Context, argparse.Namespace], int]] = {
     "ingest": _cmd_ingest,
     "speed": _cmd_speed,
     "batch": _cmd_batch,

@@ -24,7 +24,7 @@ __all__ = ["add_s3_parser", "local_endpoint_port", "run_s3"]
 _LOOPBACK = ("127.0.0.1", "localhost")
 
 
-def add_s3_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_s3_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Register the ``s3`` verb; the caller adds the common options (--config, --workdir, --set)."""
     s3 = verbs.add_parser(
         "s3",

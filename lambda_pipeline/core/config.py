@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import sys
 from collections.abc import Iterable, Mapping
 from importlib.resources import files
 from pathlib import Path
@@ -22,7 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lambda_pipeline.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from importlib.resources.abc import Traversable
+    if sys.version_info >= (3, 11):
+        from importlib.resources.abc import Traversable
+    else:
+        from importlib.abc import Traversable
 
 __all__ = [
     "CONFIG_PACKAGE",
@@ -556,15 +560,15 @@ def load_settings(
         return Settings.model_validate(tree)
     except ValidationError as exc:
         first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or None
+        loc = ".".join(str(p) for p in first["loc"]) or None
         if first["type"] == "extra_forbidden":
             message = "unknown key; check its spelling against conf/local.yaml"
         else:
             message = first["msg"].removeprefix("Value error, ")
             # Never echo what was given for Kafka options, S3 or Spark settings: it may be a credential.
-            secret = key is not None and (
-                ".options" in key or key.split(".")[0] == "s3" or key in ("spark.conf", "emr.submit_conf")
+            secret = loc is not None and (
+                ".options" in loc or loc.split(".")[0] == "s3" or loc in ("spark.conf", "emr.submit_conf")
             )
             if "input" in first and first["type"] != "missing" and "got " not in message and not secret:
                 message += f" (got {first['input']!r})"
-        raise ConfigError(_blame(source, key, from_env), key, message) from None
+        raise ConfigError(_blame(source, loc, from_env), loc, message) from None

@@ -202,7 +202,8 @@ def _cached_jars(packages: tuple[str, ...]) -> list[str] | None:
 
 
 def _remember_jars(spark: SparkSession, packages: tuple[str, ...]) -> None:
-    jars = [j.removeprefix("file://").removeprefix("file:") for j in spark.conf.get("spark.jars", "").split(",")]
+    listed = spark.conf.get("spark.jars", "") or ""
+    jars = [j.removeprefix("file://").removeprefix("file:") for j in listed.split(",")]
     jars = [j for j in jars if j.endswith(".jar") and Path(j).is_file()]
     if jars:
         manifest = _manifest(packages)
@@ -255,9 +256,15 @@ def resolve_jars(packages: tuple[str, ...], conf: dict[str, str]) -> list[str]:
                 command += ["--conf", f"{key}={conf[key]}"]
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("w") as out:
-            streams = {} if verbose() else {"stdout": out, "stderr": subprocess.STDOUT}
+            quiet = not verbose()
             try:
-                done = subprocess.run(command, timeout=RESOLVE_TIMEOUT_SECONDS, check=False, **streams)
+                done = subprocess.run(
+                    command,
+                    timeout=RESOLVE_TIMEOUT_SECONDS,
+                    check=False,
+                    stdout=out if quiet else None,
+                    stderr=subprocess.STDOUT if quiet else None,
+                )
             except subprocess.TimeoutExpired:
                 raise EnvironmentProblem(f"fetching the JVM packages took over {RESOLVE_TIMEOUT_SECONDS}s") from None
         cached = _cached_jars(packages)

@@ -72,7 +72,8 @@ class CheckpointAppId:
     """
 
     def __init__(self, prefix: str, checkpoint: str) -> None:
-        self.prefix, self.checkpoint, self._value = prefix, checkpoint, None
+        self.prefix, self.checkpoint = prefix, checkpoint
+        self._value: str | None = None
 
     def get(self, spark: SparkSession) -> str:
         if self._value is None:
@@ -179,8 +180,9 @@ def run_until_stopped(queries: list[StreamingQuery], *, once: bool) -> None:
         for query in queries:
             stop_between_batches(query)
         for query in queries:
-            if query.exception() is not None:
-                raise query.exception()  # type: ignore[misc]
+            error = query.exception()
+            if error is not None:
+                raise error
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -149,7 +149,7 @@ class Locations:
         for path in (self.landing, self.warehouse):
             if _is_uri(path):
                 hpath = jvm.org.apache.hadoop.fs.Path(path)
-                fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[union-attr]
+                fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
                 if not fs.exists(hpath):
                     fs.mkdirs(hpath)
 
@@ -244,9 +244,10 @@ def latest_version(spark: SparkSession, path: str) -> int:
 def _snapshot_identity(spark: SparkSession, path: str) -> tuple[int, str] | None:
     """(newest version, table id), or None when no table is there: the id tells a re-created table
     from the old one."""
-    jvm = spark._jvm  # type: ignore[attr-defined]
+    jvm = spark._jvm
+    assert jvm is not None
     none = jvm.scala.Option.empty()
-    log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)  # type: ignore[attr-defined]
+    log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
     snapshot = log.update(False, none, none)
     version = int(snapshot.version())
     return None if version < 0 else (version, str(snapshot.metadata().id()))

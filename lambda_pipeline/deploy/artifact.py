@@ -101,11 +101,11 @@ def read_project(root: Path = ROOT) -> ProjectInfo:
     pyproject = root / "pyproject.toml"
     if not pyproject.is_file():
         raise EnvironmentProblem(f"{pyproject} not found: 'package' runs from a source checkout of the project")
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
+    else:
         try:
-            import tomli as tomllib  # type: ignore[no-redef]
+            import tomli as tomllib
         except ModuleNotFoundError:
             raise EnvironmentProblem("'package' reads pyproject.toml: use Python 3.11+, or pip install tomli") from None
     data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
@@ -432,7 +432,7 @@ def load_manifest(dist: Path) -> dict[str, Any]:
     return manifest
 
 
-def add_package_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_package_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Register the ``package`` verb (it takes no --config/--workdir: the artifact serves every config)."""
     package = verbs.add_parser(
         "package",

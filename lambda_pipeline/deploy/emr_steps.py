@@ -278,7 +278,7 @@ def _glue_tables_sql(settings: Settings, workdir: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def add_emr_steps_parser(verbs: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_emr_steps_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Register ``emr-steps``; the caller adds the common options (--config, --workdir, --set)."""
     parser = verbs.add_parser(
         "emr-steps",

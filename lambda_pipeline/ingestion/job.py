@@ -10,6 +10,7 @@ input lines (or Kafka messages) always equals master rows plus quarantine rows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -29,7 +30,7 @@ from lambda_pipeline.ingestion.data_loss import check_data_loss, record_data_los
 from lambda_pipeline.ingestion.sources import PRE_REASON, RAW, file_lines, kafka_lines
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
     from pyspark.sql.streaming import StreamingQuery
 
 __all__ = ["IngestBatch", "parse_events", "route_batch", "setup_ingest_tables", "start_ingest"]
@@ -40,7 +41,7 @@ _BRANCH = "_branch"
 _RAW_EXCERPT = 60
 
 
-def _typed(column: str, dtype: T.DataType) -> F.Column:
+def _typed(column: str, dtype: T.DataType) -> Column:
     raw = F.col(f"_j.{column}")
     if isinstance(dtype, T.StringType):
         return raw
@@ -49,7 +50,7 @@ def _typed(column: str, dtype: T.DataType) -> F.Column:
     return F.expr(f"try_cast(`_j`.`{column}` AS {dtype.simpleString()})")
 
 
-def _event_time_check(source: EventSource, policy: EventTimePolicy, now: F.Column) -> F.Column:
+def _event_time_check(source: EventSource, policy: EventTimePolicy, now: Column) -> Column:
     """Reason for an event time outside the plausible range, else null.
 
     ``now`` is the micro-batch's timestamp, kept in the offset log, so a replayed
@@ -69,7 +70,7 @@ def _event_time_check(source: EventSource, policy: EventTimePolicy, now: F.Colum
 
 
 def parse_events(
-    lines: DataFrame, source: EventSource, policy: EventTimePolicy | None = None, now: F.Column | None = None
+    lines: DataFrame, source: EventSource, policy: EventTimePolicy | None = None, now: Column | None = None
 ) -> DataFrame:
     """Parse ``raw`` JSON lines into the source's typed columns plus a ``reason`` (null when valid).
 
@@ -168,7 +169,7 @@ class IngestBatch:
             counts = {bool(ok): n for ok, n in routed.groupBy(F.col(REASON).isNull().alias("ok")).count().collect()}
             if not counts:  # a no-data batch (the watermark moved): nothing to write
                 return
-            writes = []
+            writes: list[Callable[[], object]] = []
             if counts.get(True):
                 writes.append(lambda: self._append_master(routed.filter(F.col(REASON).isNull()), batch_id))
             if counts.get(False):

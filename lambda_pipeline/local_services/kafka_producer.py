@@ -58,9 +58,10 @@ class KafkaEventProducer:
     def __init__(self, kafka: KafkaSettings, topic: str | None = None, **extra: Any) -> None:
         from confluent_kafka import Producer
 
-        self.topic = topic or kafka.topic
-        if not self.topic:
+        chosen = topic or kafka.topic
+        if not chosen:
             raise LambdaError("the generator needs a topic: set ingest.kafka.topic (a pattern is not a destination)")
+        self.topic: str = chosen
         self.stats = ProduceStats()
         self._producer = Producer(producer_config(kafka, **extra))
 
