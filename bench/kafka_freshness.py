@@ -832,7 +832,7 @@ def check_queries(queries: list[StreamingQuery]) -> None:
 
 
 def stop_queries(queries: list[StreamingQuery]) -> None:
-    from freshness import stop_when_idle
+    from _observer import stop_when_idle
 
     try:
         stop_when_idle(queries, 60.0)
@@ -960,7 +960,7 @@ def run_noop(phase: Phase) -> dict[str, Any]:
 
 def run_pipeline(phase: Phase) -> dict[str, Any]:
     """The real jobs: seed + batch first, then ingest and speed streaming while the producer runs."""
-    from freshness import read_commit
+    from _observer import commit_time
     from pyspark.sql import functions as F
 
     from lambda_pipeline.batch_layer.job import run_batch
@@ -1078,8 +1078,7 @@ def run_pipeline(phase: Phase) -> dict[str, Any]:
             warmup_events += n
             continue
         if tag not in master_commit:
-            commit = read_commit(loc.master, tag)
-            master_commit[tag] = commit.millis / 1000.0 if commit and commit.millis is not None else None
+            master_commit[tag] = commit_time(loc.master, tag)
         seen, m_time = speed.seen.get(tag), master_commit[tag]
         if seen is None:
             not_visible += n
