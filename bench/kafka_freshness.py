@@ -84,7 +84,6 @@ import multiprocessing
 import os
 import random
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -94,13 +93,35 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from _common import add_common_args, environment, percentile, summary, write_results
+from _common import (
+    add_common_args,
+    add_generator_args,
+    environment,
+    generator_mix,
+    percentile,
+    summary,
+    write_results,
+)
+from _observer import (
+    LATENCIES,
+    DeltaLog,
+    PollLoop,
+    SpeedVisibility,
+    check_queries,
+    commit_time,
+    fmt,
+    latencies,
+    print_latencies,
+    progress_details,
+    stop_queries,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming import StreamingQuery
 
     from lambda_pipeline.core.config import KafkaSettings, Settings
+    from lambda_pipeline.core.tables import Locations
 
 NAME = "kafka_freshness"
 DEFAULT_OVERRIDES = (
@@ -150,10 +171,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--timeout", type=float, default=None, help="limit per phase once producing (default warmup + seconds + 180)"
     )
     parser.add_argument("--spark-jobs", action="store_true", help="report Spark jobs by name (UI REST API)")
-    parser.add_argument("--seed", type=int, default=7, help="generator seed (default 7)")
-    parser.add_argument("--late-fraction", type=float, default=0.05)
-    parser.add_argument("--duplicate-fraction", type=float, default=0.03)
-    parser.add_argument("--malformed-fraction", type=float, default=0.02)
+    add_generator_args(parser)
     add_common_args(
         parser,
         NAME,
@@ -406,7 +424,7 @@ class ProducerProcess:
             self.proc.join(timeout=10)
 
 
-# ---- logs: checkpoints and Delta tables, read from the local file system -------------------------------------
+# ---- the query's checkpoint, read from the local file system -------------------------------------------------
 
 
 def _read_json_lines(path: Path) -> list[Any] | None:
@@ -473,101 +491,6 @@ class Checkpoint:
         return out
 
 
-@dataclass
-class Version:
-    version: int
-    committed_at: float
-    observed_at: float
-    operation: str
-    adds_data: bool
-    tags: set[int] | None  # None: some added file has no ingest_tag statistics
-
-
-class DeltaLog:
-    """New versions of a local Delta table, read straight from ``_delta_log`` (no Spark job)."""
-
-    def __init__(self, table: str, after: int) -> None:
-        self.log = Path(table.removeprefix("file:")) / "_delta_log"
-        self.version = after
-        self.versions: list[Version] = []
-
-    def poll(self) -> list[Version]:
-        new = []
-        while True:
-            path = self.log / f"{self.version + 1:020d}.json"
-            try:
-                text = path.read_text(encoding="utf-8")
-                committed_at = path.stat().st_mtime  # the commit became readable then (written by rename)
-            except FileNotFoundError:
-                break
-            observed = time.time()
-            operation, adds_data, tags = "", False, set()
-            for line in text.splitlines():
-                if not line.strip():
-                    continue
-                action = json.loads(line)
-                if "commitInfo" in action:
-                    operation = str(action["commitInfo"].get("operation", ""))
-                elif "add" in action and action["add"].get("dataChange", True):
-                    adds_data = True
-                    stats = json.loads(action["add"].get("stats") or "{}")
-                    lo = stats.get("minValues", {}).get("ingest_tag")
-                    hi = stats.get("maxValues", {}).get("ingest_tag")
-                    if tags is not None and lo is not None and hi is not None:
-                        tags.update(range(int(lo), int(hi) + 1))
-                    else:
-                        tags = None
-            self.version += 1
-            entry = Version(self.version, committed_at, observed, operation, adds_data, tags if adds_data else set())
-            self.versions.append(entry)
-            new.append(entry)
-        return new
-
-
-@dataclass
-class TagSeen:
-    speed_version: int
-    committed_at: float
-    observed_at: float
-
-
-class SpeedVisibility:
-    """First speed-partials version (and its commit time) holding each ingest tag above the coverage."""
-
-    def __init__(self, spark: SparkSession, table: str, covered: int, after: int) -> None:
-        self.spark, self.table, self.covered = spark, table, covered
-        self.log = DeltaLog(table, after)
-        self.seen: dict[int, TagSeen] = {}
-        self.spark_queries = 0
-        self.polls = 0
-        self.poll_seconds: list[float] = []
-
-    def poll(self) -> None:
-        from lambda_pipeline.core.tables import sql_path
-
-        t0 = time.perf_counter()
-        self.polls += 1
-        for v in self.log.poll():
-            if not v.adds_data or v.operation.upper() == "OPTIMIZE":
-                continue
-            tags = v.tags
-            if tags is None:  # no statistics: ask Spark (never seen with Delta's defaults)
-                self.spark_queries += 1
-                rows = self.spark.sql(
-                    f"SELECT DISTINCT ingest_tag FROM {sql_path(self.table)} VERSION AS OF {v.version} "
-                    f"WHERE ingest_tag > {self.covered}"
-                ).collect()
-                tags = {int(r[0]) for r in rows}
-            for tag in tags:
-                if tag > self.covered:
-                    self.seen.setdefault(tag, TagSeen(v.version, v.committed_at, v.observed_at))
-        self.poll_seconds.append(time.perf_counter() - t0)
-
-    @property
-    def newest_tag(self) -> int:
-        return max(self.seen, default=self.covered)
-
-
 # ---- analysis helpers -------------------------------------------------------------------------------------
 
 
@@ -629,29 +552,6 @@ def topic_timestamps(spark: SparkSession, kafka: KafkaSettings, topic: str) -> D
         F.unix_millis("timestamp").alias("ts"),
         F.col("timestampType").alias("ts_type"),
     )
-
-
-def progress_details(query: StreamingQuery) -> dict[str, Any]:
-    """Micro-batches with data: trigger duration percentiles and the p50 of each ``durationMs`` phase."""
-    parts: dict[str, list[float]] = {}
-    rows: list[float] = []
-    reports = 0
-    for p in query.recentProgress:
-        data = json.loads(p.json) if hasattr(p, "json") else dict(p)
-        reports += 1
-        if int(data.get("numInputRows", 0)) > 0:
-            rows.append(float(data["numInputRows"]))
-            for key, value in data.get("durationMs", {}).items():
-                parts.setdefault(key, []).append(float(value))
-    trigger = parts.get("triggerExecution", [])
-    return {
-        "progress_reports": reports,
-        "batches_with_data": len(rows),
-        "input_rows_median": statistics.median(rows) if rows else math.nan,
-        "trigger_ms": summary(trigger),
-        "duration_ms_p50_by_phase": {k: percentile(v, 50) for k, v in sorted(parts.items())},
-        "duration_ms_p95_by_phase": {k: percentile(v, 95) for k, v in sorted(parts.items())},
-    }
 
 
 def spark_jobs(spark: SparkSession, since: float, until: float, owners: dict[str, str]) -> dict[str, Any]:
@@ -825,24 +725,6 @@ class Phase:
         return self.args.timeout if self.args.timeout is not None else self.args.warmup + self.args.seconds + 180.0
 
 
-def check_queries(queries: list[StreamingQuery]) -> None:
-    for q in queries:
-        if not q.isActive:
-            raise RuntimeError(f"streaming query {q.name} stopped: {q.exception()}")
-
-
-def stop_queries(queries: list[StreamingQuery]) -> None:
-    from _observer import stop_when_idle
-
-    try:
-        stop_when_idle(queries, 60.0)
-    except Exception as exc:  # stop the rest regardless
-        print(f"stopping the queries: {exc}", file=sys.stderr)
-        for q in queries:
-            if q.isActive:
-                q.stop()
-
-
 def topic_lag(phase: Phase, checkpoint: Checkpoint) -> tuple[int, int]:
     """(topic latest offsets summed, messages the query committed); latest is -1 if the broker did not answer."""
     from lambda_pipeline.local_services.kafka_broker import offsets
@@ -864,8 +746,6 @@ def live_line(phase: Phase, started: float, checkpoint: Checkpoint, base: int, e
 
 def run_noop(phase: Phase) -> dict[str, Any]:
     """The baseline: same Kafka options, decode and parse as ingest, into the noop sink, same trigger."""
-    from pyspark.sql import functions as F
-
     from lambda_pipeline.ingestion.job import parse_events
     from lambda_pipeline.ingestion.sources import kafka_lines
     from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
@@ -885,25 +765,18 @@ def run_noop(phase: Phase) -> dict[str, Any]:
     producer = ProducerProcess(phase.kafka, phase.topic, args, phase.rate, "n")
     try:
         started_wall = producer.start()
-        started = time.monotonic()
+        loop = PollLoop(phase.timeout, 0.1)
         print(f"  noop query started; producing for {args.warmup:g}s warm-up + {args.seconds:g}s measured", flush=True)
-        deadline, next_report = started + phase.timeout, started + 10.0
-        produced, drained_at, timed_out, end_lag = None, None, False, (-1, 0)
-        while True:
-            now = time.monotonic()
-            if now > deadline:
-                timed_out = True
-                break
+        produced, drained_at, end_lag = None, None, (-1, 0)
+        for now in loop:
             check_queries([query])
             if produced is None and (produced := producer.poll()) is not None:
                 end_lag = topic_lag(phase, checkpoint)
             if produced is not None and checkpoint.committed_total() >= produced["messages"]:
                 drained_at = time.time()
                 break
-            if now >= next_report:
-                print(live_line(phase, started, checkpoint, 0), flush=True)
-                next_report = now + 10.0
-            time.sleep(0.1)
+            if loop.report_due(now):
+                print(live_line(phase, loop.started, checkpoint, 0), flush=True)
         if produced is None:
             raise RuntimeError(f"the producer did not finish within {phase.timeout:.0f}s")
         details = progress_details(query)
@@ -915,32 +788,7 @@ def run_noop(phase: Phase) -> dict[str, Any]:
         phase.queries.remove(query)
 
     batches = checkpoint.batches()
-    # Freshness per message: commit time of the micro-batch holding its offset - its Kafka timestamp.
-    rows = [
-        (b.batch_id, p, b.start.get(p, 0), end, k)
-        for b in batches
-        for p, end in b.end.items()
-        if end > b.start.get(p, 0)
-        for k in range(b.start.get(p, 0) // BUCKET, (end - 1) // BUCKET + 1)
-    ]
-    t0 = produced["start"] + args.warmup
-    fresh: list[tuple[float, int]] = []
-    matched = before_window = 0
-    if rows:
-        ranges = spark.createDataFrame(rows, "batch long, partition int, lo long, hi long, bucket long")
-        messages = topic_timestamps(spark, phase.kafka, phase.topic).withColumn(
-            "bucket", F.floor(F.col("offset") / BUCKET).cast("long")
-        )
-        joined = messages.join(F.broadcast(ranges), ["partition", "bucket"]).where(
-            (F.col("offset") >= F.col("lo")) & (F.col("offset") < F.col("hi"))
-        )
-        committed_at = {b.batch_id: b.committed_at for b in batches}
-        for r in joined.groupBy("batch", "ts").count().collect():
-            matched += r["count"]
-            if r["ts"] / 1000.0 < t0:
-                before_window += r["count"]
-            else:
-                fresh.append((committed_at[r["batch"]] - r["ts"] / 1000.0, r["count"]))
+    fresh, matched, before_window = noop_freshness(phase, batches, produced["start"] + args.warmup)
     result = {
         "topic": phase.topic,
         "producer": producer_summary(produced),
@@ -951,72 +799,102 @@ def run_noop(phase: Phase) -> dict[str, Any]:
         "messages_not_committed": produced["messages"] - matched,
         "batches": len(batches),
         "stream": details,
-        "timed_out": timed_out,
+        "timed_out": loop.timed_out,
     }
     if args.spark_jobs:
         result["spark_jobs"] = spark_jobs(spark, started_wall, until, owners)
     return result
 
 
-def run_pipeline(phase: Phase) -> dict[str, Any]:
-    """The real jobs: seed + batch first, then ingest and speed streaming while the producer runs."""
-    from _observer import commit_time
+def noop_freshness(phase: Phase, batches: list[CheckpointBatch], t0: float) -> tuple[list[tuple[float, int]], int, int]:
+    """Freshness per message produced from ``t0`` on, as (seconds, count); messages matched; those before ``t0``.
+
+    A message's freshness: the commit time of the micro-batch holding its offset - its Kafka timestamp.
+    """
     from pyspark.sql import functions as F
 
+    rows = [
+        (b.batch_id, p, b.start.get(p, 0), end, k)
+        for b in batches
+        for p, end in b.end.items()
+        if end > b.start.get(p, 0)
+        for k in range(b.start.get(p, 0) // BUCKET, (end - 1) // BUCKET + 1)
+    ]
+    fresh: list[tuple[float, int]] = []
+    matched = before_window = 0
+    if not rows:
+        return fresh, matched, before_window
+    ranges = phase.spark.createDataFrame(rows, "batch long, partition int, lo long, hi long, bucket long")
+    messages = topic_timestamps(phase.spark, phase.kafka, phase.topic).withColumn(
+        "bucket", F.floor(F.col("offset") / BUCKET).cast("long")
+    )
+    joined = messages.join(F.broadcast(ranges), ["partition", "bucket"]).where(
+        (F.col("offset") >= F.col("lo")) & (F.col("offset") < F.col("hi"))
+    )
+    committed_at = {b.batch_id: b.committed_at for b in batches}
+    for r in joined.groupBy("batch", "ts").count().collect():
+        matched += r["count"]
+        if r["ts"] / 1000.0 < t0:
+            before_window += r["count"]
+        else:
+            fresh.append((committed_at[r["batch"]] - r["ts"] / 1000.0, r["count"]))
+    return fresh, matched, before_window
+
+
+def seed_coverage(phase: Phase, loc: Locations) -> tuple[int, int]:
+    """One second of the rate, ingested once, and one published batch: (coverage master version, seed messages)."""
     from lambda_pipeline.batch_layer.job import run_batch
-    from lambda_pipeline.core.tables import Locations, latest_version
     from lambda_pipeline.ingestion.job import start_ingest
     from lambda_pipeline.local_services.kafka_producer import KafkaEventProducer
+    from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
+
+    args = phase.args
+    t0 = time.perf_counter()
+    seeder = KafkaEventProducer(phase.kafka, phase.topic)
+    fractions = (args.late_fraction, args.duplicate_fraction, args.malformed_fraction)
+    values, _ = make_generator(args.generator, args.seed, "s", fractions).batch(max(1, round(phase.rate)))
+    seeder.send(values)
+    seeder.close()
+    t1 = time.perf_counter()
+    start_ingest(phase.spark, CLICKSTREAM, phase.settings, loc, once=True).awaitTermination(phase.timeout)
+    t2 = time.perf_counter()
+    coverage, _ = run_batch(phase.spark, CLICKSTREAM, loc)
+    print(
+        f"  seed of {len(values):,} messages produced in {t1 - t0:.1f}s, ingested once in {t2 - t1:.1f}s, batch "
+        f"published (coverage = master version {coverage.master_version}) in {time.perf_counter() - t2:.1f}s",
+        flush=True,
+    )
+    return coverage.master_version, len(values)
+
+
+def run_pipeline(phase: Phase) -> dict[str, Any]:
+    """The real jobs: seed + batch first, then ingest and speed streaming while the producer runs."""
+    from lambda_pipeline.core.tables import Locations, latest_version
+    from lambda_pipeline.ingestion.job import start_ingest
     from lambda_pipeline.pipelines.clickstream import CLICKSTREAM, PAGE_ACTIVITY
-    from lambda_pipeline.serving_layer.catalog import ServingLayer
     from lambda_pipeline.speed_layer.job import start_speed
 
     spark, settings, args = phase.spark, phase.settings, phase.args
     loc = Locations.create(settings, phase.workdir)
     loc.ensure_local_dirs()
-
-    # Coverage first: one second of the rate, ingested once, and one published batch.
-    t0 = time.perf_counter()
-    seeder = KafkaEventProducer(phase.kafka, phase.topic)
-    fractions = (args.late_fraction, args.duplicate_fraction, args.malformed_fraction)
-    gen = make_generator(args.generator, args.seed, "s", fractions)
-    values, _ = gen.batch(max(1, round(phase.rate)))
-    seeder.send(values)
-    seeder.close()
-    t1 = time.perf_counter()
-    start_ingest(spark, CLICKSTREAM, settings, loc, once=True).awaitTermination(phase.timeout)
-    t2 = time.perf_counter()
-    coverage, _ = run_batch(spark, CLICKSTREAM, loc)
-    covered = coverage.master_version
-    seed_messages = len(values)
-    print(
-        f"  seed of {seed_messages:,} messages produced in {t1 - t0:.1f}s, ingested once in {t2 - t1:.1f}s, batch "
-        f"published (coverage = master version {covered}) in {time.perf_counter() - t2:.1f}s",
-        flush=True,
-    )
+    covered, seed_messages = seed_coverage(phase, loc)
 
     speed_table = loc.speed_partials(PAGE_ACTIVITY.name)
     phase.queries.append(start_speed(spark, CLICKSTREAM, settings, loc))
     phase.queries.append(start_ingest(spark, CLICKSTREAM, settings, loc))
-    speed = SpeedVisibility(spark, speed_table, covered, latest_version(spark, speed_table))
+    speed = SpeedVisibility(spark, speed_table, covered, log_only=True)
     master_log = DeltaLog(loc.master, latest_version(spark, loc.master))
     checkpoint = Checkpoint(loc.checkpoint("ingest"), phase.topic)
     producer = ProducerProcess(phase.kafka, phase.topic, args, phase.rate, "p")
     try:
         started_wall = producer.start()
-        started = time.monotonic()
+        loop = PollLoop(phase.timeout, args.poll_ms / 1000.0)
         print(
             f"  ingest and speed started; producing for {args.warmup:g}s warm-up + {args.seconds:g}s measured",
             flush=True,
         )
-        deadline, next_report = started + phase.timeout, started + 10.0
-        produced, drained_at, visible_at, timed_out, end_lag = None, None, None, False, (-1, 0)
-        poll = args.poll_ms / 1000.0
-        while True:
-            loop = time.monotonic()
-            if loop > deadline:
-                timed_out = True
-                break
+        produced, drained_at, visible_at, end_lag = None, None, None, (-1, 0)
+        for now in loop:
             check_queries(phase.queries)
             speed.poll()
             master_log.poll()
@@ -1031,13 +909,9 @@ def run_pipeline(phase: Phase) -> dict[str, Any]:
                     if speed.newest_tag >= newest or all(t in speed.seen for t in range(covered + 1, newest + 1)):
                         visible_at = time.time()
                         break
-            if loop >= next_report:
+            if loop.report_due(now):
                 extra = f", master v{master_log.version}, newest visible tag {speed.newest_tag}"
-                print(live_line(phase, started, checkpoint, seed_messages, extra), flush=True)
-                next_report = loop + 10.0
-            rest = poll - (time.monotonic() - loop)
-            if rest > 0:
-                time.sleep(rest)
+                print(live_line(phase, loop.started, checkpoint, seed_messages, extra), flush=True)
         if produced is None:
             raise RuntimeError(f"the producer did not finish within {phase.timeout:.0f}s")
         streams = {q.name: progress_details(q) for q in phase.queries}
@@ -1048,26 +922,65 @@ def run_pipeline(phase: Phase) -> dict[str, Any]:
         stop_queries(phase.queries)
         phase.queries.clear()
 
-    # Per event: (tag, Kafka timestamp) of every master row above the coverage.
+    events = event_latencies(phase, loc, speed, produced["start"] + args.warmup)
+    stats = {k: weighted_summary(v) for k, v in events.pop("samples").items()}
+    rows_by_tag = events.pop("rows_by_tag")
+    batches = checkpoint.batches()
+    flow = {
+        **throughput(produced, batches, args.warmup, seed_messages, drained_at),
+        **lag_fields(end_lag, seed_messages),
+    }
+    w0, w1 = flow["window"]
+    commit_times = {v.version: v.committed_at for v in master_log.versions}
+    rows_in_window = sum(n for tag, n in rows_by_tag.items() if w0 < (commit_times.get(tag) or math.inf) <= w1)
+    flow["master_rows_per_s"] = rows_in_window / flow["window_seconds"]
+
+    result = {
+        "topic": phase.topic,
+        "coverage_master_version": covered,
+        "seed_messages": seed_messages,
+        "producer": producer_summary(produced),
+        "throughput": flow,
+        "freshness_seconds": stats,
+        "events_measured": stats["visible"]["n"],
+        **events,
+        "ingest_commits": len([t for t in rows_by_tag if t > covered]),
+        "speed_versions": len(speed.log.versions),
+        "check": serving_check(phase, loc, seed_messages + produced["messages"]),
+        "streams": streams,
+        "poller": speed.stats("spark_queries"),
+        "timed_out": loop.timed_out,
+        "visible_after_last_burst_seconds": (visible_at - flow["window"][1]) if visible_at else None,
+    }
+    if args.spark_jobs:
+        result["spark_jobs"] = spark_jobs(spark, started_wall, until, owners)
+    return result
+
+
+def event_latencies(phase: Phase, loc: Locations, speed: SpeedVisibility, t_measure: float) -> dict[str, Any]:
+    """``latencies`` of every master event above the coverage produced from ``t_measure`` on, as (value, count).
+
+    The produce time is the event's Kafka timestamp, joined to master on (partition, offset) of its
+    ``source_file``. Also the event counts: before ``t_measure``, never visible, without a timestamp; rows per tag.
+    """
+    from pyspark.sql import functions as F
+
     master = (
-        spark.read.format("delta")
+        phase.spark.read.format("delta")
         .load(loc.master)
-        .where(F.col("ingest_tag") > covered)
+        .where(F.col("ingest_tag") > speed.covered)
         .select(
             "ingest_tag",
             F.element_at(F.split("source_file", "/"), -2).cast("int").alias("partition"),
             F.element_at(F.split("source_file", "/"), -1).cast("long").alias("offset"),
         )
     )
-    joined = master.join(topic_timestamps(spark, phase.kafka, phase.topic), ["partition", "offset"], "left")
-    per_tag_ts = joined.groupBy("ingest_tag", "ts").count().collect()
-    quarantined = spark.read.format("delta").load(loc.quarantine).count()
+    joined = master.join(topic_timestamps(phase.spark, phase.kafka, phase.topic), ["partition", "offset"], "left")
     master_commit: dict[int, float | None] = {}
-    t_measure = produced["start"] + args.warmup
-    samples: dict[str, list[tuple[float, int]]] = {"visible": [], "observed": [], "ingest": [], "speed": []}
+    samples: dict[str, list[tuple[float, int]]] = {k: [] for k in LATENCIES}
     rows_by_tag: dict[int, int] = {}
     unmatched = warmup_events = not_visible = 0
-    for r in per_tag_ts:
+    for r in joined.groupBy("ingest_tag", "ts").count().collect():
         tag, n = int(r["ingest_tag"]), int(r["count"])
         rows_by_tag[tag] = rows_by_tag.get(tag, 0) + n
         if r["ts"] is None:
@@ -1079,76 +992,82 @@ def run_pipeline(phase: Phase) -> dict[str, Any]:
             continue
         if tag not in master_commit:
             master_commit[tag] = commit_time(loc.master, tag)
-        seen, m_time = speed.seen.get(tag), master_commit[tag]
+        seen = speed.seen.get(tag)
         if seen is None:
             not_visible += n
-        else:
-            samples["visible"].append((seen.committed_at - ts, n))
-            samples["observed"].append((seen.observed_at - ts, n))
-        if m_time is not None:
-            samples["ingest"].append((m_time - ts, n))
-            if seen is not None:
-                samples["speed"].append((seen.committed_at - m_time, n))
-    stats = {k: weighted_summary(v) for k, v in samples.items()}
-
-    batches = checkpoint.batches()
-    flow = {
-        **throughput(produced, batches, args.warmup, seed_messages, drained_at),
-        **lag_fields(end_lag, seed_messages),
-    }
-    w0, w1 = flow["window"]
-    commit_times = {v.version: v.committed_at for v in master_log.versions}
-    rows_in_window = sum(n for tag, n in rows_by_tag.items() if w0 < commit_times.get(tag, math.inf) <= w1)
-    flow["master_rows_per_s"] = rows_in_window / flow["window_seconds"]
-
-    # The serving view really holds them: every master event once (batch + speed), at the newest versions.
-    serving = ServingLayer(spark, CLICKSTREAM, loc)
-    served = serving.query("SELECT coalesce(sum(events), 0) AS n FROM serving.page_activity").first()["n"]
-    master_rows = spark.read.format("delta").load(loc.master).count()
-
-    result = {
-        "topic": phase.topic,
-        "coverage_master_version": covered,
-        "seed_messages": seed_messages,
-        "producer": producer_summary(produced),
-        "throughput": flow,
-        "freshness_seconds": stats,
-        "events_measured": stats["visible"]["n"],
+        for key, value in latencies(ts, seen, master_commit[tag]).items():
+            if value is not None:
+                samples[key].append((value, n))
+    return {
+        "samples": samples,
+        "rows_by_tag": rows_by_tag,
         "events_warmup": warmup_events,
         "events_not_visible": not_visible,
         "master_rows_without_kafka_timestamp": unmatched,
-        "ingest_commits": len([t for t in rows_by_tag if t > covered]),
-        "speed_versions": len(speed.log.versions),
-        "check": {
-            "topic_messages": seed_messages + produced["messages"],
-            "master_rows": master_rows,
-            "quarantine_rows": quarantined,
-            "reconciles": master_rows + quarantined == seed_messages + produced["messages"],
-            "serving_page_activity_events": int(served),
-            "serving_equals_master": int(served) == master_rows,
-        },
-        "streams": streams,
-        "poller": {
-            "polls": speed.polls,
-            "spark_queries": speed.spark_queries,
-            "poll_ms_p50": percentile(speed.poll_seconds, 50) * 1000,
-            "poll_ms_p95": percentile(speed.poll_seconds, 95) * 1000,
-        },
-        "timed_out": timed_out,
-        "visible_after_last_burst_seconds": (visible_at - flow["window"][1]) if visible_at else None,
     }
-    if args.spark_jobs:
-        result["spark_jobs"] = spark_jobs(spark, started_wall, until, owners)
-    return result
+
+
+def serving_check(phase: Phase, loc: Locations, topic_messages: int) -> dict[str, Any]:
+    """Topic = master + quarantine, and the serving view holds every master event once (batch + speed)."""
+    from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
+    from lambda_pipeline.serving_layer.catalog import ServingLayer
+
+    spark = phase.spark
+    quarantined = spark.read.format("delta").load(loc.quarantine).count()
+    served = (
+        ServingLayer(spark, CLICKSTREAM, loc)
+        .query("SELECT coalesce(sum(events), 0) AS n FROM serving.page_activity")
+        .first()["n"]
+    )
+    master_rows = spark.read.format("delta").load(loc.master).count()
+    return {
+        "topic_messages": topic_messages,
+        "master_rows": master_rows,
+        "quarantine_rows": quarantined,
+        "reconciles": master_rows + quarantined == topic_messages,
+        "serving_page_activity_events": int(served),
+        "serving_equals_master": int(served) == master_rows,
+    }
 
 
 # ---- printing ------------------------------------------------------------------------------------------------
 
 
-def f2(value: Any, width: int = 9, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return f"{'n/a':>{width}}"
-    return f"{value:>{width},.{digits}f}"
+# (label, ratio key, path in a phase's result, digits); "batch" is the noop stream, or the pipeline's ingest stream.
+RATE_ROWS: tuple[tuple[str, str, tuple[str, ...], int], ...] = (
+    *(
+        (f"freshness {q}, s (produce -> visible)", f"visible_{q}", ("freshness_seconds", "visible", q), 2)
+        for q in ("p50", "p95", "p99", "max")
+    ),
+    ("input, msgs/s", "input", ("throughput", "input_msgs_per_s"), 0),
+    ("processed (committed), msgs/s", "processed", ("throughput", "processed_msgs_per_s"), 0),
+    ("lag mid / end (peak), msgs", "lag_mid", ("throughput", "lag_mid_msgs"), 0),
+    ("", "lag_end", ("throughput", "lag_end_msgs"), 0),
+    ("lag when the producer ended (topic)", "lag_end_topic", ("throughput", "lag_at_end_topic_msgs"), 0),
+    ("drain after last burst, s", "drain", ("throughput", "drain_seconds"), 2),
+    *(
+        (f"micro-batch {q}, ms (noop vs ingest)", f"batch_ms_{q}", ("batch", "trigger_ms", q), 0)
+        for q in ("p50", "p95", "max")
+    ),
+    ("rows per micro-batch, median", "rows_per_batch", ("batch", "input_rows_median"), 0),
+    ("producer CPU, share of one core", "producer_cpu", ("producer", "cpu_share_of_one_core"), 2),
+)
+
+
+def _get(node: Any, path: tuple[str, ...]) -> Any:
+    for p in path:
+        node = node.get(p) if isinstance(node, dict) else None
+    return node
+
+
+def _stream_line(name: str, st: dict[str, Any]) -> str:
+    phases = ", ".join(
+        f"{k} {v:.0f}" for k, v in st["duration_ms_p50_by_phase"].items() if k != "triggerExecution" and v >= 1
+    )
+    return (
+        f"  {name:<18} {st['batches_with_data']:4d} batches, trigger p50 {st['trigger_ms']['p50']:.0f} ms, "
+        f"p95 {st['trigger_ms']['p95']:.0f} ms; p50 by phase (ms): {phases}"
+    )
 
 
 def print_rate(rate: float, noop: dict[str, Any] | None, pipe: dict[str, Any] | None) -> dict[str, Any]:
@@ -1158,85 +1077,14 @@ def print_rate(rate: float, noop: dict[str, Any] | None, pipe: dict[str, Any] | 
     header = f"{'':<40} {'noop':>11} {'pipeline':>11} {'ratio':>8}"
     print(header)
     print("-" * len(header))
+    ingest = next((v for k, v in ((pipe or {}).get("streams") or {}).items() if k.startswith("ingest")), None)
+    sides = ({**(noop or {}), "batch": _get(noop, ("stream",))}, {**(pipe or {}), "batch": ingest})
     ratios: dict[str, Any] = {}
-
-    def line(label: str, key: str, a: Any, b: Any, digits: int = 2) -> None:
+    for label, key, path, digits in RATE_ROWS:
+        a, b = (_get(side, path) for side in sides)
         ratio = b / a if isinstance(a, int | float) and isinstance(b, int | float) and a and not math.isnan(a) else None
         ratios[key] = ratio
-        print(f"{label:<40} {f2(a, 11, digits)} {f2(b, 11, digits)} {f2(ratio, 8)}")
-
-    def get(result: dict[str, Any] | None, *path: str) -> Any:
-        node: Any = result
-        for p in path:
-            node = node.get(p) if isinstance(node, dict) else None
-        return node
-
-    for q in ("p50", "p95", "p99", "max"):
-        line(
-            f"freshness {q}, s (produce -> visible)",
-            f"visible_{q}",
-            get(noop, "freshness_seconds", "visible", q),
-            get(pipe, "freshness_seconds", "visible", q),
-        )
-    line(
-        "input, msgs/s",
-        "input",
-        get(noop, "throughput", "input_msgs_per_s"),
-        get(pipe, "throughput", "input_msgs_per_s"),
-        0,
-    )
-    line(
-        "processed (committed), msgs/s",
-        "processed",
-        get(noop, "throughput", "processed_msgs_per_s"),
-        get(pipe, "throughput", "processed_msgs_per_s"),
-        0,
-    )
-    line(
-        "lag mid / end (peak), msgs",
-        "lag_mid",
-        get(noop, "throughput", "lag_mid_msgs"),
-        get(pipe, "throughput", "lag_mid_msgs"),
-        0,
-    )
-    line("", "lag_end", get(noop, "throughput", "lag_end_msgs"), get(pipe, "throughput", "lag_end_msgs"), 0)
-    line(
-        "lag when the producer ended (topic)",
-        "lag_end_topic",
-        get(noop, "throughput", "lag_at_end_topic_msgs"),
-        get(pipe, "throughput", "lag_at_end_topic_msgs"),
-        0,
-    )
-    line(
-        "drain after last burst, s",
-        "drain",
-        get(noop, "throughput", "drain_seconds"),
-        get(pipe, "throughput", "drain_seconds"),
-    )
-    noop_stream = get(noop, "stream")
-    pipe_stream = get(pipe, "streams")
-    ingest = next((v for k, v in (pipe_stream or {}).items() if k.startswith("ingest")), None)
-    for q in ("p50", "p95", "max"):
-        line(
-            f"micro-batch {q}, ms (noop vs ingest)",
-            f"batch_ms_{q}",
-            get(noop_stream, "trigger_ms", q),
-            get(ingest, "trigger_ms", q),
-            0,
-        )
-    line(
-        "rows per micro-batch, median",
-        "rows_per_batch",
-        get(noop_stream, "input_rows_median"),
-        get(ingest, "input_rows_median"),
-        0,
-    )
-    line(
-        "producer CPU, share of one core",
-        "producer_cpu",
-        get(noop, "producer", "cpu_share_of_one_core"),
-        get(pipe, "producer", "cpu_share_of_one_core"),
-    )
+        print(f"{label:<40} {fmt(a, 11, digits)} {fmt(b, 11, digits)} {fmt(ratio, 8)}")
     for name, res in (("noop", noop), ("pipeline", pipe)):
         if res is None:
             continue
@@ -1247,22 +1095,12 @@ def print_rate(rate: float, noop: dict[str, Any] | None, pipe: dict[str, Any] | 
             f"{flow['window_seconds']:.1f}s" + (", TIMED OUT" if res.get("timed_out") else "")
         )
     if pipe is not None:
-        s = pipe["freshness_seconds"]
         print()
         print(
             f"pipeline freshness over {pipe['events_measured']:,} events ({pipe['events_warmup']:,} warm-up, "
             f"{pipe['events_not_visible']:,} never visible), seconds:"
         )
-        header = f"{'':<44} {'p50':>7} {'p95':>7} {'p99':>7} {'max':>7}"
-        print(header)
-        labels = {
-            "visible": "visible (speed commit - Kafka timestamp)",
-            "observed": "observed by poller - Kafka timestamp",
-            "ingest": "  ingest part (master commit - timestamp)",
-            "speed": "  speed part (speed commit - master commit)",
-        }
-        for key, label in labels.items():
-            print(f"{label:<44} " + " ".join(f2(s[key][q], 7) for q in ("p50", "p95", "p99", "max")))
+        print_latencies(pipe["freshness_seconds"], "Kafka timestamp", "timestamp")
         flow = pipe["throughput"]
         print(
             f"master rows committed: {flow['master_rows_per_s']:,.0f}/s; {pipe['ingest_commits']} ingest commits, "
@@ -1275,22 +1113,9 @@ def print_rate(rate: float, noop: dict[str, Any] | None, pipe: dict[str, Any] | 
             f"{c['serving_page_activity_events']:,} = master rows: {c['serving_equals_master']}"
         )
         for name, st in pipe["streams"].items():
-            phases = ", ".join(
-                f"{k} {v:.0f}" for k, v in st["duration_ms_p50_by_phase"].items() if k != "triggerExecution" and v >= 1
-            )
-            print(
-                f"  {name:<18} {st['batches_with_data']:4d} batches, trigger p50 {st['trigger_ms']['p50']:.0f} ms, "
-                f"p95 {st['trigger_ms']['p95']:.0f} ms; p50 by phase (ms): {phases}"
-            )
+            print(_stream_line(name, st))
     if noop is not None:
-        st = noop["stream"]
-        phases = ", ".join(
-            f"{k} {v:.0f}" for k, v in st["duration_ms_p50_by_phase"].items() if k != "triggerExecution" and v >= 1
-        )
-        print(
-            f"  {'noop':<18} {st['batches_with_data']:4d} batches, trigger p50 {st['trigger_ms']['p50']:.0f} ms, "
-            f"p95 {st['trigger_ms']['p95']:.0f} ms; p50 by phase (ms): {phases}"
-        )
+        print(_stream_line("noop", noop["stream"]))
     for name, res in (("noop", noop), ("pipeline", pipe)):
         jobs = ((res or {}).get("spark_jobs") or {}).get("by_owner_and_name")
         if jobs:
@@ -1317,12 +1142,12 @@ def print_max_table(runs: list[dict[str, Any]]) -> None:
             if res is None:
                 continue
             f, fresh = res["throughput"], res["freshness_seconds"]["visible"]
-            rows = f2(f.get("master_rows_per_s"), 14, 0) if "master_rows_per_s" in f else f"{'':>14}"
+            rows = fmt(f.get("master_rows_per_s"), 14, 0) if "master_rows_per_s" in f else f"{'':>14}"
             print(
                 f"{label:>9} {f['input_msgs_per_s']:>13,.0f} {f['processed_msgs_per_s']:>12,.0f} {rows} "
-                f"{f2(f['lag_mid_msgs'], 9, 0)} {f2(f['lag_end_msgs'], 9, 0)} {f2(f['lag_at_end_topic_msgs'], 9, 0)} "
-                f"{f2(f['drain_seconds'], 8, 1)} {f2(fresh['p50'], 10)} {f2(fresh['p99'], 10)}"
-                f"  {'yes' if f['kept_up'] else 'NO'}"
+                f"{fmt(f['lag_mid_msgs'], 9, 0)} {fmt(f['lag_end_msgs'], 9, 0)} "
+                f"{fmt(f['lag_at_end_topic_msgs'], 9, 0)} {fmt(f['drain_seconds'], 8, 1)} "
+                f"{fmt(fresh['p50'], 10)} {fmt(fresh['p99'], 10)}  {'yes' if f['kept_up'] else 'NO'}"
             )
     print(
         "lag mid / lag end: peak of (sent - committed) over the middle / last 20 % of the window; lag @end: topic "
@@ -1428,12 +1253,7 @@ def main(argv: list[str] | None = None) -> int:
                 "poll_ms": args.poll_ms,
                 "overrides": overrides,
                 "workdir": str(workdir),
-                "generator_mix": {
-                    "seed": args.seed,
-                    "late_fraction": args.late_fraction,
-                    "duplicate_fraction": args.duplicate_fraction,
-                    "malformed_fraction": args.malformed_fraction,
-                },
+                "generator_mix": generator_mix(args),
             },
             "settings": base_settings.model_dump(mode="json", exclude={"ingest": {"kafka": {"options"}}}),
             "environment": environment(spark, base_settings),
