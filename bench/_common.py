@@ -36,6 +36,24 @@ def add_common_args(parser: argparse.ArgumentParser, name: str, override_help: s
     parser.add_argument("--output", default=str(RESULTS_DIR / f"{name}.json"), help="JSON results file")
 
 
+def add_generator_args(parser: argparse.ArgumentParser) -> None:
+    """--seed and the generator's late, duplicate and malformed fractions."""
+    parser.add_argument("--seed", type=int, default=7, help="generator seed (default 7)")
+    parser.add_argument("--late-fraction", type=float, default=0.05)
+    parser.add_argument("--duplicate-fraction", type=float, default=0.03)
+    parser.add_argument("--malformed-fraction", type=float, default=0.02)
+
+
+def generator_mix(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of ``add_generator_args``, for the results file."""
+    return {
+        "seed": args.seed,
+        "late_fraction": args.late_fraction,
+        "duplicate_fraction": args.duplicate_fraction,
+        "malformed_fraction": args.malformed_fraction,
+    }
+
+
 def percentile(values: list[float], q: float) -> float:
     """Linear-interpolation percentile (q in 0..100), like numpy's default."""
     data = sorted(values)
