@@ -122,7 +122,7 @@ def produce_worker(
 ) -> None:
     """Producer process: paced bursts on a deadline schedule; reports (time, messages, events) per burst."""
     try:
-        from lambda_pipeline.local_services.kafka_producer import KafkaEventProducer
+        from lambda_pipeline.cli.kafka_producer import KafkaEventProducer
 
         producer = KafkaEventProducer(kafka, topic)
         generator = make_generator(kind, seed, label, fractions)

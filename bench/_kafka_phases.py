@@ -183,8 +183,8 @@ def noop_freshness(phase: Phase, batches: list[CheckpointBatch], t0: float) -> t
 def seed_coverage(phase: Phase, loc: Locations) -> tuple[int, int]:
     """One second of the rate, ingested once, and one published batch: (coverage master version, seed messages)."""
     from lambda_pipeline.batch_layer.job import run_batch
+    from lambda_pipeline.cli.kafka_producer import KafkaEventProducer
     from lambda_pipeline.ingestion.job import start_ingest
-    from lambda_pipeline.local_services.kafka_producer import KafkaEventProducer
     from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 
     args = phase.args

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 from pyspark.sql import functions as F
 
 from lambda_pipeline.batch_layer.job import run_batch
+from lambda_pipeline.cli.kafka_producer import KafkaEventProducer
 from lambda_pipeline.core.config import load_settings
 from lambda_pipeline.core.tables import Locations
 from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.local_services.kafka_broker import offsets
-from lambda_pipeline.local_services.kafka_producer import KafkaEventProducer
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM, PAGE_ACTIVITY
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator, GeneratedMessages
 from lambda_pipeline.serving_layer.catalog import ServingLayer

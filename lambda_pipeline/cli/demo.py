@@ -105,7 +105,7 @@ def _send(ctx: Context, generator: ClickstreamGenerator, events: int, wave: str)
     if ctx.settings.ingest.source != "kafka":
         written = generator.write(ctx.locations.landing, events, files=4 if wave == "first" else 2, spark=ctx.spark)
         return sum((f.malformed for f in written), Counter()) + Counter(duplicate=sum(f.duplicates for f in written))
-    from lambda_pipeline.local_services.kafka_producer import KafkaEventProducer
+    from lambda_pipeline.cli.kafka_producer import KafkaEventProducer
 
     producer = KafkaEventProducer(ctx.settings.ingest.kafka)
     sent = producer.produce(generator, events, hostile_fraction=0.01)

@@ -93,7 +93,7 @@ class _KafkaSink:
     """The project's idempotent producer; hostile kinds in turn, so a slow rate still shows every kind."""
 
     def __init__(self, ctx: Context, generator: ClickstreamGenerator) -> None:
-        from lambda_pipeline.local_services.kafka_producer import KafkaEventProducer
+        from lambda_pipeline.cli.kafka_producer import KafkaEventProducer
 
         kafka = ctx.settings.ingest.kafka
         self.generator = generator

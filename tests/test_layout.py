@@ -1,0 +1,70 @@
+"""The layout's rules, checked on the code itself: imports flow one way, and nothing imports back."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from lambda_pipeline.deploy.artifact import read_project
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Rank of each part of the package: a module may import its own part, or parts of a lower rank. The
+# layers share rank 1 but never import each other: they meet in core.
+RANKS = {
+    "core": 0,
+    "conf": 0,
+    "ingestion": 1,
+    "batch_layer": 1,
+    "speed_layer": 1,
+    "serving_layer": 1,
+    "pipelines": 2,
+    "local_services": 2,
+    "deploy": 3,
+    "cli": 4,  # composes everything: layers, pipelines, local services, deployment
+    "pipelines.jobs": 5,  # the spark-submit entry files call the CLI
+}
+
+
+def _part(module: str) -> str:
+    rest = module.removeprefix("lambda_pipeline.")
+    return "pipelines.jobs" if rest.startswith("pipelines.jobs") else rest.split(".")[0]
+
+
+def _imports(path: Path) -> set[str]:
+    """Every lambda_pipeline module imported anywhere in the file, type-checking imports included."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {m for m in found if m.startswith("lambda_pipeline.")}
+
+
+def test_imports_flow_one_way() -> None:
+    info = read_project(ROOT)
+    wrong = []
+    for package in info.packages:
+        if package == "lambda_pipeline":
+            continue
+        part = _part(package)
+        for path in sorted(info.folder(ROOT, package).glob("*.py")):
+            for imported in _imports(path):
+                other = _part(imported)
+                if other != part and (RANKS[other] >= RANKS[part]):
+                    wrong.append(f"{path.relative_to(ROOT)} ({part}) imports {imported} ({other})")
+    assert wrong == []
+
+
+def test_every_part_has_a_rank() -> None:
+    parts = {_part(p) for p in read_project(ROOT).packages if p != "lambda_pipeline"}
+    assert parts == set(RANKS)
+
+
+def test_no_shipped_module_starts_the_cli_by_name() -> None:
+    """A module name in a string is an arrow the imports do not show."""
+    info = read_project(ROOT)
+    for package in info.packages:
+        for path in info.folder(ROOT, package).glob("*.py"):
+            assert '"-m", "lambda_pipeline.cli' not in path.read_text(encoding="utf-8"), path
