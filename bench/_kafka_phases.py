@@ -23,6 +23,7 @@ from _kafka_measure import (
 from _observer import (
     LATENCIES,
     DeltaLog,
+    PhaseBreakdown,
     PollLoop,
     SpeedVisibility,
     check_queries,
@@ -225,6 +226,7 @@ def run_pipeline(phase: Phase) -> dict[str, Any]:
     master_log = DeltaLog(loc.master, latest_version(spark, loc.master))
     checkpoint = Checkpoint(loc.checkpoint("ingest"), phase.topic)
     producer = ProducerProcess(phase.kafka, phase.topic, args, phase.rate, "p")
+    breakdown = PhaseBreakdown().attach()
     try:
         started_wall = producer.start()
         loop = PollLoop(phase.timeout, args.poll_ms / 1000.0)
@@ -260,6 +262,7 @@ def run_pipeline(phase: Phase) -> dict[str, Any]:
         producer.stop()
         stop_queries(phase.queries)
         phase.queries.clear()
+        breakdown.detach()
 
     events = event_latencies(phase, loc, speed, produced["start"] + args.warmup)
     stats = {k: weighted_summary(v) for k, v in events.pop("samples").items()}
@@ -287,6 +290,7 @@ def run_pipeline(phase: Phase) -> dict[str, Any]:
         "speed_versions": len(speed.log.versions),
         "check": serving_check(phase, loc, seed_messages + produced["messages"]),
         "streams": streams,
+        "inside_add_batch_ms": breakdown.summary(),
         "poller": speed.stats("spark_queries"),
         "timed_out": loop.timed_out,
         "visible_after_last_burst_seconds": (visible_at - flow["window"][1]) if visible_at else None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from _observer import fmt, print_latencies
+from _observer import fmt, print_breakdown, print_latencies
 
 # (label, ratio key, path in a phase's result, digits); "batch" is the noop stream, or the pipeline's ingest stream.
 RATE_ROWS: tuple[tuple[str, str, tuple[str, ...], int], ...] = (
@@ -88,6 +88,7 @@ def print_rate(rate: float, noop: dict[str, Any] | None, pipe: dict[str, Any] | 
         )
         for name, st in pipe["streams"].items():
             print(_stream_line(name, st))
+        print_breakdown(pipe.get("inside_add_batch_ms") or {})
     if noop is not None:
         print(_stream_line("noop", noop["stream"]))
     for name, res in (("noop", noop), ("pipeline", pipe)):

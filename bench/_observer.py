@@ -311,3 +311,53 @@ def progress_details(query: StreamingQuery) -> dict[str, Any]:
         "duration_ms_p50_by_phase": {k: percentile(v, 50) for k, v in sorted(parts.items())},
         "duration_ms_p95_by_phase": {k: percentile(v, 95) for k, v in sorted(parts.items())},
     }
+
+
+class PhaseBreakdown:
+    """Collects the jobs' per-micro-batch phase timings (``PhaseTimer`` records) while it is attached.
+
+    Spark's progress reports a foreachBatch body as one ``addBatch``; these name what is inside it.
+    """
+
+    def __init__(self) -> None:
+        import logging
+
+        from lambda_pipeline.core.streaming import MICRO_BATCH_LOGGER
+
+        self.records: list[tuple[str, dict[str, float]]] = []
+        outer = self
+
+        class _Handler(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                outer.records.append((str(getattr(record, "job", "?")), dict(getattr(record, "phases_ms", {}))))
+
+        self._logger = logging.getLogger(MICRO_BATCH_LOGGER)
+        self._handler = _Handler(logging.DEBUG)
+
+    def attach(self) -> PhaseBreakdown:
+        import logging
+
+        self._logger.addHandler(self._handler)
+        self._logger.setLevel(logging.DEBUG)
+        return self
+
+    def detach(self) -> None:
+        self._logger.removeHandler(self._handler)
+
+    def summary(self) -> dict[str, dict[str, dict[str, float]]]:
+        """{job: {phase: {p50, p95, n}}} in milliseconds, over micro-batches that had the phase."""
+        by_job: dict[str, dict[str, list[float]]] = {}
+        for job, phases in self.records:
+            for name, ms in phases.items():
+                by_job.setdefault(job, {}).setdefault(name, []).append(ms)
+        return {
+            job: {name: {"p50": percentile(v, 50), "p95": percentile(v, 95), "n": len(v)} for name, v in phases.items()}
+            for job, phases in by_job.items()
+        }
+
+
+def print_breakdown(breakdown: dict[str, dict[str, dict[str, float]]]) -> None:
+    """Where a micro-batch of each job spends its time, inside Spark's addBatch."""
+    for job, phases in sorted(breakdown.items()):
+        cells = ", ".join(f"{name} {v['p50']:.0f}/{v['p95']:.0f}" for name, v in sorted(phases.items()))
+        print(f"  {job:<8} inside addBatch, p50/p95 ms per micro-batch: {cells}")

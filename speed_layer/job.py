@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 
 from lambda_pipeline.core.config import Settings
 from lambda_pipeline.core.pipeline import Pipeline
-from lambda_pipeline.core.streaming import CheckpointAppId, OnceAppender, with_trigger
+from lambda_pipeline.core.streaming import CheckpointAppId, OnceAppender, PhaseTimer, with_trigger
 from lambda_pipeline.core.tables import Locations, ensure_table, latest_coverage, require_table
 from lambda_pipeline.core.views import INGEST_TAG
 
@@ -67,19 +67,27 @@ class SpeedBatch:
     """Tags start at 1 (version 0 creates the master table), so nothing is at or below 0."""
 
     def __call__(self, events: DataFrame, batch_id: int) -> None:
-        covered = latest_coverage(self.spark, self.locations.coverage).master_version
+        timer = PhaseTimer("speed", batch_id)
+        with timer.phase("coverage"):
+            covered = latest_coverage(self.spark, self.locations.coverage).master_version
         uncovered = events.filter(F.col(INGEST_TAG) > covered).persist()
         try:
-            if uncovered.count():  # fills the cache every view then reads; no empty commits
+            with timer.phase("read"):
+                rows = uncovered.count()  # fills the cache every view then reads; no empty commits
+            if rows:
                 for name, partials in speed_partials(uncovered, self.pipeline, covered).items():
-                    self.appender.append(self.spark, partials, self.locations.speed_partials(name), batch_id)
+                    with timer.phase(f"commit_{name}"):
+                        self.appender.append(self.spark, partials, self.locations.speed_partials(name), batch_id)
         finally:
             uncovered.unpersist()
         if covered > self.purged_through:
-            purge_covered(self.spark, self.pipeline, self.locations, covered)
+            with timer.phase("purge"):
+                purge_covered(self.spark, self.pipeline, self.locations, covered)
             self.purged_through = covered
         if self.compact_every and batch_id > 0 and batch_id % self.compact_every == 0:
-            self.compact()
+            with timer.phase("compact"):
+                self.compact()
+        timer.report()
 
     def compact(self) -> None:
         """Every micro-batch adds small files; serving reads slow down with them."""

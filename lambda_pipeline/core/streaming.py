@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from lambda_pipeline.core.errors import LambdaError
@@ -17,8 +20,10 @@ if TYPE_CHECKING:
     from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
 
 __all__ = [
+    "MICRO_BATCH_LOGGER",
     "CheckpointAppId",
     "OnceAppender",
+    "PhaseTimer",
     "json_lines",
     "last_marked_batch",
     "read_text",
@@ -26,6 +31,42 @@ __all__ = [
     "stop_between_batches",
     "with_trigger",
 ]
+
+
+MICRO_BATCH_LOGGER = "lambda_pipeline.microbatch"
+"""Gets one DEBUG record per micro-batch of a job body: where its time went (see :class:`PhaseTimer`)."""
+
+
+class PhaseTimer:
+    """Wall time of the phases of one foreachBatch body, for the breakdown the benchmarks print.
+
+    Spark's progress reports the whole body as one ``addBatch``; this names what is inside it (the Spark job
+    that reads, parses and deduplicates, each commit). Phases may overlap (commits run in parallel).
+    The record goes to :data:`MICRO_BATCH_LOGGER` at DEBUG, with ``job``, ``batch_id`` and ``phases_ms``
+    as attributes, so nothing is formatted unless a handler listens.
+    """
+
+    def __init__(self, job: str, batch_id: int) -> None:
+        self.job, self.batch_id = job, batch_id
+        self.phases_ms: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._started = time.perf_counter()
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.phases_ms[name] = self.phases_ms.get(name, 0.0) + (time.perf_counter() - started) * 1000
+
+    def report(self) -> None:
+        self.phases_ms["body"] = (time.perf_counter() - self._started) * 1000
+        logger = logging.getLogger(MICRO_BATCH_LOGGER)
+        if logger.isEnabledFor(logging.DEBUG):
+            extra = {"job": self.job, "batch_id": self.batch_id, "phases_ms": dict(self.phases_ms)}
+            logger.debug("%s batch %d: %s", self.job, self.batch_id, self.phases_ms, extra=extra)
 
 
 def with_trigger(writer: DataStreamWriter, interval: str, *, once: bool) -> DataStreamWriter:

@@ -22,7 +22,7 @@ from pyspark.sql import types as T
 from lambda_pipeline.core.config import EventTimePolicy, Settings, duration_seconds
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.pipeline import Pipeline
-from lambda_pipeline.core.streaming import CheckpointAppId, OnceAppender, with_trigger
+from lambda_pipeline.core.streaming import CheckpointAppId, OnceAppender, PhaseTimer, with_trigger
 from lambda_pipeline.core.tables import QUARANTINE_SCHEMA, Locations, ensure_table, latest_version
 from lambda_pipeline.core.views import INGEST_TAG, INGESTED_AT, SOURCE_FILE, EventSource
 from lambda_pipeline.ingestion.batch_input import read_batch_input, read_batch_range
@@ -164,14 +164,21 @@ class IngestBatch:
     fail_on_data_loss: bool | None = None
 
     def __call__(self, firsts: DataFrame, batch_id: int) -> None:
+        timer = PhaseTimer("ingest", batch_id)
         routed = route_batch(self.micro_batch(firsts, batch_id), self.source).persist()
         try:
-            counts = {bool(ok): n for ok, n in routed.groupBy(F.col(REASON).isNull().alias("ok")).count().collect()}
+            with timer.phase("route"):  # the one Spark job that reads, parses, deduplicates and routes
+                counts = {bool(ok): n for ok, n in routed.groupBy(F.col(REASON).isNull().alias("ok")).count().collect()}
             if not counts:  # a no-data batch (the watermark moved): nothing to write
                 return
             writes: list[Callable[[], object]] = []
             if counts.get(True):
-                writes.append(lambda: self._append_master(routed.filter(F.col(REASON).isNull()), batch_id))
+
+                def master() -> None:
+                    with timer.phase("master_commit"):
+                        self._append_master(routed.filter(F.col(REASON).isNull()), batch_id)
+
+                writes.append(master)
             if counts.get(False):
                 quarantine = routed.filter(F.col(REASON).isNotNull()).select(
                     RAW,
@@ -180,13 +187,19 @@ class IngestBatch:
                     F.lit(batch_id).cast("long").alias("ingest_batch"),
                     F.col(INGESTED_AT).alias("quarantined_at"),
                 )
-                writes.append(lambda: self.appender.append(self.spark, quarantine, self.locations.quarantine, batch_id))
+
+                def quarantined() -> None:
+                    with timer.phase("quarantine_commit"):
+                        self.appender.append(self.spark, quarantine, self.locations.quarantine, batch_id)
+
+                writes.append(quarantined)
             # Two independent, idempotent commits: small Delta commits are latency-bound, so overlap them.
             with ThreadPoolExecutor(max_workers=2) as pool:
                 for future in [pool.submit(write) for write in writes]:
                     future.result()
         finally:
             routed.unpersist()
+            timer.report()
 
     def micro_batch(self, firsts: DataFrame, batch_id: int) -> DataFrame:
         """Every line of the micro-batch (branch ``all``) beside the dedup's first-seen ids (branch ``first``)."""
