@@ -15,11 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # mypy depends on tomli before 3.11
-    import tomli as tomllib
-
 from mypy import util
 from mypy.find_sources import InvalidSourceList
 from mypy.fscache import FileSystemCache
@@ -29,23 +24,15 @@ from mypy.modulefinder import BuildSource
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def package_folder(package: str, package_dir: dict[str, str]) -> Path:
-    """The folder setuptools installs ``package`` from: the longest mapped prefix, then the dotted rest."""
-    parts = package.split(".")
-    for n in range(len(parts), 0, -1):
-        prefix = ".".join(parts[:n])
-        if prefix in package_dir:
-            return ROOT / package_dir[prefix] / Path(*parts[n:])
-    return ROOT / package_dir.get("", "") / Path(*parts)
-
-
 def shipped_sources() -> list[BuildSource]:
-    """Every module of every package in [tool.setuptools] packages, under its installed name."""
-    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
-    package_dir: dict[str, str] = setuptools.get("package-dir", {})
+    """Every module of every package in [tool.setuptools] packages, under its installed name; the folders
+    follow package-dir as the artifact builder reads it (``ProjectInfo.folder``)."""
+    from lambda_pipeline.deploy.artifact import read_project
+
+    info = read_project(ROOT)
     sources = []
-    for package in setuptools["packages"]:
-        folder = package_folder(package, package_dir)
+    for package in info.packages:
+        folder = info.folder(ROOT, package)
         if not (folder / "__init__.py").is_file():
             raise SystemExit(f"typecheck: package {package} has no {folder.relative_to(ROOT)}/__init__.py")
         for path in sorted(folder.glob("*.py")):
