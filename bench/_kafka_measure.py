@@ -28,7 +28,7 @@ LAG_GRID_SECONDS = 0.25
 
 
 def _read_json_lines(path: Path) -> list[Any] | None:
-    from lambda_pipeline.ingestion.batch_input import json_lines
+    from lambda_pipeline.core.streaming import json_lines
 
     try:
         return json_lines(path.read_text(encoding="utf-8"))

@@ -93,3 +93,16 @@ def test_every_line_reconciles_and_tags_are_commit_versions(spark, settings, loc
         r.source_file.rsplit("/", 1)[-1] for r in quarantine.select("source_file").distinct().collect()
     }
     assert quarantined_files <= {f.path.name for f in files}
+
+
+def test_each_line_is_read_and_parsed_once(spark, settings, locations, capsys) -> None:
+    """One scan of the source and one shuffle feed both the dedup and the lines it judges."""
+    ClickstreamGenerator(12, duplicate_fraction=0.2).write(locations.landing, 50, files=1)
+    query = start_ingest(spark, CLICKSTREAM, settings, locations, once=True)
+    query.awaitTermination()
+    capsys.readouterr()
+    query.explain()
+    plan = capsys.readouterr().out
+    assert plan.count("FileScan text") == 1, plan
+    assert plan.count("from_json(") == 1, plan
+    assert "ReusedExchange" in plan and "StreamingDeduplicateWithinWatermark" in plan, plan

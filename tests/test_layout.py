@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RANKS = {
     "core": 0,
     "conf": 0,
-    "ingestion": 1,
+    "ingestion": 2,  # the ingest job feeds the speed layer in the same micro-batch (the one hop)
     "batch_layer": 1,
     "speed_layer": 1,
     "serving_layer": 1,

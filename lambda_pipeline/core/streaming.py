@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from lambda_pipeline.core.errors import LambdaError
-from lambda_pipeline.core.tables import latest_version
+from lambda_pipeline.core.tables import table_version
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -26,6 +26,7 @@ __all__ = [
     "PhaseTimer",
     "json_lines",
     "last_marked_batch",
+    "marked_version",
     "read_text",
     "run_until_stopped",
     "stop_between_batches",
@@ -168,6 +169,10 @@ class OnceAppender:
             self._last[path] = max(self._last.get(path, -1), batch_id)
         return True
 
+    def version_of(self, spark: SparkSession, path: str, batch_id: int) -> int | None:
+        """The version of ``path`` that holds this writer's ``batch_id`` (None if it was never written)."""
+        return marked_version(spark, path, self.app_id.get(spark), batch_id)
+
 
 def last_marked_batch(spark: SparkSession, path: str, writer_id: str, *, scan: int = 1000) -> int:
     """The newest batch id that ``writer_id`` committed to the Delta table at ``path`` (-1 if none).
@@ -176,22 +181,39 @@ def last_marked_batch(spark: SparkSession, path: str, writer_id: str, *, scan: i
     (no Spark job), at most ``scan`` of them: the writer's own last commit is among
     the newest ones, as each table here has a single writing job.
     """
-    from delta.tables import DeltaTable
+    for _version, batch in _marks(spark, path, writer_id, scan):
+        return batch
+    return -1
 
-    if not DeltaTable.isDeltaTable(spark, path):
-        return -1
+
+def marked_version(spark: SparkSession, path: str, writer_id: str, batch_id: int, *, scan: int = 1000) -> int | None:
+    """The table version that holds ``writer_id``'s micro-batch ``batch_id``, or None if it is not there.
+
+    A replayed ingest micro-batch whose master commit already landed takes its ingest tag from here.
+    """
+    for version, batch in _marks(spark, path, writer_id, scan):
+        if batch == batch_id:
+            return version
+        if batch < batch_id:
+            return None
+    return None
+
+
+def _marks(spark: SparkSession, path: str, writer_id: str, scan: int) -> Iterator[tuple[int, int]]:
+    """(version, batch id) of ``writer_id``'s commits, newest first, among the newest ``scan`` commits."""
+    newest = table_version(spark, path)
+    if newest is None:
+        return
     log = posixpath.join(path, "_delta_log")
-    newest = latest_version(spark, path)
     for version in range(newest, max(-1, newest - scan), -1):
         text = read_text(spark, posixpath.join(log, f"{version:020d}.json"))
         if text is None:  # cleaned up by log retention: older commits are gone too
-            break
+            return
         for action in json_lines(text):
             mark = ((action or {}).get("commitInfo") or {}).get("userMetadata") or ""
             owner, sep, batch = mark.rpartition(_MARK)
             if sep and owner == writer_id and batch.isdigit():
-                return int(batch)
-    return -1
+                yield version, int(batch)
 
 
 def stop_between_batches(query: StreamingQuery, timeout: float = 60.0) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pyspark.sql import types as T
@@ -31,6 +31,7 @@ __all__ = [
     "ensure_table",
     "latest_coverage",
     "latest_version",
+    "partition_columns",
     "require_table",
     "sql_path",
     "table_version",
@@ -241,16 +242,30 @@ def latest_version(spark: SparkSession, path: str) -> int:
     return identity[0]
 
 
-def _snapshot_identity(spark: SparkSession, path: str) -> tuple[int, str] | None:
-    """(newest version, table id), or None when no table is there: the id tells a re-created table
-    from the old one."""
+def partition_columns(spark: SparkSession, path: str) -> list[str]:
+    """The partition columns of the Delta table at ``path`` (empty when absent or unpartitioned)."""
+    snapshot = _snapshot(spark, path)
+    if snapshot is None:
+        return []
+    text = str(snapshot.metadata().partitionColumns().mkString("\u0000"))
+    return text.split("\u0000") if text else []
+
+
+def _snapshot(spark: SparkSession, path: str) -> Any:
+    """The newest snapshot in the Delta log at ``path``, freshly listed (a JVM object), or None."""
     jvm = spark._jvm
     assert jvm is not None
     none = jvm.scala.Option.empty()
     log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
     snapshot = log.update(False, none, none)
-    version = int(snapshot.version())
-    return None if version < 0 else (version, str(snapshot.metadata().id()))
+    return None if int(snapshot.version()) < 0 else snapshot
+
+
+def _snapshot_identity(spark: SparkSession, path: str) -> tuple[int, str] | None:
+    """(newest version, table id), or None when no table is there: the id tells a re-created table
+    from the old one."""
+    snapshot = _snapshot(spark, path)
+    return None if snapshot is None else (int(snapshot.version()), str(snapshot.metadata().id()))
 
 
 @dataclass(frozen=True)

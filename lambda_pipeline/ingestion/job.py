@@ -1,11 +1,19 @@
-"""Ingest: JSON lines from the landing folder or a Kafka topic -> the master dataset, exactly once.
+"""Ingest: JSON lines from the landing folder or a Kafka topic -> master, quarantine and speed, exactly once.
 
 Each micro-batch becomes one commit of the append-only master table; every
 event in it carries that commit's version as its ``ingest_tag``, the unit in
-which the batch layer states its coverage. A line that does not parse, does
-not fit the schema, or repeats an ``event_id`` seen within the dedup horizon
-goes to the quarantine table with its raw text, origin and reason: the number of
-input lines (or Kafka messages) always equals master rows plus quarantine rows.
+which the batch layer states its coverage. The same rows then become the speed
+partials of every view under that tag, in the same micro-batch (the one hop, see
+:mod:`lambda_pipeline.speed_layer.job`). A line that does not parse, does not fit
+the schema, or repeats an ``event_id`` seen within the dedup horizon goes to the
+quarantine table with its raw text, origin and reason: the number of input lines
+(or Kafka messages) always equals master rows plus quarantine rows.
+
+Each line is read once and parsed once: the parsed stream is shuffled by event
+id once, and that one exchange feeds both the stateful dedup (which emits the
+first copy of each id within the horizon) and the branch that keeps every line,
+so the dedup's verdict meets every line in the same micro-batch. Both branches
+hang off the same streaming source, so they see the same offsets.
 """
 
 from __future__ import annotations
@@ -25,9 +33,9 @@ from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.streaming import CheckpointAppId, OnceAppender, PhaseTimer, with_trigger
 from lambda_pipeline.core.tables import QUARANTINE_SCHEMA, Locations, ensure_table, latest_version
 from lambda_pipeline.core.views import INGEST_TAG, INGESTED_AT, SOURCE_FILE, EventSource
-from lambda_pipeline.ingestion.batch_input import read_batch_input, read_batch_range
 from lambda_pipeline.ingestion.data_loss import check_data_loss, record_data_loss
 from lambda_pipeline.ingestion.sources import PRE_REASON, RAW, file_lines, kafka_lines
+from lambda_pipeline.speed_layer.job import SpeedWriter, catch_up, setup_speed_tables
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -38,6 +46,7 @@ __all__ = ["IngestBatch", "parse_events", "route_batch", "setup_ingest_tables", 
 REASON = "reason"
 _CORRUPT = "_corrupt"
 _BRANCH = "_branch"
+_KEY = "_dedup_key"
 _RAW_EXCERPT = 60
 
 
@@ -122,63 +131,82 @@ def parse_events(
     )
 
 
+def dedup_key(source: EventSource) -> Column:
+    """What the stateful dedup compares: ``v<event id>`` for a valid line, ``x<hash of the line>`` otherwise.
+
+    Every line goes through the dedup (a filter in front of it would be pushed below the shared shuffle
+    and split it in two); the prefixes keep an invalid line from ever matching a valid id.
+    """
+    valid = F.concat(F.lit("v"), F.col(source.id_column))
+    invalid = F.concat(F.lit("x"), F.xxhash64(F.col(SOURCE_FILE), F.col(RAW)).cast("string"))
+    return F.when(F.col(REASON).isNull(), valid).otherwise(invalid)
+
+
 def route_batch(batch: DataFrame, source: EventSource) -> DataFrame:
     """Route one ingest micro-batch: ``reason`` null for master, else why it goes to quarantine.
 
     ``batch`` holds every parsed line (branch ``all``) and, from the stateful
-    dedup operator, the event ids seen for the first time within the horizon
-    (branch ``first``). One copy of each first-seen id goes to master; the other
-    copies are duplicates. Copies are numbered deterministically, so a replayed
-    micro-batch routes every line the same way.
+    dedup operator, the lines whose key was seen for the first time within the
+    horizon (branch ``first``). One copy of each first-seen valid id goes to
+    master; the other copies are duplicates. Copies are numbered
+    deterministically, so a replayed micro-batch routes every line the same way.
+    Both branches arrive partitioned by the dedup key, so this needs no shuffle.
     """
-    event_id = source.id_column
     lines = batch.filter(F.col(_BRANCH) == "all").drop(_BRANCH)
-    firsts = batch.filter(F.col(_BRANCH) == "first").select(event_id, F.lit(True).alias("_first")).distinct()
-    # Partitioned by the id alone (valid lines sorted first), so the join below reuses the same shuffle.
-    copies = Window.partitionBy(event_id).orderBy(F.col(REASON).isNotNull(), SOURCE_FILE, RAW)
-    numbered = lines.withColumn("_copy", F.row_number().over(copies)).join(firsts, event_id, "left")
+    firsts = (
+        batch.filter((F.col(_BRANCH) == "first") & F.col(REASON).isNull())
+        .select(_KEY, F.lit(True).alias("_first"))
+        .distinct()
+    )
+    copies = Window.partitionBy(_KEY).orderBy(F.col(REASON).isNotNull(), SOURCE_FILE, RAW)
+    numbered = lines.withColumn("_copy", F.row_number().over(copies)).join(firsts, _KEY, "left")
     duplicate = F.col(REASON).isNull() & ~(F.coalesce(F.col("_first"), F.lit(False)) & (F.col("_copy") == 1))
     return numbered.withColumn(
         REASON,
-        F.when(duplicate, F.lit(f"duplicate: {event_id} already ingested within the dedup horizon")).otherwise(
-            F.col(REASON)
-        ),
-    ).drop("_copy", "_first")
+        F.when(
+            duplicate, F.lit(f"duplicate: {source.id_column} already ingested within the dedup horizon")
+        ).otherwise(F.col(REASON)),
+    ).drop("_copy", "_first", _KEY)
 
 
 def setup_ingest_tables(spark: SparkSession, pipeline: Pipeline, locations: Locations) -> None:
+    """The tables ingest writes: master, quarantine and every view's speed partials."""
     ensure_table(spark, locations.master, pipeline.source.master_schema)
     ensure_table(spark, locations.quarantine, QUARANTINE_SCHEMA)
+    setup_speed_tables(spark, pipeline, locations)
 
 
 @dataclass
 class IngestBatch:
-    """The foreachBatch body: one master commit (tagged with its own version) and one quarantine commit."""
+    """The foreachBatch body: the master commit (tagged with its own version), then the speed partials of
+    that tag; the quarantine commit beside them."""
 
     spark: SparkSession
     source: EventSource
-    settings: Settings
     locations: Locations
-    checkpoint: str
     appender: OnceAppender
-    fail_on_data_loss: bool | None = None
+    speed: SpeedWriter
 
-    def __call__(self, firsts: DataFrame, batch_id: int) -> None:
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
         timer = PhaseTimer("ingest", batch_id)
-        routed = route_batch(self.micro_batch(firsts, batch_id), self.source).persist()
+        routed = route_batch(batch, self.source).persist()
         try:
             with timer.phase("route"):  # the one Spark job that reads, parses, deduplicates and routes
                 counts = {bool(ok): n for ok, n in routed.groupBy(F.col(REASON).isNull().alias("ok")).count().collect()}
-            if not counts:  # a no-data batch (the watermark moved): nothing to write
-                return
             writes: list[Callable[[], object]] = []
             if counts.get(True):
 
-                def master() -> None:
+                def fresh() -> None:
+                    valid = routed.filter(F.col(REASON).isNull())
                     with timer.phase("master_commit"):
-                        self._append_master(routed.filter(F.col(REASON).isNull()), batch_id)
+                        tag, written = self._append_master(valid, batch_id)
+                    if written:
+                        events = valid.withColumn(INGEST_TAG, F.lit(tag).cast("long"))
+                    else:  # a replay: the partials come from what master holds for the tag
+                        events = self._master_rows(tag)
+                    self.speed.write(events, tag, batch_id, timer, replay=not written)
 
-                writes.append(master)
+                writes.append(fresh)
             if counts.get(False):
                 quarantine = routed.filter(F.col(REASON).isNotNull()).select(
                     RAW,
@@ -193,40 +221,41 @@ class IngestBatch:
                         self.appender.append(self.spark, quarantine, self.locations.quarantine, batch_id)
 
                 writes.append(quarantined)
-            # Two independent, idempotent commits: small Delta commits are latency-bound, so overlap them.
+            # Independent, idempotent commits: small Delta commits are latency-bound, so overlap them.
             with ThreadPoolExecutor(max_workers=2) as pool:
                 for future in [pool.submit(write) for write in writes]:
                     future.result()
         finally:
             routed.unpersist()
-            timer.report()
+        self.speed.maintain(batch_id, timer)
+        timer.report()
 
-    def micro_batch(self, firsts: DataFrame, batch_id: int) -> DataFrame:
-        """Every line of the micro-batch (branch ``all``) beside the dedup's first-seen ids (branch ``first``)."""
-        batch = read_batch_range(self.spark, self.checkpoint, batch_id)
-        now = F.lit(batch.timestamp_ms / 1000.0).cast("timestamp")
-        lines = read_batch_input(
-            self.spark, self.settings, self.checkpoint, batch, fail_on_data_loss=self.fail_on_data_loss
-        )
-        parsed = parse_events(lines, self.source, self.settings.ingest.event_time, now).withColumn(INGESTED_AT, now)
-        return parsed.withColumn(_BRANCH, F.lit("all")).unionByName(
-            firsts.withColumn(_BRANCH, F.lit("first")), allowMissingColumns=True
-        )
-
-    def _append_master(self, events: DataFrame, batch_id: int) -> None:
+    def _append_master(self, events: DataFrame, batch_id: int) -> tuple[int, bool]:
+        """Append the micro-batch's events to master once: (their ingest tag, whether this call wrote them)."""
         # Only this job writes master, so the next commit's version is known before writing.
         before = latest_version(self.spark, self.locations.master)
         tagged = events.withColumn(INGEST_TAG, F.lit(before + 1).cast("long"))
-        self.appender.append(
-            self.spark, tagged.select(*self.source.master_schema.fieldNames()), self.locations.master, batch_id
-        )
-        after = latest_version(self.spark, self.locations.master)
-        if after not in (before, before + 1):
+        path = self.locations.master
+        if not self.appender.append(self.spark, tagged.select(*self.source.master_schema.fieldNames()), path, batch_id):
+            version = self.appender.version_of(self.spark, path, batch_id)
+            if version is None:
+                raise LambdaError(
+                    f"ingest micro-batch {batch_id} is marked as written to {path}, but no commit among the newest "
+                    "holds it; the table's log was cleaned up under a running ingest. Restart ingest."
+                )
+            return version, False
+        after = latest_version(self.spark, path)
+        if after != before + 1:
             raise LambdaError(
-                f"master table {self.locations.master} moved from version {before} to {after} during one "
+                f"master table {path} moved from version {before} to {after} during one "
                 "ingest commit: another process writes it. Only the ingest job may write the master "
                 "dataset; stop the other writer and restart ingest (its checkpoint makes this safe)."
             )
+        return before + 1, True
+
+    def _master_rows(self, tag: int) -> DataFrame:
+        master = self.spark.read.format("delta").load(self.locations.master)
+        return master.filter(F.col(INGEST_TAG) == tag)
 
 
 def ingest_stream(
@@ -237,24 +266,27 @@ def ingest_stream(
     *,
     fail_on_data_loss: bool | None = None,
 ) -> DataFrame:
-    """The dedup verdicts of the stream: each valid event id seen for the first time within the horizon.
+    """Every parsed line (branch ``all``) beside the dedup's first copies (branch ``first``), per micro-batch.
 
-    One streaming source, one linear plan: the lines themselves are re-read per
-    micro-batch from the range its offset log recorded (see ``lambda_pipeline.ingestion.batch_input``).
+    One streaming source, read and parsed once: both branches start from the same shuffle by dedup key (:func:`dedup_key`),
+    which Spark plans once and reuses (the stateful dedup needs exactly that partitioning).
     """
     if settings.ingest.source == "kafka":
         lines = kafka_lines(spark, settings.ingest.kafka, fail_on_data_loss=fail_on_data_loss)
     else:
         lines = file_lines(spark, settings, landing)
     # current_timestamp() is the micro-batch's timestamp, stored in the offset log: a replay sees the same.
-    parsed = parse_events(lines, source, settings.ingest.event_time).withColumn(INGESTED_AT, F.current_timestamp())
-    return (
-        parsed.filter(F.col(REASON).isNull())
-        .select(source.id_column, INGESTED_AT)
+    now = F.current_timestamp()
+    parsed = (
+        parse_events(lines, source, settings.ingest.event_time, now)
+        .withColumn(INGESTED_AT, now)
+        .withColumn(_KEY, dedup_key(source))
         .withWatermark(INGESTED_AT, settings.ingest.dedup_horizon)
-        .dropDuplicatesWithinWatermark([source.id_column])
-        .select(source.id_column)
+        # No count: the query's shuffle partitions, which the checkpoint fixes and the dedup's state expects.
+        .repartition(_KEY)
     )
+    firsts = parsed.dropDuplicatesWithinWatermark([_KEY]).withColumn(_BRANCH, F.lit("first"))
+    return parsed.withColumn(_BRANCH, F.lit("all")).unionByName(firsts)
 
 
 def start_ingest(
@@ -268,11 +300,14 @@ def start_ingest(
 ) -> StreamingQuery:
     """Start the ingest stream (``once``: process what is there, then stop).
 
-    A Kafka source is first checked for offsets that aged out while ingest was down
-    (:mod:`lambda_pipeline.ingestion.data_loss`): the job refuses to skip them unless ``accept_data_loss``.
+    Before the stream starts, every speed table is caught up with master (:func:`catch_up`): a view added
+    since the last run gets the partials of the uncovered tags. A Kafka source is first checked for offsets
+    that aged out while ingest was down (:mod:`lambda_pipeline.ingestion.data_loss`): the job refuses to
+    skip them unless ``accept_data_loss``.
     """
     locations.ensure_dirs(spark)  # the file source needs its landing folder, also on S3
     setup_ingest_tables(spark, pipeline, locations)
+    catch_up(spark, pipeline, locations)
     checkpoint = locations.checkpoint("ingest")
     fail_on_data_loss = None
     if settings.ingest.source == "kafka":
@@ -280,14 +315,13 @@ def start_ingest(
         if lost:
             record_data_loss(spark, lost, locations.quarantine, checkpoint)
             fail_on_data_loss = False
+    appender = OnceAppender(CheckpointAppId("ingest", checkpoint), idempotent=settings.idempotent_writes)
     body = IngestBatch(
         spark,
         pipeline.source,
-        settings,
         locations,
-        checkpoint,
-        OnceAppender(CheckpointAppId("ingest", checkpoint), idempotent=settings.idempotent_writes),
-        fail_on_data_loss=fail_on_data_loss,
+        appender,
+        SpeedWriter(spark, pipeline, locations, appender, settings.speed.compact_every),
     )
     writer = (
         ingest_stream(spark, pipeline.source, settings, locations.landing, fail_on_data_loss=fail_on_data_loss)
