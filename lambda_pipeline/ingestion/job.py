@@ -268,8 +268,8 @@ def ingest_stream(
 ) -> DataFrame:
     """Every parsed line (branch ``all``) beside the dedup's first copies (branch ``first``), per micro-batch.
 
-    One streaming source, read and parsed once: both branches start from the same shuffle by dedup key (:func:`dedup_key`),
-    which Spark plans once and reuses (the stateful dedup needs exactly that partitioning).
+    One streaming source, read and parsed once: both branches start from the same shuffle by
+    :func:`dedup_key`, which Spark plans once and reuses (the stateful dedup needs that partitioning).
     """
     if settings.ingest.source == "kafka":
         lines = kafka_lines(spark, settings.ingest.kafka, fail_on_data_loss=fail_on_data_loss)
