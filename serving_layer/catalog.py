@@ -259,7 +259,7 @@ class ServingLayer:
             return self._empty_partials(view, by_tag=True)
         path = self.locations.speed_partials(view.name)
         partials = self._session.read.format("delta").option("versionAsOf", version).load(path)
-        return partials.filter(F.col(INGEST_TAG) > pin.coverage.master_version)
+        return partials.filter(F.col(INGEST_TAG) > pin.coverage.covered_for(view.name))
 
     def speed_states(self, view: View, pin: Pin) -> DataFrame:
         return self._states(view, self.speed_partials(view, pin))

@@ -27,6 +27,7 @@ old window in a new tag, counted immediately and absorbed by the next batch.
 
 from __future__ import annotations
 
+import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -34,8 +35,9 @@ from typing import TYPE_CHECKING
 from pyspark.sql import functions as F
 
 from lambda_pipeline.core.pipeline import Pipeline
-from lambda_pipeline.core.streaming import OnceAppender, PhaseTimer
+from lambda_pipeline.core.streaming import OnceAppender, PhaseTimer, json_lines, read_text
 from lambda_pipeline.core.tables import (
+    Coverage,
     Locations,
     ensure_table,
     latest_coverage,
@@ -48,15 +50,9 @@ from lambda_pipeline.core.views import INGEST_TAG, View
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["SpeedWriter", "catch_up", "purge_covered", "setup_speed_tables", "speed_partials"]
+__all__ = ["SpeedWriter", "catch_up", "needs_catch_up", "present_tags", "purge_covered", "setup_speed_tables"]
 
 SPEED_PARTITIONING = (INGEST_TAG,)
-
-
-def speed_partials(events: DataFrame, pipeline: Pipeline, covered_through: int) -> dict[str, DataFrame]:
-    """Pure: each view's partial states over the events that coverage does not include."""
-    uncovered = events.filter(F.col(INGEST_TAG) > covered_through)
-    return {view.name: _partials(view, uncovered) for view in pipeline.views}
 
 
 def _partials(view: View, events: DataFrame) -> DataFrame:
@@ -70,12 +66,14 @@ def setup_speed_tables(spark: SparkSession, pipeline: Pipeline, locations: Locat
         ensure_table(spark, locations.speed_partials(view.name), view.partial_schema(by_tag=True), SPEED_PARTITIONING)
 
 
-def purge_covered(spark: SparkSession, pipeline: Pipeline, locations: Locations, covered_through: int) -> None:
-    """Delete partials whose tag a published batch covers (serving ignores them already)."""
+def purge_covered(spark: SparkSession, pipeline: Pipeline, locations: Locations, coverage: Coverage) -> None:
+    """Delete partials whose tag the published batch view covers (serving ignores them already)."""
     from delta.tables import DeltaTable
 
     for view in pipeline.views:
-        DeltaTable.forPath(spark, locations.speed_partials(view.name)).delete(F.col(INGEST_TAG) <= covered_through)
+        covered = coverage.covered_for(view.name)
+        if covered > 0:
+            DeltaTable.forPath(spark, locations.speed_partials(view.name)).delete(F.col(INGEST_TAG) <= covered)
 
 
 def present_tags(spark: SparkSession, path: str, above: int) -> set[int]:
@@ -97,8 +95,8 @@ class SpeedWriter:
     """Tags start at 1 (version 0 creates the master table), so nothing is at or below 0."""
     _legacy: list[str] | None = field(default=None, repr=False)
 
-    def covered(self) -> int:
-        return latest_coverage(self.spark, self.locations.coverage).master_version
+    def coverage(self) -> Coverage:
+        return latest_coverage(self.spark, self.locations.coverage)
 
     def write(self, events: DataFrame, tag: int, batch_id: int, timer: PhaseTimer, *, replay: bool) -> None:
         """Append every view's partials of ``events`` (all of tag ``tag``), once per micro-batch.
@@ -107,11 +105,11 @@ class SpeedWriter:
         written the tag's partials too; a view that holds the tag is left alone.
         """
         with timer.phase("coverage"):
-            covered = self.covered()
-        if tag <= covered:  # a batch covered the tag before its partials landed: serving needs none
-            return
+            coverage = self.coverage()
 
         def one(view: View) -> None:
+            if tag <= coverage.covered_for(view.name):  # a batch covered the tag first: serving needs none
+                return
             path = self.locations.speed_partials(view.name)
             with timer.phase(f"commit_{view.name}"):
                 if replay and tag in present_tags(self.spark, path, tag - 1):
@@ -124,11 +122,11 @@ class SpeedWriter:
 
     def maintain(self, batch_id: int, timer: PhaseTimer) -> None:
         """Purge once a newer coverage makes partials redundant; compact tables of the old layout."""
-        covered = self.covered()
-        if covered > self.purged_through:
+        coverage = self.coverage()
+        if coverage.master_version > self.purged_through:
             with timer.phase("purge"):
-                purge_covered(self.spark, self.pipeline, self.locations, covered)
-            self.purged_through = covered
+                purge_covered(self.spark, self.pipeline, self.locations, coverage)
+            self.purged_through = coverage.master_version
         if self.compact_every and batch_id > 0 and batch_id % self.compact_every == 0 and self.legacy():
             from delta.tables import DeltaTable
 
@@ -144,19 +142,67 @@ class SpeedWriter:
         return self._legacy
 
 
-def catch_up(spark: SparkSession, pipeline: Pipeline, locations: Locations, *, rebuild: bool = False) -> dict[str, int]:
+def _has_newest_tag(spark: SparkSession, path: str, tag: int, *, scan: int = 20) -> bool:
+    """Whether one of the newest commits of the speed table at ``path`` added partials of ``tag``.
+
+    Reads commit files only (no Spark job). Ingest writes a tag's partials before it writes the next tag,
+    so once a table holds master's newest tag it holds every tag before it.
+    """
+    newest = table_version(spark, path)
+    if newest is None:
+        return False
+    log = posixpath.join(path, "_delta_log")
+    for version in range(newest, max(-1, newest - scan), -1):
+        text = read_text(spark, posixpath.join(log, f"{version:020d}.json"))
+        if text is None:
+            return False
+        for action in json_lines(text):
+            values = ((action or {}).get("add") or {}).get("partitionValues") or {}
+            if values.get(INGEST_TAG) == str(tag):
+                return True
+    return False
+
+
+def needs_catch_up(spark: SparkSession, pipeline: Pipeline, locations: Locations) -> list[str]:
+    """The views whose speed table may lack uncovered tags: none on a restart after a clean stop.
+
+    Checks only master's newest tag, in the commit files; a view that has it has every tag before it.
+    """
+    newest = table_version(spark, locations.master) or 0
+    coverage = latest_coverage(spark, locations.coverage)
+    return [
+        view.name
+        for view in pipeline.views
+        if newest > coverage.covered_for(view.name)
+        and not _has_newest_tag(spark, locations.speed_partials(view.name), newest)
+    ]
+
+
+def catch_up(
+    spark: SparkSession,
+    pipeline: Pipeline,
+    locations: Locations,
+    *,
+    rebuild: bool = False,
+    only: list[str] | None = None,
+) -> dict[str, int]:
     """Recompute from master the partials of the uncovered tags each speed table lacks; tags written per view.
 
     Exact by construction: a tag's partials are one commit, so a table holds all of them or none, and only
     absent tags are computed. ``rebuild`` rewrites every speed table from master in one commit each (also
-    moving an old table to the partitioned layout). Never run it beside a running ingest: ingest writes
-    the partials of the tags it creates, and a catch-up could compute a tag whose partials are in flight.
+    moving an old table to the partitioned layout). ``only`` limits the work to those views (see
+    :func:`needs_catch_up`). Never run it beside a running ingest: ingest writes the partials of the tags
+    it creates, and a catch-up could compute a tag whose partials are in flight.
     """
     require_table(spark, locations.master)
-    covered = latest_coverage(spark, locations.coverage).master_version
-    uncovered = spark.read.format("delta").load(locations.master).filter(F.col(INGEST_TAG) > covered)
+    coverage = latest_coverage(spark, locations.coverage)
+    master = spark.read.format("delta").load(locations.master)
     written: dict[str, int] = {}
     for view in pipeline.views:
+        if only is not None and view.name not in only:
+            continue
+        covered = coverage.covered_for(view.name)
+        uncovered = master.filter(F.col(INGEST_TAG) > covered)
         path = locations.speed_partials(view.name)
         if rebuild and table_version(spark, path) is not None:
             partials = view.partials(uncovered, by_tag=True)

@@ -47,7 +47,7 @@ THIRD_PARTY_VARIABLES = {
 # The official apache/kafka image reads KAFKA_<property> as broker properties, and CLUSTER_ID for the KRaft
 # storage format (its docker/examples/README.md).
 KAFKA_IMAGE_VARIABLES = re.compile(r"^(KAFKA_[A-Z0-9_]+|CLUSTER_ID)$")
-EXPECTED_VERBS = {"kafka", "generate", "ingest", "speed", "batch", "query"}
+EXPECTED_VERBS = {"kafka", "generate", "ingest", "batch", "query"}
 
 
 def _compose() -> dict[str, Any]:
@@ -105,7 +105,7 @@ def test_compose_file_is_valid_under_the_compose_specification() -> None:
     assert "version" not in compose, "the top-level 'version' key is obsolete in the Compose Specification"
     # The schema does bite: the same file with a wrong depends_on condition is refused.
     broken = json.loads(json.dumps(compose))
-    broken["services"]["speed"]["depends_on"]["ingest"]["condition"] = "service_ready"
+    broken["services"]["batch"]["depends_on"]["ingest"]["condition"] = "service_ready"
     assert any("service_ready" in e.message for e in validator.iter_errors(broken))
 
 
@@ -160,9 +160,10 @@ def test_jobs_start_after_kafka_is_healthy_and_the_topic_exists() -> None:
     assert list(_lambda_pipeline_calls(init)) == [["kafka", "create-topic"]]
     for name in ("generator", "ingest"):
         assert services[name]["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
-    for name in ("speed", "batch", "query"):
+    assert "speed" not in services  # ingest writes the speed partials itself (the one hop)
+    for name in ("batch", "query"):
         assert services[name]["depends_on"]["ingest"]["condition"] == "service_healthy"
-    for name in ("ingest", "speed", "batch"):
+    for name in ("ingest", "batch"):
         assert services[name]["depends_on"]["spark-worker"]["condition"] == "service_healthy"
     for name, service in services.items():
         for dependency, rule in (service.get("depends_on") or {}).items():

@@ -83,7 +83,7 @@ def test_steps_run_the_three_jobs_from_files_the_manifest_lists(dist: Path) -> N
         assert "spark.yarn.appMasterEnv.PYSPARK_PYTHON=/usr/bin/python3.11" in args
         packages = args[args.index("--packages") + 1].split(",")
         assert manifest["maven"]["delta"] in packages
-    assert mains == ["ingest_job.py", "speed_job.py", "batch_job.py"]
+    assert mains == ["ingest_job.py", "batch_job.py"]
     ingest_packages = steps[0]["HadoopJarStep"]["Args"]
     assert manifest["maven"]["kafka"] in ingest_packages[ingest_packages.index("--packages") + 1]
     assert manifest["maven"]["msk_iam"] in ingest_packages[ingest_packages.index("--packages") + 1]
@@ -91,7 +91,7 @@ def test_steps_run_the_three_jobs_from_files_the_manifest_lists(dist: Path) -> N
 
 
 def test_job_arguments_are_what_the_cli_accepts_with_the_shipped_config(dist: Path) -> None:
-    result = emr_steps("--config", str(EMR_CONF), *BUCKET, *ON_NODES, "--set", "speed.trigger=30 seconds", dist=dist)
+    result = emr_steps("--config", str(EMR_CONF), *BUCKET, *ON_NODES, "--set", "ingest.trigger=30 seconds", dist=dist)
     assert result.returncode == 0, result.stderr
     verbs = []
     for step in json.loads(result.stdout):
@@ -102,10 +102,10 @@ def test_job_arguments_are_what_the_cli_accepts_with_the_shipped_config(dist: Pa
         verbs.append((verb, getattr(parsed, "once", None), getattr(parsed, "every", None)))
         # --files ships conf/emr.yaml; the driver finds it in its working directory by that name.
         assert parsed.config == "emr.yaml" and parsed.workdir == "s3://lambda-test-bucket/lambda"
-        assert parsed.overrides == ["speed.trigger=30 seconds"]  # emr.* is the generator's, not the jobs'
+        assert parsed.overrides == ["ingest.trigger=30 seconds"]  # emr.* is the generator's, not the jobs'
         settings = load_settings(EMR_CONF, parsed.overrides)
-        assert settings.speed.trigger == "30 seconds" and settings.spark.master == "yarn"
-    assert verbs == [("ingest", False, None), ("speed", False, None), ("batch", None, "config")]
+        assert settings.ingest.trigger == "30 seconds" and settings.spark.master == "yarn"
+    assert verbs == [("ingest", False, None), ("batch", None, "config")]
 
 
 def test_out_folder_holds_cluster_description_and_glue(dist: Path, tmp_path: Path) -> None:
@@ -138,7 +138,7 @@ def test_schedule_mode_moves_the_batch_into_an_eventbridge_schedule(dist: Path, 
     result = emr_steps("--config", str(EMR_CONF), *BUCKET, *ON_NODES, *mode, "--out", str(out), dist=dist)
     assert result.returncode == 0, result.stderr
     steps = json.loads(result.stdout)
-    assert [s["Name"] for s in steps] == ["lambda-pipeline ingest (streaming)", "lambda-pipeline speed (streaming)"]
+    assert [s["Name"] for s in steps] == ["lambda-pipeline ingest (streaming)"]
     schedule = json.loads((out / "batch-schedule.json").read_text())
     assert schedule["ScheduleExpression"] == "rate(2 hours)"
     assert schedule["Target"]["Arn"] == "arn:aws:scheduler:::aws-sdk:emr:addJobFlowSteps"

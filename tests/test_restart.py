@@ -6,14 +6,17 @@ from pathlib import Path
 
 import pytest
 from chispa import assert_df_equality
+from pyspark.errors import StreamingQueryException
 
-from lambda_pipeline.batch_layer.job import publish, run_batch, stage_batch
-from lambda_pipeline.core.tables import latest_coverage, latest_version
+from lambda_pipeline.batch_layer.job import deduplicate, publish, run_batch, stage_batch
+from lambda_pipeline.core.pipeline import Pipeline
+from lambda_pipeline.core.tables import latest_coverage, latest_version, table_version
+from lambda_pipeline.core.views import TumblingWindow, View, count, max_of
 from lambda_pipeline.ingestion.job import start_ingest
-from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
+from lambda_pipeline.pipelines.clickstream import CLICKS, CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 from lambda_pipeline.serving_layer.catalog import ServingLayer
-from lambda_pipeline.speed_layer.job import start_speed
+from lambda_pipeline.speed_layer.job import SpeedWriter, present_tags
 from tests.helpers import assert_same_view, by_key, recompute
 
 pytestmark = pytest.mark.integration
@@ -31,26 +34,23 @@ def _sorted_rows(spark, path):
     return spark.read.format("delta").load(path).drop("unique_users__hll")
 
 
-def test_replayed_speed_and_ingest_batches_write_nothing_twice(spark, settings, locations) -> None:
+def test_a_replayed_ingest_batch_writes_nothing_twice(spark, settings, locations) -> None:
     generator = ClickstreamGenerator(5, duplicate_fraction=0.1)
     generator.write(locations.landing, 400, files=2)
     start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
-    start_speed(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
     partials = locations.speed_partials("page_activity")
     before_speed = _sorted_rows(spark, partials).collect()
     before_master = spark.read.format("delta").load(locations.master).count()
     master_version = latest_version(spark, locations.master)
+    speed_version = latest_version(spark, partials)
 
-    replayed = [_forget_last_commit(locations.checkpoint("speed")), _forget_last_commit(locations.checkpoint("ingest"))]
+    replayed = _forget_last_commit(locations.checkpoint("ingest"))
     start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
-    start_speed(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
 
-    assert all(
-        Path(locations.checkpoint(j), "commits", str(b)).exists()
-        for j, b in zip(("speed", "ingest"), replayed, strict=True)
-    ), "the batches were not replayed"
+    assert Path(locations.checkpoint("ingest"), "commits", str(replayed)).exists(), "the batch was not replayed"
     assert spark.read.format("delta").load(locations.master).count() == before_master
     assert latest_version(spark, locations.master) == master_version
+    assert latest_version(spark, partials) == speed_version
     assert_df_equality(
         _sorted_rows(spark, partials),
         spark.createDataFrame(before_speed, _sorted_rows(spark, partials).schema),
@@ -58,19 +58,100 @@ def test_replayed_speed_and_ingest_batches_write_nothing_twice(spark, settings, 
     )
 
 
-def test_speed_restarted_between_micro_batches_converges(spark, settings, locations) -> None:
+PAGE_VISITS = View(
+    "page_visits",
+    source=CLICKS,
+    keys=("page",),
+    window=TumblingWindow("event_time", "5 minutes"),
+    measures={"visits": count(), "longest_ms": max_of("duration_ms")},
+)
+WITH_VISITS = Pipeline(name="clickstream", source=CLICKS, views=(*CLICKSTREAM.views, PAGE_VISITS))
+
+
+class _CrashAfterMaster(Exception):
+    pass
+
+
+def test_a_crash_between_the_master_and_the_speed_commit_leaves_no_gap_and_no_double_count(
+    spark, settings, locations, monkeypatch
+) -> None:
+    """The one hop's two commits: master landed, the speed partials of its tag did not; then a restart."""
+    generator = ClickstreamGenerator(17, duplicate_fraction=0.1, late_fraction=0.2)
+    generator.write(locations.landing, 300, files=1)
+    start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
+    run_batch(spark, CLICKSTREAM, locations)
+    generator.write(locations.landing, 300, files=1)
+
+    def crash(self, *args, **kwargs) -> None:
+        raise _CrashAfterMaster("killed after the master commit")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(SpeedWriter, "write", crash)
+        query = start_ingest(spark, CLICKSTREAM, settings, locations, once=True)
+        with pytest.raises(StreamingQueryException, match="killed after the master commit"):
+            query.awaitTermination()
+    tag = latest_version(spark, locations.master)
+    partials = locations.speed_partials("page_activity")
+    assert tag not in present_tags(spark, partials, 0), "the crash must land between the two commits"
+    serving = ServingLayer(spark, CLICKSTREAM, locations)
+    serving.refresh()
+    # Meanwhile serving shows the events of the commits that completed, each once: the new tag is not there yet.
+    assert_same_view(
+        by_key(serving.query("SELECT * FROM serving.page_activity", refresh=False)),
+        recompute(spark, locations.master, f"ingest_tag < {tag}"),
+        users_tolerance=0.02,
+    )
+
+    start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()  # the restart
+    assert latest_version(spark, locations.master) == tag, "the replay must not append master again"
+    assert tag in present_tags(spark, partials, 0)
+    serving.refresh()
+    assert_same_view(
+        by_key(serving.query("SELECT * FROM serving.page_activity", refresh=False)),
+        recompute(spark, locations.master),
+        users_tolerance=0.02,
+    )
+
+
+def test_ingest_restarted_between_micro_batches_converges(spark, settings, locations) -> None:
     generator = ClickstreamGenerator(9, late_fraction=0.3)
     serving = ServingLayer(spark, CLICKSTREAM, locations)
     for _ in range(3):
         generator.write(locations.landing, 200, files=1)
-        start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
-        start_speed(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()  # stop, then restart
+        start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()  # stop, then restart
     serving.refresh()
     assert_same_view(
         by_key(serving.query("SELECT * FROM serving.page_activity", refresh=False)),
         recompute(spark, locations.master),
         users_tolerance=0.0,
     )
+
+
+def test_a_view_added_after_data_exists_is_caught_up_from_master(spark, settings, locations) -> None:
+    """Ingest restarted with one more view: its partials cover every tag, the other view's covered ones too."""
+    generator = ClickstreamGenerator(21, late_fraction=0.2, duplicate_fraction=0.1)
+    generator.write(locations.landing, 300, files=1)
+    start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
+    run_batch(spark, CLICKSTREAM, locations)  # covers tag 1, for page_activity only
+    generator.write(locations.landing, 300, files=1)
+    start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
+    assert table_version(spark, locations.speed_partials(PAGE_VISITS.name)) is None
+
+    generator.write(locations.landing, 200, files=1)
+    start_ingest(spark, WITH_VISITS, settings, locations, once=True).awaitTermination()
+    assert present_tags(spark, locations.speed_partials(PAGE_VISITS.name), 0) == {1, 2, 3}
+    serving = ServingLayer(spark, WITH_VISITS, locations)
+    serving.refresh()
+    assert_same_view(
+        by_key(serving.query("SELECT * FROM serving.page_activity", refresh=False)),
+        recompute(spark, locations.master),
+        users_tolerance=0.02,
+    )
+    master = deduplicate(spark.read.format("delta").load(locations.master), CLICKS)
+    expected = PAGE_VISITS.finalize(PAGE_VISITS.partials(master, by_tag=False))
+    got = serving.query("SELECT * FROM serving.page_visits", refresh=False)
+    assert_df_equality(got, expected, ignore_row_order=True, ignore_column_order=True, ignore_nullable=True)
+    assert latest_coverage(spark, locations.coverage).covered_for(PAGE_VISITS.name) == 0
 
 
 def test_batch_killed_before_publishing_leaves_previous_view_served(spark, settings, locations) -> None:
@@ -98,7 +179,6 @@ def test_batch_killed_before_publishing_leaves_previous_view_served(spark, setti
     )
     assert by_key(serving.query("SELECT * FROM batch.page_activity", refresh=False)) == served_before
     # Nothing is lost meanwhile: the speed layer serves what the unpublished batch would have covered.
-    start_speed(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
     serving.refresh()
     assert_same_view(
         by_key(serving.query("SELECT * FROM serving.page_activity", refresh=False)),

@@ -66,8 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="resume although Kafka offsets ingest still needed aged out (the loss is recorded in quarantine)",
     )
-    speed = verbs.add_parser("speed", help="maintain the speed layer's partials for uncovered events")
-    speed.add_argument("--once", action="store_true", help="catch up with the master table, then stop")
+    speed = verbs.add_parser(
+        "speed",
+        help="catch the speed partials up with master (ingest writes them itself; run this while ingest is stopped)",
+    )
+    speed.add_argument("--rebuild", action="store_true", help="rewrite every speed table from master")
+    speed.add_argument("--once", action="store_true", help=argparse.SUPPRESS)  # the verb always runs once now
     batch = verbs.add_parser("batch", help="recompute and publish the batch views")
     batch.add_argument(
         "--every",
@@ -168,7 +172,7 @@ def _cmd_ingest(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-# How long a long-running speed or batch job started together with ingest waits for the master table.
+# How long a long-running batch job started together with ingest waits for the master table.
 MASTER_WAIT_SECONDS = 600.0
 
 
@@ -184,18 +188,13 @@ def _wait_for_master(ctx: Context, verb: str) -> None:
 
 
 def _cmd_speed(ctx: Context, args: argparse.Namespace) -> int:
-    from lambda_pipeline.core.streaming import run_until_stopped
-    from lambda_pipeline.speed_layer.job import start_speed
+    from lambda_pipeline.speed_layer.job import catch_up
 
-    if not args.once:
-        _wait_for_master(ctx, "speed")
-
-    query = start_speed(ctx.spark, ctx.pipeline, ctx.settings, ctx.locations, once=args.once)
-    print(
-        f"speed: {ctx.locations.master} -> {ctx.locations.warehouse}/speed" + (" (once)" if args.once else ""),
-        flush=True,
-    )
-    run_until_stopped([query], once=args.once)
+    started = time.monotonic()
+    written = catch_up(ctx.spark, ctx.pipeline, ctx.locations, rebuild=args.rebuild)
+    what = "rebuilt" if args.rebuild else "caught up"
+    tags = ", ".join(f"{view} {n} tag(s)" for view, n in written.items())
+    print(f"speed: {what} from {ctx.locations.master} in {time.monotonic() - started:.1f}s: {tags}", flush=True)
     return 0
 
 

@@ -1,9 +1,10 @@
 """``lambda-pipeline emr-steps``: the EMR steps (AddJobFlowSteps ``Steps``) that run the jobs on a cluster.
 
 Generated, not hand-written, so that the steps can only name what exists: files listed in the
-artifact's manifest (``lambda-pipeline package``) and a config that validates. The three jobs are
-long-running YARN applications submitted in cluster mode: ingest and speed stream, the batch job runs
-``batch --every`` (or is added by an EventBridge schedule, ``emr.batch_trigger: schedule``).
+artifact's manifest (``lambda-pipeline package``) and a config that validates. The two jobs are
+long-running YARN applications submitted in cluster mode: ingest streams (writing master and the speed
+partials in each micro-batch), the batch job runs ``batch --every`` (or is added by an EventBridge
+schedule, ``emr.batch_trigger: schedule``).
 
 Printed on stdout: the JSON list for ``aws emr add-steps --steps file://steps.json``. With ``--out``,
 also written there: ``steps.json``, ``configurations.json`` (cluster classifications), ``cluster.json``
@@ -31,7 +32,7 @@ from lambda_pipeline.core.errors import ConfigError
 __all__ = ["EmrPlan", "add_emr_steps_parser", "glue_spark_conf", "plan_emr", "rate_expression", "run_emr_steps"]
 
 GLUE_FACTORY = "com.amazonaws.glue.catalog.metastore.AWSGlueDataCatalogHiveClientFactory"
-STREAMING_JOBS = ("ingest", "speed")
+STREAMING_JOBS = ("ingest",)
 CLUSTER_ID_PLACEHOLDER = "j-REPLACE_WITH_CLUSTER_ID"
 ROLE_PLACEHOLDER = "arn:aws:iam::REPLACE_WITH_ACCOUNT:role/lambda-pipeline-scheduler"
 
@@ -282,7 +283,7 @@ def add_emr_steps_parser(verbs: argparse._SubParsersAction[argparse.ArgumentPars
     """Register ``emr-steps``; the caller adds the common options (--config, --workdir, --set)."""
     parser = verbs.add_parser(
         "emr-steps",
-        help="print the EMR steps (aws emr add-steps --steps file://...) that run ingest, speed and batch",
+        help="print the EMR steps (aws emr add-steps --steps file://...) that run ingest and batch",
         description=__doc__.split("\n\n")[2] if __doc__ else None,
     )
     parser.add_argument(

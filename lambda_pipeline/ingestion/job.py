@@ -35,7 +35,7 @@ from lambda_pipeline.core.tables import QUARANTINE_SCHEMA, Locations, ensure_tab
 from lambda_pipeline.core.views import INGEST_TAG, INGESTED_AT, SOURCE_FILE, EventSource
 from lambda_pipeline.ingestion.data_loss import check_data_loss, record_data_loss
 from lambda_pipeline.ingestion.sources import PRE_REASON, RAW, file_lines, kafka_lines
-from lambda_pipeline.speed_layer.job import SpeedWriter, catch_up, setup_speed_tables
+from lambda_pipeline.speed_layer.job import SpeedWriter, catch_up, needs_catch_up, setup_speed_tables
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -306,8 +306,10 @@ def start_ingest(
     skip them unless ``accept_data_loss``.
     """
     locations.ensure_dirs(spark)  # the file source needs its landing folder, also on S3
+    lagging = needs_catch_up(spark, pipeline, locations)  # before creating the speed tables of new views
     setup_ingest_tables(spark, pipeline, locations)
-    catch_up(spark, pipeline, locations)
+    if lagging:
+        catch_up(spark, pipeline, locations, only=lagging)
     checkpoint = locations.checkpoint("ingest")
     fail_on_data_loss = None
     if settings.ingest.source == "kafka":
