@@ -208,11 +208,10 @@ def seed_coverage(phase: Phase, loc: Locations) -> tuple[int, int]:
 
 
 def run_pipeline(phase: Phase) -> dict[str, Any]:
-    """The real jobs: seed + batch first, then ingest and speed streaming while the producer runs."""
+    """The real jobs: seed + batch first, then ingest (master + speed, one hop) streaming while the producer runs."""
     from lambda_pipeline.core.tables import Locations, latest_version
     from lambda_pipeline.ingestion.job import start_ingest
     from lambda_pipeline.pipelines.clickstream import CLICKSTREAM, PAGE_ACTIVITY
-    from lambda_pipeline.speed_layer.job import start_speed
 
     spark, settings, args = phase.spark, phase.settings, phase.args
     loc = Locations.create(settings, phase.workdir)
@@ -220,7 +219,6 @@ def run_pipeline(phase: Phase) -> dict[str, Any]:
     covered, seed_messages = seed_coverage(phase, loc)
 
     speed_table = loc.speed_partials(PAGE_ACTIVITY.name)
-    phase.queries.append(start_speed(spark, CLICKSTREAM, settings, loc))
     phase.queries.append(start_ingest(spark, CLICKSTREAM, settings, loc))
     speed = SpeedVisibility(spark, speed_table, covered, log_only=True)
     master_log = DeltaLog(loc.master, latest_version(spark, loc.master))

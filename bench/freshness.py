@@ -1,8 +1,9 @@
 """End-to-end freshness: from a file landing to its events being visible in ``serving.page_activity``.
 
 Runs the real pipeline in one Spark session: a seed file is ingested and a batch is published first (so
-coverage exists), then the ingest and speed jobs run as streaming queries with processing-time triggers
-(``ingest.trigger`` and ``speed.trigger`` default to 500 ms here; change them, or any other setting, with
+coverage exists), then the ingest job runs as a streaming query with a processing-time trigger; each of
+its micro-batches writes master and the speed partials of its tag (the one hop). (``ingest.trigger``
+defaults to 500 ms here; change them, or any other setting, with
 ``--override KEY=VALUE``). A producer thread writes JSON-lines files into the landing folder at ``--rate``
 valid events per second, ``--files-per-second`` files per second, for ``--warmup`` seconds (not measured)
 plus ``--seconds`` seconds (measured).
@@ -65,7 +66,6 @@ from lambda_pipeline.core.tables import Locations, sql_path
 from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM, PAGE_ACTIVITY
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
-from lambda_pipeline.speed_layer.job import start_speed
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -291,7 +291,6 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         speed_table = loc.speed_partials(PAGE_ACTIVITY.name)
-        queries.append(start_speed(spark, CLICKSTREAM, settings, loc))
         queries.append(start_ingest(spark, CLICKSTREAM, settings, loc))
         speed = SpeedVisibility(spark, speed_table, covered, log_only=False)
         producer = Producer(generator, loc.landing, args.rate, args.seconds, args.warmup, args.files_per_second, stop)

@@ -3,8 +3,8 @@
 Prepares a work directory through the real pipeline: ``--events`` valid events from the generator, of which
 ``--batch-share`` land first (in ``--batch-files`` files), are ingested (``start_ingest(once=True)``) and
 covered by a published batch (``run_batch``); the rest land in ``--speed-files`` files, are ingested one
-file per micro-batch (one master commit, i.e. one ingest tag, each) and caught up by the speed layer
-(``start_speed(once=True)``, one master file per micro-batch, so the speed table has several small commits
+file per micro-batch (one master commit, i.e. one ingest tag, each, and one speed commit of that tag,
+so the speed table has several small commits
 as it would in a running deployment).
 
 Then, on one warm session, with one pin taken by ``ServingLayer.refresh()``:
@@ -49,7 +49,6 @@ from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM, PAGE_ACTIVITY
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 from lambda_pipeline.serving_layer.catalog import ServingLayer
-from lambda_pipeline.speed_layer.job import start_speed
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -99,14 +98,11 @@ def prepare(spark: SparkSession, settings: Settings, loc: Locations, args: argpa
         flush=True,
     )
 
-    # One landing file per ingest micro-batch (= one master commit, one tag) and one master file per speed
-    # micro-batch: maxFilesPerTrigger is a read option, so changing it between runs keeps the checkpoints valid.
-    one_by_one = load_settings(
-        args.config, [*args.override, "ingest.max_files_per_trigger=1", "speed.max_files_per_trigger=1"]
-    )
+    # One landing file per ingest micro-batch (= one master commit, one tag, one speed commit):
+    # maxFilesPerTrigger is a read option, so changing it between runs keeps the checkpoints valid.
+    one_by_one = load_settings(args.config, [*args.override, "ingest.max_files_per_trigger=1"])
     generator.write(loc.landing, speed_events, files=args.speed_files)
     start_ingest(spark, CLICKSTREAM, one_by_one, loc, once=True).awaitTermination()
-    start_speed(spark, CLICKSTREAM, one_by_one, loc, once=True).awaitTermination()
     speed_table = loc.speed_partials(PAGE_ACTIVITY.name)
     speed_files = spark.sql(f"DESCRIBE DETAIL {sql_path(speed_table)}").first()
     info = {

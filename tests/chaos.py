@@ -1,14 +1,17 @@
-"""Crash the pipeline on purpose: SIGKILL the ingest and speed processes at random points, restart them.
+"""Crash the pipeline on purpose: SIGKILL the ingest process at random points, restart it.
 
 Used by the crash tests (tests/test_kafka_crash.py, a few dozen kills) and by
-``bench/crash_loop.py`` (hundreds). The processes are the real CLI verbs
-(``lambda-pipeline ingest`` / ``speed``) in their own JVMs, so a kill loses
-whatever a real crash loses. Two kinds of kill point:
+``bench/crash_loop.py`` (hundreds). The process is the real CLI verb
+(``lambda-pipeline ingest``, which writes master, quarantine and the speed
+partials) in its own JVM, so a kill loses whatever a real crash loses. Two kinds
+of kill point:
 
 - ``random``: after a random uptime (often mid-micro-batch, sometimes during start-up);
-- ``on_commit``: the instant a new Delta commit of the process's output table
-  appears, i.e. after the data commit and before Spark records the micro-batch
-  in its checkpoint: the exact window where a non-idempotent sink duplicates.
+- ``on_commit``: the instant a new Delta commit of one of the process's output
+  tables appears. After a master commit, that is between the one hop's master and
+  speed commits; after a speed commit, between the data commits and the
+  checkpoint's record of the micro-batch: the windows where a non-idempotent
+  sink duplicates or a naive one-hop loses the partials.
 
 Every wait is bounded by a deadline; nothing here sleeps to synchronise.
 """
@@ -32,10 +35,10 @@ import lambda_pipeline.cli as cli
 
 __all__ = ["FAST_START_JVM", "ChaosReport", "PipelineProcess", "run_chaos"]
 
-VERBS = ("ingest", "speed")
+VERBS = ("ingest",)
 # The jobs here live seconds before the next SIGKILL, so start-up dominates: C1 alone (no C2 compilation)
-# and the serial collector took a speed start from 21.6 s to 16.4 s until its stream ran (idle 2-core
-# machine). JIT flags change no semantics; run_chaos(java_options=None) runs as deployed.
+# and the serial collector took a (then separate) speed job's start from 21.6 s to 16.4 s until its stream
+# ran (idle 2-core machine). JIT flags change no semantics; run_chaos(java_options=None) runs as deployed.
 FAST_START_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
 
@@ -154,7 +157,7 @@ def _crash_loop(
     uptime: tuple[float, float],
     on_commit_fraction: float,
     startup_fraction: float,
-    watch: Path | None,
+    watch: Sequence[Path],
     deadline: float,
 ) -> None:
     """Kill one process ``kills`` times: mostly once it runs (random uptime or at a commit), sometimes at start-up."""
@@ -168,13 +171,16 @@ def _crash_loop(
             if proc.alive and proc.ready():
                 with lock:
                     report.ready_seconds[proc.verb].append(time.monotonic() - started)
-        on_commit = watch is not None and roll >= startup_fraction and rng.random() < on_commit_fraction
+        on_commit = bool(watch) and roll >= startup_fraction and rng.random() < on_commit_fraction
         if roll < startup_fraction:
             _wait(lambda: not proc.alive, time.monotonic() + rng.uniform(0.5, 6.0), 0.1)
-        elif on_commit and watch is not None:
-            seen = _commits(watch)
+        elif on_commit:
+            log = rng.choice(list(watch))
+            seen = _commits(log)
             _wait(
-                lambda seen=seen: not proc.alive or _commits(watch) > seen, min(deadline, time.monotonic() + 90), 0.01
+                lambda log=log, seen=seen: not proc.alive or _commits(log) > seen,
+                min(deadline, time.monotonic() + 90),
+                0.01,
             )
         else:
             _wait(lambda: not proc.alive, min(deadline, time.monotonic() + rng.uniform(*uptime)), 0.1)
@@ -202,20 +208,20 @@ def run_chaos(
     uptime: tuple[float, float] = (2.0, 20.0),
     on_commit_fraction: float = 0.3,
     startup_fraction: float = 0.1,
-    output_logs: dict[str, Path] | None = None,
+    output_logs: dict[str, Sequence[Path]] | None = None,
     deadline_seconds: float = 1800.0,
     config: str | None = None,
     only: str | None = None,
     java_options: str | None = FAST_START_JVM,
 ) -> ChaosReport:
-    """Run ingest and speed, SIGKILL them ``kills`` times in all (half each, concurrently), restart each time.
+    """Run ingest, SIGKILL it ``kills`` times, restart it each time.
 
-    ``only`` ("ingest" or "speed") aims every kill at that process; the other one just runs.
+    ``only`` names the verb every kill aims at (the only one now: ``ingest``).
     ``java_options`` become the children's ``JAVA_TOOL_OPTIONS`` (None: the environment's own).
 
-    ``output_logs`` maps a verb to the ``_delta_log`` folder of the table it commits to (for
-    ``on_commit`` kills). Bounded by ``kills`` and by ``deadline_seconds``; both processes are
-    stopped cleanly (SIGTERM) at the end.
+    ``output_logs`` maps a verb to the ``_delta_log`` folders of the tables it commits to (for
+    ``on_commit`` kills, each aimed at one of them at random). Bounded by ``kills`` and by
+    ``deadline_seconds``; the process is stopped cleanly (SIGTERM) at the end.
     """
     procs = {verb: PipelineProcess(verb, workdir, overrides, config, java_options) for verb in VERBS}
     report = ChaosReport()
@@ -235,13 +241,13 @@ def run_chaos(
                 uptime,
                 on_commit_fraction,
                 startup_fraction,
-                (output_logs or {}).get(verb),
+                (output_logs or {}).get(verb, ()),
                 deadline,
             )
         except BaseException as exc:
             errors.append(exc)
 
-    shares = {"ingest": kills - kills // 2, "speed": kills // 2}
+    shares = {"ingest": kills}
     if only is not None:
         shares = {verb: kills if verb == only else 0 for verb in VERBS}
     threads = [threading.Thread(target=loop, args=(v, shares[v], seed * 31 + i)) for i, v in enumerate(VERBS)]

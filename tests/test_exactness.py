@@ -1,4 +1,4 @@
-"""Exactly once across layers, at every instant, while ingest and speed stream and batches publish.
+"""Exactly once across layers, at every instant, while ingest streams (master and speed) and batches publish.
 
 Each probe pins the serving layer (speed version, then coverage) and compares
 ``serving.page_activity`` with a recompute over exactly the master events the
@@ -19,7 +19,6 @@ from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 from lambda_pipeline.serving_layer.catalog import ServingLayer
-from lambda_pipeline.speed_layer.job import start_speed
 from tests.helpers import assert_same_view, by_key, recompute
 
 pytestmark = pytest.mark.integration
@@ -50,7 +49,6 @@ def _probe(spark, serving: ServingLayer, locations) -> int:
 def test_serving_is_exact_during_streaming_and_converges(spark, settings, locations) -> None:
     generator = ClickstreamGenerator(23, late_fraction=0.2, duplicate_fraction=0.1, malformed_fraction=0.05)
     ingest = start_ingest(spark, CLICKSTREAM, settings, locations)
-    speed = start_speed(spark, CLICKSTREAM, settings, locations)
     serving = ServingLayer(spark, CLICKSTREAM, locations)
     files = []
     visible: list[int] = []
@@ -63,13 +61,11 @@ def test_serving_is_exact_during_streaming_and_converges(spark, settings, locati
                 _, staged = run_batch(spark, CLICKSTREAM, locations)  # publish at an arbitrary moment
                 published += staged is not None
             visible.append(_probe(spark, serving, locations))
-            assert ingest.exception() is None and speed.exception() is None
+            assert ingest.exception() is None
             assert time.monotonic() < deadline, "streams too slow for the test's time budget"
         ingest.processAllAvailable()
-        speed.processAllAvailable()
     finally:
         stop_between_batches(ingest)
-        stop_between_batches(speed)
     assert published >= 2
     assert visible[-1] > 0 and visible == sorted(visible), "the served count must only grow while ingesting"
 

@@ -1,4 +1,4 @@
-"""Exactly once through SIGKILLs: ingest and speed killed at random points and restarted, on a real broker.
+"""Exactly once through SIGKILLs: ingest (master + speed) killed at random points and restarted, on a real broker.
 
 The control run switches idempotent commits off and kills right after a data commit: it must
 show duplicates, which proves the main run's checks can see them.
@@ -23,7 +23,7 @@ def test_sigkill_crashes_lose_and_duplicate_nothing(spark, kafka_broker, kafka_t
     summary = run.summary()
     print(f"crash run: {summary}")
     assert run.report.total >= KILLS, summary
-    assert run.report.kills["ingest"] > 0 and run.report.kills["speed"] > 0, summary
+    assert run.report.kills["ingest"] >= KILLS, summary
     assert not run.report.early_exits, summary
     assert run.report.on_commit_kills > 0, summary
     assert run.produced == sum(s.messages for s in run.sent), summary

@@ -20,7 +20,6 @@ from lambda_pipeline.local_services.kafka_broker import delete_records, offsets
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import HOSTILE_KINDS, ClickstreamGenerator
 from lambda_pipeline.serving_layer.catalog import ServingLayer
-from lambda_pipeline.speed_layer.job import start_speed
 from tests.helpers import assert_same_view, by_key, recompute
 
 pytestmark = pytest.mark.integration
@@ -173,7 +172,6 @@ def test_broker_restart_mid_stream_loses_and_duplicates_nothing(
     assert ids.distinct().count() == master == len({i for w in waves for i in w.event_ids})
 
     run_batch(spark, CLICKSTREAM, loc)
-    start_speed(spark, CLICKSTREAM, settings, loc, once=True).awaitTermination(300)
     serving = ServingLayer(spark, CLICKSTREAM, loc)
     serving.refresh()
     assert_same_view(

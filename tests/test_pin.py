@@ -16,7 +16,6 @@ from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.pipelines.clickstream import CLICKS, CLICKSTREAM, PAGE_ACTIVITY
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 from lambda_pipeline.serving_layer.catalog import Pin, ServingLayer
-from lambda_pipeline.speed_layer.job import start_speed
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +64,6 @@ def test_two_views_and_master_in_one_query_read_one_pin_while_batches_publish(sp
             for _ in range(4):
                 generator.write(locations.landing, 150, files=1)
                 start_ingest(spark, TWO_VIEWS, settings, locations, once=True).awaitTermination()
-                start_speed(spark, TWO_VIEWS, settings, locations, once=True).awaitTermination()
                 run_batch(spark, TWO_VIEWS, locations)
         except BaseException as exc:  # reported by the main thread
             failures.append(exc)
@@ -99,7 +97,6 @@ def test_as_of_an_earlier_publication_reanswers_what_was_served_then(spark, sett
     for events in (200, 100):
         generator.write(locations.landing, events, files=1)
         start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
-    start_speed(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
     first = publish(spark, locations, stage_batch(spark, CLICKSTREAM, locations, master_version=1))
     sql = (
         "SELECT page, sum(events) AS events, (SELECT count(*) FROM master.master_events) AS master_rows "
@@ -114,7 +111,6 @@ def test_as_of_an_earlier_publication_reanswers_what_was_served_then(spark, sett
     for events in (100, 50):
         generator.write(locations.landing, events, files=1)
         start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
-        start_speed(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
         run_batch(spark, CLICKSTREAM, locations)
     assert sum(r.events for r in serving.query(sql).collect()) == 450
 

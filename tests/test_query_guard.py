@@ -29,7 +29,6 @@ from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 from lambda_pipeline.serving_layer.catalog import ServingLayer, check_read_only
 from lambda_pipeline.serving_layer.guard import ACCEPTED, FUNCTIONS
-from lambda_pipeline.speed_layer.job import start_speed
 
 SECRET_FILE_MARKER = "guard-test-secret-7f3a"
 """Written into a file outside the warehouse: it must never appear in any output."""
@@ -220,7 +219,6 @@ def workdir(spark, tmp_path_factory: pytest.TempPathFactory) -> Locations:
     run_batch(spark, CLICKSTREAM, loc)
     generator.write(loc.landing, 100, files=1)
     start_ingest(spark, CLICKSTREAM, settings, loc, once=True).awaitTermination()
-    start_speed(spark, CLICKSTREAM, settings, loc, once=True).awaitTermination()
     return loc
 
 

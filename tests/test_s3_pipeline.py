@@ -124,7 +124,6 @@ def test_pipeline_on_s3_is_exact_and_stays_in_the_bucket(
     from lambda_pipeline.ingestion.job import start_ingest
     from lambda_pipeline.pipelines.generator import ClickstreamGenerator
     from lambda_pipeline.serving_layer.catalog import ServingLayer
-    from lambda_pipeline.speed_layer.job import start_speed
 
     monkeypatch.chdir(tmp_path)  # anything written to local disk by mistake would show up here
     settings = load_settings(None, ["speed.compact_every=0"])
@@ -138,7 +137,6 @@ def test_pipeline_on_s3_is_exact_and_stays_in_the_bucket(
     assert staged is not None and coverage.master_version >= 1
     second = generator.write(loc.landing, 300, files=2, spark=spark)  # after the batch: speed layer only
     start_ingest(spark, CLICKSTREAM, settings, loc, once=True).awaitTermination()
-    start_speed(spark, CLICKSTREAM, settings, loc, once=True).awaitTermination()
 
     serving = ServingLayer(spark, CLICKSTREAM, loc)
     serving.refresh()

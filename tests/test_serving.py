@@ -13,7 +13,6 @@ from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 from lambda_pipeline.serving_layer.catalog import ServingLayer, check_read_only
-from lambda_pipeline.speed_layer.job import start_speed
 
 
 @pytest.mark.parametrize(
@@ -69,7 +68,6 @@ def test_layers_provenance_and_cli_query(spark, settings, locations, capsys) -> 
     run_batch(spark, CLICKSTREAM, locations)
     generator.write(locations.landing, 120, files=1)
     start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
-    start_speed(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
 
     serving = ServingLayer(spark, CLICKSTREAM, locations)
     totals = serving.query(

@@ -163,9 +163,9 @@ def route_batch(batch: DataFrame, source: EventSource) -> DataFrame:
     duplicate = F.col(REASON).isNull() & ~(F.coalesce(F.col("_first"), F.lit(False)) & (F.col("_copy") == 1))
     return numbered.withColumn(
         REASON,
-        F.when(
-            duplicate, F.lit(f"duplicate: {source.id_column} already ingested within the dedup horizon")
-        ).otherwise(F.col(REASON)),
+        F.when(duplicate, F.lit(f"duplicate: {source.id_column} already ingested within the dedup horizon")).otherwise(
+            F.col(REASON)
+        ),
     ).drop("_copy", "_first", _KEY)
 
 
