@@ -160,7 +160,6 @@ def test_pipeline_on_s3_is_exact_and_stays_in_the_bucket(
         "batch view": "work/warehouse/batch/page_activity/",
         "speed partials": "work/warehouse/speed/page_activity/",
         "ingest checkpoint": "work/checkpoints/ingest/offsets/",
-        "speed checkpoint": "work/checkpoints/speed",
     }
     missing = {what: where for what, where in expected_prefixes.items() if not any(k.startswith(where) for k in keys)}
     assert not missing, f"not in the bucket: {missing}; keys: {sorted(keys)[:20]}"

@@ -46,7 +46,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. --set speed.trigger='2 seconds' (repeatable)",
+        help="override a config value, e.g. --set ingest.trigger='2 seconds' (repeatable)",
     )
     parser.add_argument(
         "--verbose",
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PUBLICATION",
         help="answer at an earlier batch publication (its run id, or a unique prefix, as 'batch' prints it)",
     )
-    demo = verbs.add_parser("demo", help="generator -> ingest -> batch -> speed -> merged query")
+    demo = verbs.add_parser("demo", help="generator -> ingest (master + speed) -> batch -> merged query")
     demo.add_argument("--events", type=int, default=20_000, help="valid events to generate (default 20000)")
     demo.add_argument("--seed", type=int, default=None, help="generator seed (default: new each run)")
     demo.add_argument(

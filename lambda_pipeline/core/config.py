@@ -231,9 +231,13 @@ class IngestSettings(_Strict):
 
 
 class SpeedSettings(_Strict):
-    trigger: str = "1 second"
-    max_files_per_trigger: int = Field(default=1000, gt=0)
-    compact_every: int = Field(default=50, ge=0, description="OPTIMIZE the partials every N micro-batches; 0 = never")
+    """The speed partials are written by ingest's micro-batches (the one hop): no speed stream runs."""
+
+    trigger: str = Field(default="1 second", description="unused since the one hop; accepted so old configs load")
+    max_files_per_trigger: int = Field(default=1000, gt=0, description="unused since the one hop")
+    compact_every: int = Field(
+        default=50, ge=0, description="OPTIMIZE speed tables of the old unpartitioned layout every N micro-batches"
+    )
     _durations = field_validator("trigger")(_check_duration)
 
 
