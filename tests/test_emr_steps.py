@@ -180,7 +180,7 @@ def test_missing_bucket_is_one_line_naming_the_key(dist: Path) -> None:
         ("emr.buckt=x", "emr.buckt", "unknown key"),
         ("emr.glue.databse=x", "emr.glue.databse", "unknown key"),
         ("emr.bucket=s3://my-bucket", "emr.bucket", "expected an S3 bucket name"),
-        ("emr.step_concurrency=2", "emr.step_concurrency", "the 3 long-running steps run at once"),
+        ("emr.step_concurrency=1", "emr.step_concurrency", "the 2 long-running steps run at once"),
         ("workdir=/data/lambda", "workdir", "on EMR the work directory must be on S3"),
     ],
 )
