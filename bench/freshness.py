@@ -74,7 +74,7 @@ if TYPE_CHECKING:
     from lambda_pipeline.core.config import Settings
 
 NAME = "freshness"
-DEFAULT_OVERRIDES = ("ingest.trigger=500 milliseconds", "speed.trigger=500 milliseconds")
+DEFAULT_OVERRIDES = ("ingest.trigger=500 milliseconds",)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -236,8 +236,8 @@ def print_summary(out: dict[str, Any], args: argparse.Namespace, settings: Setti
         f"(target {args.rate:g}); {produced['ingest_commits']} ingest commits for them"
     )
     print(
-        f"triggers: ingest {settings.ingest.trigger!r} (max {settings.ingest.max_files_per_trigger} files), "
-        f"speed {settings.speed.trigger!r}, speed compact_every {settings.speed.compact_every}"
+        f"trigger: ingest {settings.ingest.trigger!r} (max {settings.ingest.max_files_per_trigger} files), "
+        "one hop (master and speed partials in each micro-batch)"
     )
     for name, s in out["streams"].items():
         print(
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     loc = Locations.create(settings, workdir)
     loc.ensure_local_dirs()
     print(f"work directory: {loc.workdir}", flush=True)
-    print(f"triggers: ingest {settings.ingest.trigger!r}, speed {settings.speed.trigger!r}", flush=True)
+    print(f"trigger: ingest {settings.ingest.trigger!r} (one hop: master and speed in each micro-batch)", flush=True)
     spark = get_spark(
         settings.spark, app_name=f"bench-{NAME}", extra_conf={"spark.sql.streaming.numRecentProgressUpdates": "10000"}
     )
@@ -334,9 +334,6 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {
                 "ingest_trigger": settings.ingest.trigger,
                 "ingest_max_files_per_trigger": settings.ingest.max_files_per_trigger,
-                "speed_trigger": settings.speed.trigger,
-                "speed_max_files_per_trigger": settings.speed.max_files_per_trigger,
-                "speed_compact_every": settings.speed.compact_every,
             },
             "environment": environment(spark, settings),
             "coverage_master_version": covered,

@@ -6,11 +6,12 @@ the end) and in one Spark session (``get_spark(..., packages=(KAFKA_COORDINATE,)
 
 1. **noop baseline**: a streaming query reading a fresh topic with the ingest job's own Kafka options and parse
    (``parse_events(kafka_lines(...))``, i.e. ``decode_messages`` + JSON parse + checks) into the ``noop`` sink,
-   with the ingest trigger. It costs what reading and parsing cost, without the dedup state, the second read of
-   the micro-batch, the routing, the Delta commits and the speed layer.
+   with the ingest trigger. It costs what reading and parsing cost, without the dedup shuffle and state, the
+   routing and the Delta commits (master, speed partials, quarantine).
 2. **pipeline**: the real jobs on another fresh topic. A seed (one second of the rate) is ingested once and a
    batch is published first (so coverage exists; no batch runs during the measurement), then ``start_ingest``
-   and ``start_speed`` run with processing-time triggers.
+   runs with a processing-time trigger; each micro-batch commits master, then the speed partials of its tag
+   (the one hop).
 
 Both phases get the same load: a producer in a **separate process** (``multiprocessing``, spawn; it never shares
 the driver's GIL with py4j) sends ``--rate`` valid events per second, plus ~3 % duplicates and ~2 % malformed
@@ -60,7 +61,7 @@ micro-batch spends its time. Every wait is bounded (``--timeout`` per phase, pro
 pipeline does not keep up with.
 
 Settings: ``ingest.source=kafka``, both triggers 500 ms and ``ingest.kafka.max_offsets_per_trigger`` 200000
-by default; ``--partitions``, ``--ingest-trigger``, ``--speed-trigger``, ``--max-offsets-per-trigger`` set
+by default; ``--partitions``, ``--ingest-trigger``, ``--max-offsets-per-trigger`` set
 them, and ``--override KEY=VALUE`` (applied last) any other setting, e.g.
 ``--override spark.shuffle_partitions=4`` or ``--override spark.conf.spark.driver.memory=4g``.
 
@@ -97,7 +98,6 @@ NAME = "kafka_freshness"
 DEFAULT_OVERRIDES = (
     "ingest.source=kafka",
     "ingest.trigger=500 milliseconds",
-    "speed.trigger=500 milliseconds",
 )
 FIND_MAX_RATES = (10_000.0, 20_000.0, 30_000.0, 40_000.0)
 
@@ -118,7 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=30.0, help="production before the measured part (30)")
     parser.add_argument("--partitions", type=int, default=2, help="partitions of each topic (default 2)")
     parser.add_argument("--ingest-trigger", default=None, help="ingest (and noop) trigger (default 500 milliseconds)")
-    parser.add_argument("--speed-trigger", default=None, help="speed trigger (default 500 milliseconds)")
+    parser.add_argument("--speed-trigger", default=None, help=argparse.SUPPRESS)  # no speed stream since the one hop
     parser.add_argument(
         "--max-offsets-per-trigger",
         type=int,
@@ -166,8 +166,6 @@ def phase_overrides(args: argparse.Namespace) -> list[str]:
     out = [*DEFAULT_OVERRIDES, f"ingest.kafka.partitions={args.partitions}"]
     if args.ingest_trigger:
         out.append(f"ingest.trigger={args.ingest_trigger}")
-    if args.speed_trigger:
-        out.append(f"speed.trigger={args.speed_trigger}")
     if args.max_offsets_per_trigger:
         out.append(f"ingest.kafka.max_offsets_per_trigger={args.max_offsets_per_trigger}")
     return [*out, *args.override]
