@@ -391,7 +391,9 @@ class EmrSettings(_Strict):
     artifact_prefix: str = "artifacts/lambda-pipeline"
     log_prefix: str = "logs/emr"
     release_label: str | None = None
-    step_concurrency: int = Field(default=3, ge=1, le=256, description="steps EMR runs at once (2 long-running, plus one-shot steps)")
+    step_concurrency: int = Field(
+        default=3, ge=1, le=256, description="steps EMR runs at once (2 long-running, plus one-shot steps)"
+    )
     batch_trigger: Literal["every", "schedule"] = "every"
     python: str | None = None
     submit_conf: dict[str, str] = Field(default_factory=dict)

@@ -150,17 +150,22 @@ def route_batch(batch: DataFrame, source: EventSource) -> DataFrame:
     horizon (branch ``first``). One copy of each first-seen valid id goes to
     master; the other copies are duplicates. Copies are numbered
     deterministically, so a replayed micro-batch routes every line the same way.
-    Both branches arrive partitioned by the dedup key, so this needs no shuffle.
+    Both branches arrive partitioned by the dedup key, so this needs no shuffle, and one
+    window over each key finds the verdict and numbers the copies (a join would read the
+    micro-batch twice: Spark recomputes it, source read and stateful dedup included, per scan).
     """
-    lines = batch.filter(F.col(_BRANCH) == "all").drop(_BRANCH)
-    firsts = (
-        batch.filter((F.col(_BRANCH) == "first") & F.col(REASON).isNull())
-        .select(_KEY, F.lit(True).alias("_first"))
-        .distinct()
+    # One window over each key's rows, no self-join: Spark recomputes the micro-batch for each scan of it.
+    # The dedup's row (branch "first") sorts after the key's lines, so numbering the lines is unaffected.
+    ordered = Window.partitionBy(_KEY).orderBy(F.col(_BRANCH) == "first", F.col(REASON).isNotNull(), SOURCE_FILE, RAW)
+    whole_key = ordered.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+    first_seen = F.max(((F.col(_BRANCH) == "first") & F.col(REASON).isNull()).cast("int")).over(whole_key)
+    numbered = (
+        batch.withColumn("_copy", F.row_number().over(ordered))
+        .withColumn("_first", first_seen == 1)
+        .filter(F.col(_BRANCH) == "all")
+        .drop(_BRANCH)
     )
-    copies = Window.partitionBy(_KEY).orderBy(F.col(REASON).isNotNull(), SOURCE_FILE, RAW)
-    numbered = lines.withColumn("_copy", F.row_number().over(copies)).join(firsts, _KEY, "left")
-    duplicate = F.col(REASON).isNull() & ~(F.coalesce(F.col("_first"), F.lit(False)) & (F.col("_copy") == 1))
+    duplicate = F.col(REASON).isNull() & ~(F.col("_first") & (F.col("_copy") == 1))
     return numbered.withColumn(
         REASON,
         F.when(duplicate, F.lit(f"duplicate: {source.id_column} already ingested within the dedup horizon")).otherwise(
