@@ -34,6 +34,16 @@ def _sorted_rows(spark, path):
     return spark.read.format("delta").load(path).drop("unique_users__hll")
 
 
+def _served_equals_recompute(spark, serving, locations, tag_filter: str = "true", tolerance: float = 0.02) -> None:
+    """serving.page_activity, freshly pinned, against a recompute over the master events ``tag_filter`` picks."""
+    serving.refresh()
+    assert_same_view(
+        by_key(serving.query("SELECT * FROM serving.page_activity", refresh=False)),
+        recompute(spark, locations.master, tag_filter),
+        users_tolerance=tolerance,
+    )
+
+
 def test_a_replayed_ingest_batch_writes_nothing_twice(spark, settings, locations) -> None:
     generator = ClickstreamGenerator(5, duplicate_fraction=0.1)
     generator.write(locations.landing, 400, files=2)
@@ -94,23 +104,13 @@ def test_a_crash_between_the_master_and_the_speed_commit_leaves_no_gap_and_no_do
     partials = locations.speed_partials("page_activity")
     assert tag not in present_tags(spark, partials, 0), "the crash must land between the two commits"
     serving = ServingLayer(spark, CLICKSTREAM, locations)
-    serving.refresh()
     # Meanwhile serving shows the events of the commits that completed, each once: the new tag is not there yet.
-    assert_same_view(
-        by_key(serving.query("SELECT * FROM serving.page_activity", refresh=False)),
-        recompute(spark, locations.master, f"ingest_tag < {tag}"),
-        users_tolerance=0.02,
-    )
+    _served_equals_recompute(spark, serving, locations, f"ingest_tag < {tag}")
 
     start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()  # the restart
     assert latest_version(spark, locations.master) == tag, "the replay must not append master again"
     assert tag in present_tags(spark, partials, 0)
-    serving.refresh()
-    assert_same_view(
-        by_key(serving.query("SELECT * FROM serving.page_activity", refresh=False)),
-        recompute(spark, locations.master),
-        users_tolerance=0.02,
-    )
+    _served_equals_recompute(spark, serving, locations)
 
 
 def test_ingest_restarted_between_micro_batches_converges(spark, settings, locations) -> None:
@@ -119,12 +119,7 @@ def test_ingest_restarted_between_micro_batches_converges(spark, settings, locat
     for _ in range(3):
         generator.write(locations.landing, 200, files=1)
         start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()  # stop, then restart
-    serving.refresh()
-    assert_same_view(
-        by_key(serving.query("SELECT * FROM serving.page_activity", refresh=False)),
-        recompute(spark, locations.master),
-        users_tolerance=0.0,
-    )
+    _served_equals_recompute(spark, serving, locations, tolerance=0.0)
 
 
 def test_a_view_added_after_data_exists_is_caught_up_from_master(spark, settings, locations) -> None:
@@ -141,12 +136,7 @@ def test_a_view_added_after_data_exists_is_caught_up_from_master(spark, settings
     start_ingest(spark, WITH_VISITS, settings, locations, once=True).awaitTermination()
     assert present_tags(spark, locations.speed_partials(PAGE_VISITS.name), 0) == {1, 2, 3}
     serving = ServingLayer(spark, WITH_VISITS, locations)
-    serving.refresh()
-    assert_same_view(
-        by_key(serving.query("SELECT * FROM serving.page_activity", refresh=False)),
-        recompute(spark, locations.master),
-        users_tolerance=0.02,
-    )
+    _served_equals_recompute(spark, serving, locations)
     master = deduplicate(spark.read.format("delta").load(locations.master), CLICKS)
     expected = PAGE_VISITS.finalize(PAGE_VISITS.partials(master, by_tag=False))
     got = serving.query("SELECT * FROM serving.page_visits", refresh=False)
@@ -179,12 +169,7 @@ def test_batch_killed_before_publishing_leaves_previous_view_served(spark, setti
     )
     assert by_key(serving.query("SELECT * FROM batch.page_activity", refresh=False)) == served_before
     # Nothing is lost meanwhile: the speed layer serves what the unpublished batch would have covered.
-    serving.refresh()
-    assert_same_view(
-        by_key(serving.query("SELECT * FROM serving.page_activity", refresh=False)),
-        recompute(spark, locations.master),
-        users_tolerance=0.02,
-    )
+    _served_equals_recompute(spark, serving, locations)
     # Publishing the staged run later is the atomic switch.
     publish(spark, locations, staged)
     assert latest_coverage(spark, locations.coverage).run_id == staged.run_id
