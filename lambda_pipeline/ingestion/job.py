@@ -12,8 +12,7 @@ quarantine table with its raw text, origin and reason: the number of input lines
 Each line is read once and parsed once: the parsed stream is shuffled once by
 its dedup key (:func:`dedup_key`), and that one exchange feeds both the stateful
 dedup (which emits the first copy of each key within the horizon) and the branch
-that keeps every line,
-so the dedup's verdict meets every line in the same micro-batch. Both branches
+that keeps every line, so the dedup's verdict meets every line in the same micro-batch. Both branches
 hang off the same streaming source, so they see the same offsets.
 """
 
