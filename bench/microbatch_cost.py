@@ -80,6 +80,14 @@ def fill_topic(settings: Any, topic: str, messages: int, args: argparse.Namespac
     return sent
 
 
+def codegen_totals(spark: Any) -> dict[str, float]:
+    """Spark's generated-code compilations so far in this JVM: count and total milliseconds (from its histogram)."""
+    metrics = spark.sparkContext._jvm.org.apache.spark.metrics.source.CodegenMetrics
+    histogram = metrics.METRIC_COMPILATION_TIME()
+    count = histogram.getCount()
+    return {"compilations": float(count), "compile_ms": float(histogram.getSnapshot().getMean()) * count}
+
+
 def median(values: list[float]) -> float:
     return percentile(values, 50)
 
@@ -108,6 +116,7 @@ def run_size(spark: Any, broker: Any, size: int, workdir: Path, args: argparse.N
     locations = Locations.create(settings, workdir)
     locations.ensure_local_dirs()
     breakdown = PhaseBreakdown().attach()
+    compiled_before = codegen_totals(spark)
     query = start_ingest(spark, CLICKSTREAM, settings, locations)
     deadline = time.monotonic() + RUN_LIMIT_SECONDS
     try:
@@ -120,6 +129,7 @@ def run_size(spark: Any, broker: Any, size: int, workdir: Path, args: argparse.N
         breakdown.detach()
     if query.exception() is not None:
         raise RuntimeError(f"ingest failed: {query.exception()}")
+    compiled_after = codegen_totals(spark)
     batches = []
     for progress in [p for p in query.recentProgress if p["numInputRows"] > 0]:
         state = (progress.get("stateOperators") or [{}])[0]
@@ -137,6 +147,8 @@ def run_size(spark: Any, broker: Any, size: int, workdir: Path, args: argparse.N
         "per_batch": size,
         "messages_in_topic": sent,
         "measured": len(measured),
+        # Whole-stage codegen compilations (Janino) over the whole run, warm-up micro-batches included.
+        "codegen": {k: compiled_after[k] - compiled_before[k] for k in compiled_after},
         "batches": batches,
         "phases_ms": phases,
         "median": {
@@ -163,6 +175,12 @@ def print_size(result: dict[str, Any]) -> None:
     print(f"trigger {trigger:,.0f} ms -> {med['rows'] / max(trigger, 1) * 1000:,.0f} rows/s")
     print("progress:", ", ".join(f"{k} {v:,.0f}" for k, v in med["duration_ms"].items() if k != "triggerExecution"))
     print("dedup state:", ", ".join(f"{k} {v:,.0f}" for k, v in med["state"].items()))
+    codegen = result["codegen"]
+    batches = max(len(result["batches"]), 1)
+    print(
+        f"codegen: {codegen['compilations'] / batches:,.1f} compilations, {codegen['compile_ms'] / batches:,.0f} ms"
+        " per micro-batch (whole run)"
+    )
     print("inside the body:", ", ".join(f"{k} {v:,.0f}" for k, v in med["phases_ms"].items()))
 
 
