@@ -38,10 +38,18 @@ def _stream_line(name: str, st: dict[str, Any]) -> str:
     phases = ", ".join(
         f"{k} {v:.0f}" for k, v in st["duration_ms_p50_by_phase"].items() if k != "triggerExecution" and v >= 1
     )
-    return (
+    line = (
         f"  {name:<18} {st['batches_with_data']:4d} batches, trigger p50 {st['trigger_ms']['p50']:.0f} ms, "
         f"p95 {st['trigger_ms']['p95']:.0f} ms; p50 by phase (ms): {phases}"
     )
+    state, last = st.get("state_p50") or {}, st.get("state_last") or {}
+    if state:
+        line += (
+            f"\n  {'':<18} dedup state p50: updates {state.get('allUpdatesTimeMs', 0):,.0f} ms, evictions "
+            f"{state.get('allRemovalsTimeMs', 0):,.0f} ms, commit {state.get('commitTimeMs', 0):,.0f} ms (task time); "
+            f"rows held p50 {state.get('numRowsTotal', 0):,.0f}, at the end {last.get('numRowsTotal', 0):,.0f}"
+        )
+    return line
 
 
 def print_rate(rate: float, noop: dict[str, Any] | None, pipe: dict[str, Any] | None) -> dict[str, Any]:

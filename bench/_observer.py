@@ -270,10 +270,17 @@ def stop_queries(queries: list[StreamingQuery]) -> None:
                 q.stop()
 
 
-def _with_data(query: StreamingQuery) -> tuple[int, list[float], dict[str, list[float]]]:
-    """(progress reports, input rows of each micro-batch with data, their ``durationMs`` by phase)."""
+STATE_FIELDS = ("numRowsTotal", "allUpdatesTimeMs", "allRemovalsTimeMs", "commitTimeMs")
+"""The stateful dedup's figures per micro-batch: rows held, time to update, to evict (it scans all its
+state) and to commit, in task milliseconds summed over the partitions."""
+
+
+def _with_data(query: StreamingQuery) -> tuple[int, list[float], dict[str, list[float]], dict[str, list[float]]]:
+    """(progress reports, input rows of each micro-batch with data, their ``durationMs`` by phase, and the
+    first state operator's :data:`STATE_FIELDS`)."""
     rows: list[float] = []
     parts: dict[str, list[float]] = {}
+    state: dict[str, list[float]] = {}
     reports = 0
     for p in query.recentProgress:
         data = json.loads(p.json) if hasattr(p, "json") else dict(p)
@@ -282,12 +289,16 @@ def _with_data(query: StreamingQuery) -> tuple[int, list[float], dict[str, list[
             rows.append(float(data["numInputRows"]))
             for key, value in data.get("durationMs", {}).items():
                 parts.setdefault(key, []).append(float(value))
-    return reports, rows, parts
+            operator = (data.get("stateOperators") or [{}])[0]
+            for key in STATE_FIELDS:
+                if operator.get(key) is not None:
+                    state.setdefault(key, []).append(float(operator[key]))
+    return reports, rows, parts, state
 
 
 def progress_stats(query: StreamingQuery) -> dict[str, Any]:
     """Micro-batches with data (freshness.py's fields): count, rows, trigger p50, p95 and max."""
-    reports, rows, parts = _with_data(query)
+    reports, rows, parts, _ = _with_data(query)
     trigger = parts.get("triggerExecution", [])
     return {
         "progress_reports": reports,
@@ -302,7 +313,7 @@ def progress_stats(query: StreamingQuery) -> dict[str, Any]:
 
 def progress_details(query: StreamingQuery) -> dict[str, Any]:
     """Micro-batches with data (kafka_freshness.py's fields): trigger summary, p50 and p95 of each phase."""
-    reports, rows, parts = _with_data(query)
+    reports, rows, parts, state = _with_data(query)
     return {
         "progress_reports": reports,
         "batches_with_data": len(rows),
@@ -310,6 +321,8 @@ def progress_details(query: StreamingQuery) -> dict[str, Any]:
         "trigger_ms": summary(parts.get("triggerExecution", [])),
         "duration_ms_p50_by_phase": {k: percentile(v, 50) for k, v in sorted(parts.items())},
         "duration_ms_p95_by_phase": {k: percentile(v, 95) for k, v in sorted(parts.items())},
+        "state_p50": {k: percentile(v, 50) for k, v in state.items()},
+        "state_last": {k: v[-1] for k, v in state.items()},
     }
 
 

@@ -197,7 +197,13 @@ def main(argv: list[str] | None = None) -> int:
         spark = get_spark(
             base_settings.spark,
             app_name=f"bench-{NAME}",
-            extra_conf={"spark.sql.streaming.numRecentProgressUpdates": "100000", "spark.ui.retainedJobs": "100000"},
+            extra_conf={
+                "spark.sql.streaming.numRecentProgressUpdates": "100000",
+                "spark.ui.retainedJobs": "100000",
+                # The lag and the noop's freshness come from the checkpoint's offset and commit files: keep them
+                # all (Spark keeps the newest 100 by default, fewer than a 300 s noop phase makes).
+                "spark.sql.streaming.minBatchesToRetain": "100000",
+            },
             packages=(KAFKA_COORDINATE,),
         )
         k = base_settings.ingest.kafka

@@ -32,10 +32,9 @@ from typing import Any
 
 from _common import add_common_args, add_generator_args, environment, generator_mix, percentile, write_results
 from _kafka_load import FastMessages
-from _observer import PhaseBreakdown
+from _observer import STATE_FIELDS, PhaseBreakdown
 
 NAME = "microbatch_cost"
-STATE_FIELDS = ("numRowsTotal", "allUpdatesTimeMs", "allRemovalsTimeMs", "commitTimeMs")
 RUN_LIMIT_SECONDS = 900.0
 
 

@@ -159,7 +159,11 @@ class KafkaSettings(_Strict):
     subscribe_pattern: str | None = None
     partitions: int = Field(default=2, gt=0, description="partitions of the topic when the project creates it")
     starting_offsets: Literal["earliest", "latest"] = "earliest"
-    max_offsets_per_trigger: int | None = Field(default=200_000, gt=0)
+    max_offsets_per_trigger: int | None = Field(
+        default=200_000,
+        gt=0,
+        description="messages per micro-batch at most: bounds a micro-batch while a backlog drains (docs/kafka.md)",
+    )
     min_partitions: int | None = Field(default=None, gt=0)
     max_message_bytes: int = Field(default=65_536, gt=0, description="larger messages are quarantined whole")
     fail_on_data_loss: bool = True
