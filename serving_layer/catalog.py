@@ -346,6 +346,12 @@ class ServingLayer:
 
     # ---- provenance -------------------------------------------------------------------------
 
+    def provenances(self, answer: Answer) -> list[Provenance]:
+        """The provenance of every view ``answer`` read (of every view when it read none, as SHOW TABLES)."""
+        read = {name for layer, name in answer.statement.reads if layer != "master"}
+        views = [v for v in self.pipeline.views if not read or v.name.lower() in read]
+        return [self.provenance(view.name, answer.pin) for view in views]
+
     def provenance(self, view_name: str, pin: Pin | None = None) -> Provenance:
         """Versions and freshness behind ``serving.<view>`` at ``pin`` (the current pin by default)."""
         view = self.pipeline.view(view_name)

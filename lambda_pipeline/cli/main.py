@@ -1,4 +1,4 @@
-"""``lambda-pipeline``: ingest | batch | speed | query | demo, one config and work directory for all.
+"""``lambda-pipeline``: ingest | batch | speed | query | serve | demo, one config and work directory for all.
 
 Thin on purpose: parse arguments, load the config, call a function of a layer.
 Errors a user can fix print as one line and exit non-zero; no stack trace.
@@ -95,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PUBLICATION",
         help="answer at an earlier batch publication (its run id, or a unique prefix, as 'batch' prints it)",
     )
+    query.add_argument(
+        "--local",
+        action="store_true",
+        help="answer in this process even when a query server ('lambda-pipeline serve') runs for the work directory",
+    )
+    serve = verbs.add_parser(
+        "serve", help="a warm query server on 127.0.0.1: read-only SQL over HTTP (docs/serving.md)"
+    )
+    serve.add_argument("--host", help="address to bind (default serve.host, 127.0.0.1); others require a token")
+    serve.add_argument("--port", type=int, help="port (default serve.port, 8765; 0 for any free port)")
     demo = verbs.add_parser("demo", help="generator -> ingest (master + speed) -> batch -> merged query")
     demo.add_argument("--events", type=int, default=20_000, help="valid events to generate (default 20000)")
     demo.add_argument("--seed", type=int, default=None, help="generator seed (default: new each run)")
@@ -110,18 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_package_parser(verbs)  # no --config: one artifact serves every config
     add_init_parser(verbs)  # writes the configs: needs none
     emr_steps = add_emr_steps_parser(verbs)
-    for sub in (ingest, speed, batch, query, demo, kafka, emr_steps, generate, s3):
+    for sub in (ingest, speed, batch, query, serve, demo, kafka, emr_steps, generate, s3):
         _common(sub)
     return parser
 
 
-def _print_frame(frame: DataFrame, fmt: str, limit: int) -> int:
-    rows = frame.limit(limit + 1).collect()
+def _print_rows(columns: list[str], rows: Sequence[Sequence[object]], fmt: str, limit: int) -> int:
+    """Print at most ``limit`` of ``rows`` (one more says there are more) as a table, JSON lines or CSV."""
     shown = rows[:limit]
-    columns = frame.columns
     if fmt == "json":
         for row in shown:
-            print(json.dumps(row.asDict(recursive=True), default=str))
+            print(json.dumps(dict(zip(columns, row, strict=True)), default=str))
     elif fmt == "csv":
         import csv
 
@@ -139,6 +148,16 @@ def _print_frame(frame: DataFrame, fmt: str, limit: int) -> int:
         if len(rows) > limit:
             print(f"... (more than {limit} rows; use --limit)")
     return len(shown)
+
+
+def _print_frame(frame: DataFrame, fmt: str, limit: int) -> int:
+    from pyspark.sql import Row
+
+    def plain(value: object) -> object:  # JSON shows a nested row as an object
+        return value.asDict(recursive=True) if isinstance(value, Row) else value
+
+    rows = [tuple(plain(v) for v in row) for row in frame.limit(limit + 1).collect()]
+    return _print_rows(frame.columns, rows, fmt, limit)
 
 
 def _cmd_ingest(ctx: Context, args: argparse.Namespace) -> int:
@@ -226,16 +245,51 @@ def _cmd_batch(ctx: Context, args: argparse.Namespace) -> int:
 def _cmd_query(ctx: Context, args: argparse.Namespace) -> int:
     from lambda_pipeline.serving_layer.catalog import ServingLayer
 
+    if not args.local and _query_through_server(ctx, args):
+        return 0
     serving = ServingLayer(ctx.spark, ctx.pipeline, ctx.locations)
     answer = serving.answer(args.sql, as_of=args.as_of)
     _print_frame(answer.frame, args.format, args.limit)
     if args.provenance:
         print(json.dumps({"pin": answer.pin.as_dict()}, default=str), file=sys.stderr)
-        read = {name for layer, name in answer.statement.reads if layer != "master"}
-        for view in ctx.pipeline.views:
-            if not read or view.name.lower() in read:
-                provenance = serving.provenance(view.name, answer.pin).as_dict()
-                print(json.dumps({"provenance": provenance}, default=str), file=sys.stderr)
+        for provenance in serving.provenances(answer):
+            print(json.dumps({"provenance": provenance.as_dict()}, default=str), file=sys.stderr)
+    return 0
+
+
+def _query_through_server(ctx: Context, args: argparse.Namespace) -> bool:
+    """Answer through the work directory's running query server, if one answers (no JVM start here)."""
+    from lambda_pipeline.serving_layer.client import running_server
+    from lambda_pipeline.serving_layer.server import server_file
+
+    record = server_file(ctx.locations)
+    client = running_server(record) if record is not None and record.exists() else None
+    if client is None:
+        return False
+    print(f"query: answered by the query server at {client.url} (--local to answer in this process)", file=sys.stderr)
+    answer = client.query(args.sql, as_of=args.as_of, max_rows=args.limit + 1)
+    _print_rows(
+        answer.table.column_names, [tuple(r.values()) for r in answer.table.to_pylist()], args.format, args.limit
+    )
+    if args.provenance:
+        print(json.dumps({"pin": answer.pin}, default=str), file=sys.stderr)
+        for provenance in answer.provenance:
+            print(json.dumps({"provenance": provenance}, default=str), file=sys.stderr)
+    return True
+
+
+def _cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
+    from lambda_pipeline.serving_layer.server import QueryServer
+
+    settings = ctx.settings.serve.model_copy(
+        update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    )
+    server = QueryServer(ctx.spark, ctx.pipeline, ctx.locations, settings)
+    server.run(
+        on_ready=lambda url: print(
+            f"serve: answering read-only SQL over {ctx.locations.workdir} at {url}/query (Ctrl-C stops)", flush=True
+        )
+    )
     return 0
 
 
@@ -251,6 +305,7 @@ COMMANDS: dict[str, Callable[[Context, argparse.Namespace], int]] = {
     "speed": _cmd_speed,
     "batch": _cmd_batch,
     "query": _cmd_query,
+    "serve": _cmd_serve,
     "demo": _cmd_demo,
     "kafka": run_kafka,
     "s3": run_s3,

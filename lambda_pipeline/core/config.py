@@ -39,6 +39,7 @@ __all__ = [
     "IngestSettings",
     "KafkaSettings",
     "S3Settings",
+    "ServeSettings",
     "Settings",
     "SparkSettings",
     "SpeedSettings",
@@ -250,6 +251,19 @@ class BatchSettings(_Strict):
     _durations = field_validator("interval")(_check_duration)
 
 
+class ServeSettings(_Strict):
+    """The warm query server (``lambda-pipeline serve``): where it listens and what one query may take."""
+
+    host: str = Field(default="127.0.0.1", description="any address but loopback requires a token")
+    port: int = Field(default=8765, ge=0, le=65535, description="0: any free port")
+    token_env: str = Field(default="LAMBDA_PIPELINE_SERVE_TOKEN", description="environment variable of the token")
+    max_concurrent: int = Field(default=4, gt=0, description="queries running at once; more wait, then get 503")
+    queue_wait: str = Field(default="10 seconds", description="how long a query waits for a free slot")
+    max_rows: int = Field(default=100_000, gt=0, description="rows of one answer at most (it says when it is cut)")
+    query_timeout: str = Field(default="60 seconds", description="a query running longer is cancelled (504)")
+    _durations = field_validator("queue_wait", "query_timeout")(_check_duration)
+
+
 class SparkSettings(_Strict):
     master: str = "local[2]"
     app_name: str = "lambda-pipeline"
@@ -448,6 +462,7 @@ class Settings(_Strict):
     spark: SparkSettings = Field(default_factory=SparkSettings)
     emr: EmrSettings = Field(default_factory=EmrSettings)
     s3: S3Settings = Field(default_factory=S3Settings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
