@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -145,6 +145,13 @@ class ServingLayer:
         self._pin: Pin | None = None
         self._relations: dict[tuple[str, str], DataFrame] = {}
         self._relations_pin: Pin | None = None
+        # Provenance of the newest pin asked for, per view (its freshness lag is recomputed on every call).
+        self._provenance: tuple[str, dict[str, Provenance]] = ("", {})
+
+    @property
+    def session(self) -> SparkSession:
+        """The session user statements run in (SQL on files off)."""
+        return self._session
 
     # ---- names ----------------------------------------------------------------------------
 
@@ -353,9 +360,26 @@ class ServingLayer:
         return [self.provenance(view.name, answer.pin) for view in views]
 
     def provenance(self, view_name: str, pin: Pin | None = None) -> Provenance:
-        """Versions and freshness behind ``serving.<view>`` at ``pin`` (the current pin by default)."""
-        view = self.pipeline.view(view_name)
+        """Versions and freshness behind ``serving.<view>`` at ``pin`` (the current pin by default).
+
+        Two small Spark jobs per view and pin, so the answer is kept for the newest pin asked for: a server
+        answering many queries between two commits computes it once.
+        """
         pin = pin or self._pin or self.refresh()
+        key = json.dumps(pin.as_dict(), sort_keys=True, default=str)
+        cached_key, cached = self._provenance
+        known = cached.get(view_name) if cached_key == key else None
+        if known is None:
+            known = self._provenance_at(view_name, pin)
+            self._provenance = (key, {**(cached if cached_key == key else {}), view_name: known})
+        lag = None
+        if known.newest_ingested_at is not None:
+            # PySpark returns naive local datetimes; compare with the local clock.
+            lag = (datetime.now() - known.newest_ingested_at).total_seconds()
+        return replace(known, freshness_lag_seconds=lag)
+
+    def _provenance_at(self, view_name: str, pin: Pin) -> Provenance:
+        view = self.pipeline.view(view_name)
         speed = self.speed_partials(view, pin)
         stats = speed.agg(
             F.min(INGEST_TAG).alias("lo"),
@@ -368,10 +392,6 @@ class ServingLayer:
         cov = pin.coverage
         newest_window = max((w for w in (stats.newest_window, batch_window.w) if w is not None), default=None)
         newest_ingested = stats.newest
-        lag = None
-        if newest_ingested is not None:
-            # PySpark returns naive local datetimes; compare with the local clock.
-            lag = (datetime.now() - newest_ingested).total_seconds()
         return Provenance(
             view=view_name,
             covered_master_version=cov.master_version,
@@ -383,7 +403,7 @@ class ServingLayer:
             uncovered_tags=(int(stats.lo), int(stats.hi)) if stats.lo is not None else None,
             newest_event_window=newest_window,
             newest_ingested_at=newest_ingested,
-            freshness_lag_seconds=lag,
+            freshness_lag_seconds=None,  # set by provenance(), at the time of asking
         )
 
 

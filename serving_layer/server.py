@@ -55,6 +55,8 @@ __all__ = [
 
 MEDIA_TYPES = {"json": "application/json", "csv": "text/csv; charset=utf-8", "arrow": ARROW_STREAM}
 SERVER_FILE = ".lambda-pipeline-serve.json"
+DASHBOARD_CACHE_SECONDS = 1.0
+DASHBOARD_REFRESH_MS = 2000
 
 
 class Refused(LambdaError):
@@ -106,6 +108,10 @@ class QueryService:
         # The serving layer caches relations per pin: planning takes turns, running does not.
         self._planning = threading.Lock()
         self._slots = threading.BoundedSemaphore(self.settings.max_concurrent)
+        # The dashboard reads through a serving layer of its own (its own relation cache), one refresh at a time.
+        self._dashboard_serving = ServingLayer(self.spark, self.pipeline, self.locations)
+        self._dashboard_lock = threading.Lock()
+        self._dashboard_cache: tuple[float, dict[str, Any] | None] = (0.0, None)
 
     def answer(self, sql: str, *, as_of: str | None = None, max_rows: int | None = None) -> ServedAnswer:
         limit = min(max_rows or self.settings.max_rows, self.settings.max_rows)
@@ -134,6 +140,18 @@ class QueryService:
 
     def _time_limit(self, sql: str) -> _TimeLimit:
         return _TimeLimit(self.spark, sql, duration_seconds(self.settings.query_timeout), self.settings.query_timeout)
+
+    def dashboard(self) -> dict[str, Any]:
+        """The dashboard's data and charts, recomputed at most once per second whatever the number of pages."""
+        from lambda_pipeline.serving_layer.dashboard import charts, dashboard_data
+
+        with self._dashboard_lock:
+            cached_at, cached = self._dashboard_cache
+            if cached is None or time.monotonic() - cached_at > DASHBOARD_CACHE_SECONDS:
+                data = dashboard_data(self._dashboard_serving)
+                cached = {"data": data, "charts": charts(data)}
+                self._dashboard_cache = (time.monotonic(), cached)
+            return cached
 
     def health(self) -> dict[str, Any]:
         """Up, over which work directory, and the newest pin (null, with the reason, before any ingest)."""
@@ -245,15 +263,17 @@ def create_app(service: QueryService, *, token: str | None) -> Starlette:
     """The HTTP routes: ``/health``, ``/query`` (GET with ``?sql=``, or POST with JSON or the statement)."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
-    from starlette.responses import JSONResponse, Response
+    from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 
     def authorized(request: Request) -> None:
         if token is None:
             return
         given = request.headers.get("authorization", "")
+        if "token" in request.query_params:  # a browser opening the dashboard cannot send a header
+            given = f"Bearer {request.query_params['token']}"
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            raise Refused(401, "missing or wrong token: send 'Authorization: Bearer <token>'")
+            raise Refused(401, "missing or wrong token: send 'Authorization: Bearer <token>' (or ?token= for the page)")
 
     def failure(exc: Exception) -> Response:
         if isinstance(exc, Refused):
@@ -293,8 +313,42 @@ def create_app(service: QueryService, *, token: str | None) -> Starlette:
         except Exception as exc:
             return failure(exc)
 
+    async def dashboard_page(request: Request) -> Response:
+        from lambda_pipeline.serving_layer.dashboard import PAGE
+
+        try:
+            authorized(request)
+        except Refused as exc:
+            return failure(exc)
+        query_string = f"?{request.url.query}" if request.url.query else ""
+        page = PAGE.replace("__REFRESH_MS__", str(DASHBOARD_REFRESH_MS)).replace("__QUERY__", query_string)
+        return HTMLResponse(page)
+
+    async def dashboard_script(request: Request) -> Response:
+        from lambda_pipeline.serving_layer.dashboard import vega_bundle
+
+        try:
+            authorized(request)
+            script = await run_in_threadpool(vega_bundle)
+        except Exception as exc:
+            return failure(exc)
+        return Response(script, media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
+
+    async def dashboard_data(request: Request) -> Response:
+        try:
+            authorized(request)
+            return JSONResponse(await run_in_threadpool(service.dashboard))
+        except Exception as exc:
+            return failure(exc)
+
     return Starlette(
-        routes=[Route("/health", health), Route("/query", query, methods=["GET", "POST"])],
+        routes=[
+            Route("/health", health),
+            Route("/query", query, methods=["GET", "POST"]),
+            Route("/dashboard", dashboard_page),
+            Route("/dashboard/vega.js", dashboard_script),
+            Route("/dashboard/data", dashboard_data),
+        ],
     )
 
 
