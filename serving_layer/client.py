@@ -64,7 +64,7 @@ class Client:
 
     def __init__(self, url: str, *, token: str | None = None, timeout: float = 120.0) -> None:
         self.url, self.timeout = url.rstrip("/"), timeout
-        self.token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+        self.token = token if token is not None else os.environ.get("LAMBDA_PIPELINE_SERVE_TOKEN") or None
 
     def _request(self, path: str, body: dict[str, Any] | None = None, accept: str = "application/json") -> Any:
         headers = {"Accept": accept}

@@ -75,6 +75,8 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "LAMBDA_PIPELINE_VERBOSE": "1 shows everything: Ivy's resolution report, Spark's start-up log lines and "
     "PySpark's error logs (like --verbose)",
     "LAMBDA_PIPELINE_MAVEN_REPO": "Maven repository of the jars fetched directly (default Maven Central)",
+    "LAMBDA_PIPELINE_SERVE_TOKEN": "token of the query server (serve.token_env's default name): required beyond "
+    "loopback, sent by the client and by 'query' through a running server",
 }
 
 _DURATION = re.compile(
