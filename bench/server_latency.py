@@ -24,17 +24,14 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _common import add_common_args, summary, write_results
-from serving_latency import QUERY, prepare
+from serving_latency import QUERY, open_workdir, prepare
 
-from lambda_pipeline.core.config import load_settings
 from lambda_pipeline.core.session import get_spark
-from lambda_pipeline.core.tables import Locations
 from lambda_pipeline.pipelines.clickstream import PAGE_ACTIVITY
 from lambda_pipeline.serving_layer.client import Client, ServerError
 
@@ -104,12 +101,7 @@ def cli_seconds(workdir: Path, sql: str, args: argparse.Namespace, *, local: boo
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    own_workdir = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="bench-server-")) if own_workdir else Path(args.workdir)
-    settings = load_settings(args.config, args.override)
-    loc = Locations.create(settings, workdir)
-    loc.ensure_local_dirs()
-    print(f"work directory: {loc.workdir}", flush=True)
+    own_workdir, workdir, settings, loc = open_workdir(args, "bench-server-")
     spark = get_spark(settings.spark, app_name=f"bench-{NAME}")
     try:
         print("preparing the work directory:", flush=True)

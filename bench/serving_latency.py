@@ -129,14 +129,20 @@ def prepare(spark: SparkSession, settings: Settings, loc: Locations, args: argpa
 # ---- timing ------------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def open_workdir(args: argparse.Namespace, prefix: str) -> tuple[bool, Path, Settings, Locations]:
+    """(whether the work directory is this run's own, its path, the settings, the locations), created."""
     own_workdir = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="bench-serving-")) if own_workdir else Path(args.workdir)
+    workdir = Path(tempfile.mkdtemp(prefix=prefix)) if own_workdir else Path(args.workdir)
     settings = load_settings(args.config, args.override)
     loc = Locations.create(settings, workdir)
     loc.ensure_local_dirs()
     print(f"work directory: {loc.workdir}", flush=True)
+    return own_workdir, workdir, settings, loc
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    own_workdir, workdir, settings, loc = open_workdir(args, "bench-serving-")
     spark = get_spark(settings.spark, app_name=f"bench-{NAME}")
     try:
         print("preparing the work directory:", flush=True)

@@ -58,6 +58,16 @@ class Answer:
     def to_pandas(self) -> pd.DataFrame:
         return self.table.to_pandas()
 
+    def meta(self) -> dict[str, Any]:
+        """Everything but the rows: what the server sends beside them."""
+        return {
+            "row_count": self.table.num_rows,
+            "truncated": self.truncated,
+            "pin": self.pin,
+            "provenance": self.provenance,
+            "elapsed_ms": round(self.elapsed_ms, 1),
+        }
+
 
 class Client:
     """Talks to one query server. ``timeout`` bounds each request (the server bounds the query itself)."""

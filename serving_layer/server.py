@@ -23,6 +23,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -34,7 +35,7 @@ from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.tables import Locations
 from lambda_pipeline.serving_layer.catalog import ServingLayer
-from lambda_pipeline.serving_layer.client import ANSWER_HEADER, ARROW_STREAM
+from lambda_pipeline.serving_layer.client import ANSWER_HEADER, ARROW_STREAM, Answer
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -44,11 +45,8 @@ if TYPE_CHECKING:
     from starlette.responses import Response
 
 __all__ = [
-    "ANSWER_HEADER",
-    "ARROW_STREAM",
     "QueryServer",
     "QueryService",
-    "ServedAnswer",
     "check_bind",
     "server_file",
 ]
@@ -73,26 +71,6 @@ def frame_to_arrow(frame: DataFrame, limit: int) -> tuple[pa.Table, bool]:
     return (table.slice(0, limit), True) if table.num_rows > limit else (table, False)
 
 
-@dataclass(frozen=True)
-class ServedAnswer:
-    """One answer: its rows (at most the limit), whether rows were cut, the pin and the provenance."""
-
-    table: pa.Table
-    truncated: bool
-    pin: dict[str, Any]
-    provenance: list[dict[str, Any]]
-    elapsed_ms: float
-
-    def meta(self) -> dict[str, Any]:
-        return {
-            "row_count": self.table.num_rows,
-            "truncated": self.truncated,
-            "pin": self.pin,
-            "provenance": self.provenance,
-            "elapsed_ms": round(self.elapsed_ms, 1),
-        }
-
-
 @dataclass
 class QueryService:
     """What the HTTP routes call: guard, pin and run one statement within the server's bounds. Thread-safe."""
@@ -113,7 +91,7 @@ class QueryService:
         self._dashboard_lock = threading.Lock()
         self._dashboard_cache: tuple[float, dict[str, Any] | None] = (0.0, None)
 
-    def answer(self, sql: str, *, as_of: str | None = None, max_rows: int | None = None) -> ServedAnswer:
+    def answer(self, sql: str, *, as_of: str | None = None, max_rows: int | None = None) -> Answer:
         limit = min(max_rows or self.settings.max_rows, self.settings.max_rows)
         if not self._slots.acquire(timeout=duration_seconds(self.settings.queue_wait)):
             raise Refused(
@@ -128,7 +106,7 @@ class QueryService:
             with self._time_limit(sql):
                 table, truncated = frame_to_arrow(answer.frame, limit)
                 provenance = [p.as_dict() for p in self.serving.provenances(answer)]
-            return ServedAnswer(
+            return Answer(
                 table,
                 truncated,
                 answer.pin.as_dict(),
@@ -212,7 +190,7 @@ def _json_value(value: Any) -> Any:
     return str(value)
 
 
-def _body(answer: ServedAnswer, fmt: str) -> bytes:
+def _body(answer: Answer, fmt: str) -> bytes:
     if fmt == "arrow":
         import pyarrow as pa
 
@@ -287,12 +265,17 @@ def create_app(service: QueryService, *, token: str | None) -> Starlette:
             return JSONResponse({"error": f"Spark refused the statement: {first}"}, status_code=400)
         raise exc
 
-    async def health(request: Request) -> Response:
-        try:
-            authorized(request)
-            return JSONResponse(await run_in_threadpool(service.health))
-        except Exception as exc:
-            return failure(exc)
+    def json_route(compute: Callable[[], dict[str, Any]]) -> Callable[[Request], Awaitable[Response]]:
+        """A GET route answering ``compute()`` as JSON (computed off the event loop)."""
+
+        async def route(request: Request) -> Response:
+            try:
+                authorized(request)
+                return JSONResponse(await run_in_threadpool(compute))
+            except Exception as exc:
+                return failure(exc)
+
+        return route
 
     async def query(request: Request) -> Response:
         try:
@@ -334,20 +317,14 @@ def create_app(service: QueryService, *, token: str | None) -> Starlette:
             return failure(exc)
         return Response(script, media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
 
-    async def dashboard_data(request: Request) -> Response:
-        try:
-            authorized(request)
-            return JSONResponse(await run_in_threadpool(service.dashboard))
-        except Exception as exc:
-            return failure(exc)
 
     return Starlette(
         routes=[
-            Route("/health", health),
+            Route("/health", json_route(service.health)),
             Route("/query", query, methods=["GET", "POST"]),
             Route("/dashboard", dashboard_page),
             Route("/dashboard/vega.js", dashboard_script),
-            Route("/dashboard/data", dashboard_data),
+            Route("/dashboard/data", json_route(service.dashboard)),
         ],
     )
 

@@ -1,11 +1,39 @@
-"""Expected answers computed independently of the serving layer, straight from master."""
+"""Expected answers computed independently of the serving layer, straight from master; and a pipeline's
+usual state to test against (a published batch, then events only the speed layer holds)."""
 
 from __future__ import annotations
 
 from pyspark.sql import DataFrame, SparkSession
 
-from lambda_pipeline.batch_layer.job import deduplicate
-from lambda_pipeline.pipelines.clickstream import CLICKS, PAGE_ACTIVITY
+from lambda_pipeline.batch_layer.job import deduplicate, run_batch
+from lambda_pipeline.core.config import Settings
+from lambda_pipeline.core.tables import Locations
+from lambda_pipeline.ingestion.job import start_ingest
+from lambda_pipeline.pipelines.clickstream import CLICKS, CLICKSTREAM, PAGE_ACTIVITY
+from lambda_pipeline.pipelines.generator import ClickstreamGenerator
+
+
+def ingest_once(spark: SparkSession, settings: Settings, locations: Locations) -> None:
+    """Ingest what the landing folder holds now, then stop."""
+    start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
+
+
+def batch_then_speed(
+    spark: SparkSession,
+    settings: Settings,
+    locations: Locations,
+    generator: ClickstreamGenerator,
+    *,
+    batch: tuple[int, int],
+    speed: tuple[int, int],
+) -> None:
+    """``batch`` = (events, files) ingested and covered by a published batch; then ``speed`` ingested only."""
+    generator.write(locations.landing, batch[0], files=batch[1])
+    ingest_once(spark, settings, locations)
+    run_batch(spark, CLICKSTREAM, locations)
+    generator.write(locations.landing, speed[0], files=speed[1])
+    ingest_once(spark, settings, locations)
+
 
 EXACT_MEASURES = ("events", "total_duration_ms", "max_duration_ms")
 

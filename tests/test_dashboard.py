@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from lambda_pipeline.batch_layer.job import run_batch
 from lambda_pipeline.core.config import ServeSettings
-from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 from lambda_pipeline.serving_layer.client import Client
 from lambda_pipeline.serving_layer.server import QueryServer
+from tests.helpers import batch_then_speed, ingest_once
 
 ARTIFACTS = Path(
     os.environ.get("LAMBDA_PIPELINE_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts")
@@ -68,11 +67,7 @@ def _shown(browser, until_total: int | None = None, timeout: float = 90.0) -> di
 @pytest.mark.integration
 def test_the_dashboard_shows_the_merged_view_and_moves(spark, settings, locations, browser) -> None:
     generator = ClickstreamGenerator(9, malformed_fraction=0.05, duplicate_fraction=0.05)
-    generator.write(locations.landing, 400, files=2)
-    start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
-    run_batch(spark, CLICKSTREAM, locations)
-    generator.write(locations.landing, 150, files=1)
-    start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
+    batch_then_speed(spark, settings, locations, generator, batch=(400, 2), speed=(150, 1))
 
     server = QueryServer(spark, CLICKSTREAM, locations, ServeSettings(port=0)).start()
     try:
@@ -86,7 +81,7 @@ def test_the_dashboard_shows_the_merged_view_and_moves(spark, settings, location
         browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))
 
         generator.write(locations.landing, 80, files=1)
-        start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
+        ingest_once(spark, settings, locations)
         moved = _shown(browser, until_total=630)
         assert moved["master"] > shown["master"]
         browser.save_screenshot(str(ARTIFACTS / "dashboard-after-new-events.png"))

@@ -11,16 +11,15 @@ from email.message import Message
 
 import pytest
 
-from lambda_pipeline.batch_layer.job import run_batch
 from lambda_pipeline.cli.main import main
 from lambda_pipeline.core.config import ServeSettings
 from lambda_pipeline.core.errors import LambdaError
-from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 from lambda_pipeline.serving_layer.catalog import ServingLayer
 from lambda_pipeline.serving_layer.client import Client, ServerError
 from lambda_pipeline.serving_layer.server import QueryServer, check_bind, server_file
+from tests.helpers import batch_then_speed
 
 MERGED_SUM = "SELECT sum(events) AS n FROM serving.page_activity"
 
@@ -48,14 +47,8 @@ def test_a_bind_beyond_loopback_needs_a_token(monkeypatch: pytest.MonkeyPatch) -
 def served(spark, settings, locations):
     """A pipeline with a published batch (300 events) and 120 speed-only events, and a server over it."""
     generator = ClickstreamGenerator(5, malformed_fraction=0.0, duplicate_fraction=0.0)
-    generator.write(locations.landing, 300, files=1)
-    start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
-    run_batch(spark, CLICKSTREAM, locations)
-    generator.write(locations.landing, 120, files=1)
-    start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
-    server = QueryServer(
-        spark, CLICKSTREAM, locations, ServeSettings(port=0, max_rows=50, max_concurrent=4)
-    ).start()
+    batch_then_speed(spark, settings, locations, generator, batch=(300, 1), speed=(120, 1))
+    server = QueryServer(spark, CLICKSTREAM, locations, ServeSettings(port=0, max_rows=50, max_concurrent=4)).start()
     yield server
     server.stop()
 

@@ -6,13 +6,12 @@ import json
 
 import pytest
 
-from lambda_pipeline.batch_layer.job import run_batch
 from lambda_pipeline.cli.main import main
 from lambda_pipeline.core.errors import LambdaError, ReadOnlyViolation
-from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 from lambda_pipeline.serving_layer.catalog import ServingLayer, check_read_only
+from tests.helpers import batch_then_speed
 
 
 @pytest.mark.parametrize(
@@ -63,11 +62,7 @@ def test_query_before_any_ingest_says_what_to_run(spark, locations) -> None:
 @pytest.mark.integration
 def test_layers_provenance_and_cli_query(spark, settings, locations, capsys) -> None:
     generator = ClickstreamGenerator(3, malformed_fraction=0.0, duplicate_fraction=0.0)
-    generator.write(locations.landing, 300, files=1)
-    start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
-    run_batch(spark, CLICKSTREAM, locations)
-    generator.write(locations.landing, 120, files=1)
-    start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
+    batch_then_speed(spark, settings, locations, generator, batch=(300, 1), speed=(120, 1))
 
     serving = ServingLayer(spark, CLICKSTREAM, locations)
     totals = serving.query(

@@ -11,8 +11,10 @@ Re-running on the same work directory adds new events on top of the old ones.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +27,19 @@ if TYPE_CHECKING:
     from lambda_pipeline.local_services.kafka_broker import KafkaBroker
     from lambda_pipeline.serving_layer.catalog import ServingLayer
 
-__all__ = ["run_demo"]
+__all__ = ["Live", "run_demo"]
+
+
+@dataclass(frozen=True)
+class Live:
+    """``demo --dashboard``: after the demo, keep the pipeline moving under the dashboard."""
+
+    rate: float = 50.0
+    """valid events per second from the steady generator"""
+    batch_every: float = 60.0
+    """seconds between two batch runs, so that the batch boundary moves on the page"""
+    seconds: float | None = None
+    """how long to stay up (None: until Ctrl-C)"""
 
 
 class _Steps:
@@ -37,7 +51,7 @@ class _Steps:
         print(f"[{self.n}/{self.total}] {text}  (+{time.perf_counter() - self.t0:.1f}s)", flush=True)
 
 
-def run_demo(ctx: Context, *, events: int, seed: int | None = None) -> None:
+def run_demo(ctx: Context, *, events: int, seed: int | None = None, live: Live | None = None) -> None:
     from lambda_pipeline.batch_layer.job import run_batch
     from lambda_pipeline.ingestion.job import start_ingest
     from lambda_pipeline.serving_layer.catalog import ServingLayer
@@ -77,10 +91,64 @@ def run_demo(ctx: Context, *, events: int, seed: int | None = None) -> None:
         serving.refresh()
         step("serving layer pinned: serving.*, batch.*, speed.*, master.* at one consistent set of versions")
         _report(ctx, serving, malformed)
+        if live is not None:
+            _keep_live(ctx, generator, live)
     finally:
         if broker is not None:
             broker.stop()
             print(f"stopped the demo's Kafka broker (its data stays in {broker.base_dir})")
+
+
+def _keep_live(ctx: Context, generator: ClickstreamGenerator, live: Live) -> None:
+    """The query server and its dashboard, ingest streaming, a steady generator and a batch every
+    ``live.batch_every`` seconds, all in this process, until Ctrl-C (or ``live.seconds``)."""
+    from lambda_pipeline.batch_layer.job import run_batch
+    from lambda_pipeline.cli.generate import make_sink
+    from lambda_pipeline.core.streaming import stop_between_batches
+    from lambda_pipeline.ingestion.job import start_ingest
+    from lambda_pipeline.serving_layer.server import QueryServer
+
+    spark, loc = ctx.spark, ctx.locations
+    server = QueryServer(spark, ctx.pipeline, loc, ctx.settings.serve).start()
+    query = start_ingest(spark, ctx.pipeline, ctx.settings, loc)
+    sink = make_sink(ctx, generator, ctx.settings.ingest.source)
+    stop = threading.Event()
+
+    def generate() -> None:
+        while not stop.wait(1.0):
+            sink.send(int(live.rate), 0)
+        sink.flush()
+
+    def batches() -> None:
+        while not stop.wait(live.batch_every):
+            try:
+                coverage, _ = run_batch(spark, ctx.pipeline, loc)
+                print(f"live: batch published, coverage = master version {coverage.master_version}", flush=True)
+            except Exception as exc:  # keep the page moving; the next run recomputes everything anyway
+                print(f"live: batch failed ({str(exc).splitlines()[0]}); retrying in {live.batch_every:g}s", flush=True)
+
+    workers = [threading.Thread(target=work, daemon=True) for work in (generate, batches)]
+    for worker in workers:
+        worker.start()
+    print(
+        f"\nlive: dashboard at {server.url}/dashboard; {live.rate:g} events/s into {sink.where}, ingest running, "
+        f"a batch every {live.batch_every:g}s" + (f", for {live.seconds:g}s" if live.seconds else "; Ctrl-C stops"),
+        flush=True,
+    )
+    try:
+        deadline = None if live.seconds is None else time.monotonic() + live.seconds
+        while query.isActive and (deadline is None or time.monotonic() < deadline):
+            query.awaitTermination(1)  # bounded: returns after a second while the query runs
+    except KeyboardInterrupt:
+        print("live: stopping", flush=True)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=max(60.0, live.batch_every))
+        stop_between_batches(query)
+        server.stop()
+    if query.exception() is not None:
+        raise RuntimeError(f"ingest stopped: {query.exception()}")
 
 
 def _local_broker(ctx: Context) -> KafkaBroker | None:

@@ -144,6 +144,11 @@ class _FileSink:
         """Files are complete when renamed into place."""
 
 
+def make_sink(ctx: Context, generator: ClickstreamGenerator, to: str) -> _Sink:
+    """Where generated events go: the config's Kafka topic (``to == "kafka"``) or its landing folder."""
+    return _KafkaSink(ctx, generator) if to == "kafka" else _FileSink(ctx, generator)
+
+
 _REPORTED = ("messages", "files", "lines", "duplicates", "malformed", "hostile")
 
 
@@ -160,7 +165,7 @@ def run_generate(ctx: Context, args: argparse.Namespace) -> int:
         )
     seed = args.seed if args.seed is not None else time.time_ns() % 1_000_000_007
     generator = ClickstreamGenerator(seed)
-    sink: _Sink = _KafkaSink(ctx, generator) if to == "kafka" else _FileSink(ctx, generator)
+    sink = make_sink(ctx, generator, to)
     ticks_per_second = _TICKS_PER_SECOND[to]
     print(
         f"generate: {args.rate:g} events/s -> {sink.where} (seed {seed}"

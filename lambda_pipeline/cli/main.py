@@ -114,6 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="files: the landing folder; kafka: a local broker on 127.0.0.1 (started if needed) (default: config)",
     )
+    demo.add_argument(
+        "--dashboard",
+        nargs="?",
+        const=0.0,
+        type=float,
+        metavar="SECONDS",
+        help="then keep the query server's dashboard up with a steady generator, ingest and a batch every minute "
+        "(until Ctrl-C, or for SECONDS)",
+    )
+    demo.add_argument("--rate", type=float, default=50.0, help="events/s of the steady generator (default 50)")
     kafka = add_kafka_parser(verbs)
     s3 = add_s3_parser(verbs)
     generate = add_generate_parser(verbs)
@@ -294,9 +304,10 @@ def _cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(ctx: Context, args: argparse.Namespace) -> int:
-    from lambda_pipeline.cli.demo import run_demo
+    from lambda_pipeline.cli.demo import Live, run_demo
 
-    run_demo(ctx, events=args.events, seed=args.seed)
+    live = None if args.dashboard is None else Live(rate=args.rate, seconds=args.dashboard or None)
+    run_demo(ctx, events=args.events, seed=args.seed, live=live)
     return 0
 
 
