@@ -278,9 +278,8 @@ def _query_through_server(ctx: Context, args: argparse.Namespace) -> bool:
         return False
     print(f"query: answered by the query server at {client.url} (--local to answer in this process)", file=sys.stderr)
     answer = client.query(args.sql, as_of=args.as_of, max_rows=args.limit + 1)
-    _print_rows(
-        answer.table.column_names, [tuple(r.values()) for r in answer.table.to_pylist()], args.format, args.limit
-    )
+    rows = list(zip(*(column.to_pylist() for column in answer.table.columns), strict=True))
+    _print_rows(answer.table.column_names, rows, args.format, args.limit)
     if args.provenance:
         print(json.dumps({"pin": answer.pin}, default=str), file=sys.stderr)
         for provenance in answer.provenance:
@@ -289,11 +288,18 @@ def _query_through_server(ctx: Context, args: argparse.Namespace) -> bool:
 
 
 def _cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from lambda_pipeline.core.config import ServeSettings
     from lambda_pipeline.serving_layer.server import QueryServer
 
-    settings = ctx.settings.serve.model_copy(
-        update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    )
+    given = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    try:
+        settings = ServeSettings.model_validate({**ctx.settings.serve.model_dump(), **given})
+    except ValidationError as exc:  # a port out of range, say
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise LambdaError(f"serve --{where} {given.get(where)!r}: {error['msg']}") from None
     server = QueryServer(ctx.spark, ctx.pipeline, ctx.locations, settings)
     server.run(
         on_ready=lambda url: print(
