@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -138,8 +140,16 @@ class ServingLayer:
     both go through the guard, and run in a session of their own with SQL on files off.
     """
 
-    def __init__(self, spark: SparkSession, pipeline: Pipeline, locations: Locations) -> None:
+    def __init__(
+        self, spark: SparkSession, pipeline: Pipeline, locations: Locations, *, cache_layers: bool = False
+    ) -> None:
+        """``cache_layers``: keep each view's batch states and uncovered speed partials of the newest pin in
+        memory (a long-lived server's choice: every merged query reads both, and they change only with a
+        publication or an ingest commit)."""
         self.pipeline, self.locations = pipeline, locations
+        self._cache_layers = cache_layers
+        self._cache: dict[tuple[str, str], tuple[tuple[int, ...], DataFrame]] = {}
+        self._cache_lock = threading.Lock()
         self._session = spark.newSession()
         self._session.conf.set("spark.sql.runSQLOnFiles", "false")
         self._pin: Pin | None = None
@@ -257,7 +267,29 @@ class ServingLayer:
         if version is None:
             return self._states(view, self._empty_partials(view, by_tag=False))
         path = self.locations.batch_view(view.name)
-        return self._states(view, self._session.read.format("delta").option("versionAsOf", version).load(path))
+        return self._kept(
+            ("batch", view.name),
+            (version,),
+            lambda: self._states(view, self._session.read.format("delta").option("versionAsOf", version).load(path)),
+        )
+
+    def _kept(self, slot: tuple[str, str], version: tuple[int, ...], build: Callable[[], DataFrame]) -> DataFrame:
+        """``build()``, kept in memory per ``slot`` while ``version`` stays the same (with ``cache_layers``).
+
+        One frame per slot: a new version replaces the old one, and queries still running on the old one
+        recompute what they miss from the same pinned Delta versions, so answers never change.
+        """
+        if not self._cache_layers:
+            return build()
+        with self._cache_lock:
+            cached = self._cache.get(slot)
+            if cached is not None and cached[0] == version:
+                return cached[1]
+            frame = build().persist()
+            self._cache[slot] = (version, frame)
+        if cached is not None:
+            cached[1].unpersist()
+        return frame
 
     def speed_partials(self, view: View, pin: Pin) -> DataFrame:
         """The speed partials the pinned coverage does not include, at the pinned speed version."""
@@ -265,8 +297,17 @@ class ServingLayer:
         if version is None:
             return self._empty_partials(view, by_tag=True)
         path = self.locations.speed_partials(view.name)
-        partials = self._session.read.format("delta").option("versionAsOf", version).load(path)
-        return partials.filter(F.col(INGEST_TAG) > pin.coverage.covered_for(view.name))
+        covered = pin.coverage.covered_for(view.name)
+        return self._kept(
+            ("speed", view.name),
+            (version, covered),
+            lambda: (
+                self._session.read.format("delta")
+                .option("versionAsOf", version)
+                .load(path)
+                .filter(F.col(INGEST_TAG) > covered)
+            ),
+        )
 
     def speed_states(self, view: View, pin: Pin) -> DataFrame:
         return self._states(view, self.speed_partials(view, pin))

@@ -82,7 +82,7 @@ class QueryService:
     serving: ServingLayer = field(init=False)
 
     def __post_init__(self) -> None:
-        self.serving = ServingLayer(self.spark, self.pipeline, self.locations)
+        self.serving = ServingLayer(self.spark, self.pipeline, self.locations, cache_layers=True)
         # The serving layer caches relations per pin: planning takes turns, running does not.
         self._planning = threading.Lock()
         self._slots = threading.BoundedSemaphore(self.settings.max_concurrent)
@@ -316,7 +316,6 @@ def create_app(service: QueryService, *, token: str | None) -> Starlette:
         except Exception as exc:
             return failure(exc)
         return Response(script, media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
-
 
     return Starlette(
         routes=[

@@ -11,6 +11,7 @@ from email.message import Message
 
 import pytest
 
+from lambda_pipeline.batch_layer.job import run_batch
 from lambda_pipeline.cli.main import main
 from lambda_pipeline.core.config import ServeSettings
 from lambda_pipeline.core.errors import LambdaError
@@ -19,7 +20,7 @@ from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 from lambda_pipeline.serving_layer.catalog import ServingLayer
 from lambda_pipeline.serving_layer.client import Client, ServerError
 from lambda_pipeline.serving_layer.server import QueryServer, check_bind, server_file
-from tests.helpers import batch_then_speed
+from tests.helpers import batch_then_speed, ingest_once
 
 MERGED_SUM = "SELECT sum(events) AS n FROM serving.page_activity"
 
@@ -54,7 +55,7 @@ def served(spark, settings, locations):
 
 
 @pytest.mark.integration
-def test_the_server_answers_at_one_pin_and_keeps_its_bounds(spark, locations, served, capsys) -> None:
+def test_the_server_answers_at_one_pin_and_keeps_its_bounds(spark, settings, locations, served, capsys) -> None:
     expected = ServingLayer(spark, CLICKSTREAM, locations).query(MERGED_SUM).first()
     assert expected is not None and expected.n == 420
 
@@ -111,12 +112,19 @@ def test_the_server_answers_at_one_pin_and_keeps_its_bounds(spark, locations, se
         totals = list(pool.map(lambda _: Client(served.url).query(MERGED_SUM).table.column("n")[0].as_py(), range(8)))
     assert totals == [420] * 8
 
+    # The layers the server keeps in memory are those of the newest pin: a new ingest commit shows at once.
+    ClickstreamGenerator(6, malformed_fraction=0.0, duplicate_fraction=0.0).write(locations.landing, 30, files=1)
+    ingest_once(spark, settings, locations)
+    assert client.query(MERGED_SUM).table.to_pylist() == [{"n": 450}]
+    run_batch(spark, CLICKSTREAM, locations)
+    assert client.query(MERGED_SUM).table.to_pylist() == [{"n": 450}]  # and so does a new publication
+
     # The CLI's query uses the running server of its work directory (and says so), unless --local.
     record = server_file(locations)
     assert record is not None and json.loads(record.read_text())["url"] == served.url
     assert main(["query", MERGED_SUM, "--format", "json", "--workdir", locations.workdir]) == 0
     out = capsys.readouterr()
-    assert json.loads(out.out.strip()) == {"n": 420} and "answered by the query server" in out.err
+    assert json.loads(out.out.strip()) == {"n": 450} and "answered by the query server" in out.err
 
 
 @pytest.mark.integration
