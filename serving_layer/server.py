@@ -288,7 +288,9 @@ def create_app(service: QueryService, *, token: str | None) -> Starlette:
             try:
                 max_rows = int(params["max_rows"]) if "max_rows" in params else None
             except ValueError:
-                raise Refused(400, f"max_rows must be a whole number, got {params['max_rows']!r}") from None
+                max_rows = 0
+            if max_rows is not None and max_rows < 1:
+                raise Refused(400, f"max_rows must be a whole number of at least 1, got {params['max_rows']!r}")
             served = await run_in_threadpool(service.answer, sql, as_of=params.get("as_of"), max_rows=max_rows)
             body = await run_in_threadpool(_body, served, fmt)
             headers = {} if fmt == "json" else {ANSWER_HEADER: json.dumps(served.meta(), default=_json_value)}

@@ -84,6 +84,8 @@ def test_the_server_answers_at_one_pin_and_keeps_its_bounds(spark, settings, loc
     cut = client.query("SELECT * FROM master.master_events")
     assert cut.table.num_rows == 50 and cut.truncated
     assert client.query("SELECT * FROM master.master_events", max_rows=7).table.num_rows == 7
+    status, _, body = _get(f"{served.url}/query?" + urllib.parse.urlencode({"sql": MERGED_SUM, "max_rows": "-3"}))
+    assert status == 400 and "max_rows" in json.loads(body)["error"]
 
     # The guard holds on this path: 400 with its message.
     with pytest.raises(ServerError, match="read-only") as refused:
