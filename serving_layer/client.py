@@ -88,10 +88,13 @@ class Client:
             return urllib.request.urlopen(request, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
             try:
-                message = json.loads(exc.read().decode("utf-8")).get("error") or exc.reason
+                body = json.loads(exc.read().decode("utf-8"))
             except ValueError:
-                message = exc.reason
-            raise ServerError(exc.code, f"{message}") from None
+                body = {}
+            error = ServerError(exc.code, f"{body.get('error') or exc.reason}")
+            if isinstance(body.get("exit_code"), int):  # the same exit code as a query answered locally
+                error.exit_code = body["exit_code"]
+            raise error from None
         except (urllib.error.URLError, OSError) as exc:
             raise ServerError(0, f"the query server at {self.url} is not reachable: {exc}") from None
 

@@ -257,7 +257,8 @@ def create_app(service: QueryService, *, token: str | None) -> Starlette:
         if isinstance(exc, Refused):
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         if isinstance(exc, LambdaError):  # the guard, a missing table, an unknown publication
-            return JSONResponse({"error": str(exc)}, status_code=400)
+            # exit_code: what 'lambda-pipeline query' exits with when it answers in its own process.
+            return JSONResponse({"error": str(exc), "exit_code": exc.exit_code}, status_code=400)
         from pyspark.errors import PySparkException
 
         if isinstance(exc, PySparkException):  # an unknown column, a type error: the statement's fault

@@ -127,6 +127,8 @@ def test_the_server_answers_at_one_pin_and_keeps_its_bounds(spark, settings, loc
     assert main(["query", MERGED_SUM, "--format", "json", "--workdir", locations.workdir]) == 0
     out = capsys.readouterr()
     assert json.loads(out.out.strip()) == {"n": 450} and "answered by the query server" in out.err
+    assert main(["query", "DROP TABLE master.master_events", "--workdir", locations.workdir]) == 2  # as locally
+    assert "read-only" in capsys.readouterr().err
 
 
 @pytest.mark.integration
