@@ -86,8 +86,9 @@ class QueryService:
         # The serving layer caches relations per pin: planning takes turns, running does not.
         self._planning = threading.Lock()
         self._slots = threading.BoundedSemaphore(self.settings.max_concurrent)
-        # The dashboard reads through a serving layer of its own (its own relation cache), one refresh at a time.
-        self._dashboard_serving = ServingLayer(self.spark, self.pipeline, self.locations)
+        # The dashboard reads through a serving layer of its own (its own relation cache), one refresh at a time;
+        # it reads each layer twice per refresh (shares and totals), so it keeps the newest pin's layers too.
+        self._dashboard_serving = ServingLayer(self.spark, self.pipeline, self.locations, cache_layers=True)
         self._dashboard_lock = threading.Lock()
         self._dashboard_cache: tuple[float, dict[str, Any] | None] = (0.0, None)
 
