@@ -128,9 +128,11 @@ def _write_view(view: View, events: DataFrame, path: str) -> None:
 def publish(spark: SparkSession, locations: Locations, staged: StagedBatch) -> Coverage:
     """Make a staged batch visible: one append to the coverage table."""
     published_at = datetime.now()  # naive local time: how PySpark reads and writes timestamps
-    row = (staged.run_id, staged.master_version, staged.view_versions, staged.master_events, published_at)
-    spark.createDataFrame([row], COVERAGE_SCHEMA).write.format("delta").mode("append").save(locations.coverage)
-    return Coverage(*row)
+    coverage = Coverage(staged.run_id, staged.master_version, staged.view_versions, staged.master_events, published_at)
+    row = (coverage.run_id, coverage.master_version, coverage.view_versions, coverage.master_events, published_at)
+    frame = spark.createDataFrame([row], COVERAGE_SCHEMA)
+    frame.write.format("delta").mode("append").option("userMetadata", coverage.mark()).save(locations.coverage)
+    return coverage
 
 
 def run_batch(

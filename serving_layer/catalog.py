@@ -174,14 +174,19 @@ class ServingLayer:
 
     # ---- pins -----------------------------------------------------------------------------
 
-    def refresh(self, as_of: str | None = None) -> Pin:
-        """Take a new pin: the newest consistent versions, or those of publication ``as_of``."""
-        self._pin = self._pin_as_of(as_of) if as_of else self._pin_newest()
+    def refresh(self, as_of: str | None = None, *, views: frozenset[str] | None = None) -> Pin:
+        """Take a new pin: the newest consistent versions, or those of publication ``as_of``.
+
+        ``views`` limits the speed tables pinned to those views (a statement that reads one view looks at
+        no other view's log); by default every view is pinned.
+        """
+        wanted = [v for v in self.pipeline.views if views is None or v.name.lower() in views]
+        self._pin = self._pin_as_of(as_of, wanted) if as_of else self._pin_newest(wanted)
         return self._pin
 
-    def _pin_newest(self) -> Pin:
+    def _pin_newest(self, views: list[View]) -> Pin:
         spark, loc = self._session, self.locations
-        speed = tuple((v.name, table_version(spark, loc.speed_partials(v.name))) for v in self.pipeline.views)
+        speed = tuple((v.name, table_version(spark, loc.speed_partials(v.name))) for v in views)
         coverage_version = table_version(spark, loc.coverage)
         coverage = (
             Coverage.none() if coverage_version is None else latest_coverage(spark, loc.coverage, coverage_version)
@@ -194,7 +199,7 @@ class ServingLayer:
             raise LambdaError(f"no Delta table at {path}: {NOTHING_INGESTED}")
         return version
 
-    def _pin_as_of(self, publication: str) -> Pin:
+    def _pin_as_of(self, publication: str, views: list[View]) -> Pin:
         """The pin served right after ``publication``: its coverage row, every other table as it was then."""
         spark, loc = self._session, self.locations
         if table_version(spark, loc.coverage) is None:
@@ -212,7 +217,7 @@ class ServingLayer:
         )
         coverage_version = self._first_version_with(loc.coverage, row.run_id)
         committed = _commit_time(spark, loc.coverage, coverage_version)
-        speed = tuple((v.name, _version_at(spark, loc.speed_partials(v.name), committed)) for v in self.pipeline.views)
+        speed = tuple((v.name, _version_at(spark, loc.speed_partials(v.name), committed)) for v in views)
         master = self._require(loc.master, _version_at(spark, loc.master, committed))
         quarantine = _version_at(spark, loc.quarantine, committed)
         return Pin(coverage, coverage_version, master, quarantine, speed, as_of=publication)
@@ -317,7 +322,12 @@ class ServingLayer:
     def answer(self, sql: str, *, refresh: bool = True, as_of: str | None = None) -> Answer:
         """Check ``sql`` with the guard, pin, and answer it at that one pin (lazily: a DataFrame)."""
         statement = guard.parse(self._session, sql, self.names)
-        pin = self.refresh(as_of) if refresh or as_of or self._pin is None else self._pin
+        views = frozenset(name for layer, name in statement.reads if layer != "master")
+        if refresh or as_of or self._pin is None or not views <= {v.lower() for v, _ in self._pin.speed_versions}:
+            # Statements that read no view (SHOW TABLES, or master alone) pin every view, for their provenance.
+            pin = self.refresh(as_of, views=views or None)
+        else:
+            pin = self._pin
         return Answer(self._run(statement, pin), pin, statement)
 
     def query(self, sql: str, *, refresh: bool = True, as_of: str | None = None) -> DataFrame:
@@ -396,9 +406,8 @@ class ServingLayer:
 
     def provenances(self, answer: Answer) -> list[Provenance]:
         """The provenance of every view ``answer`` read (of every view when it read none, as SHOW TABLES)."""
-        read = {name for layer, name in answer.statement.reads if layer != "master"}
-        views = [v for v in self.pipeline.views if not read or v.name.lower() in read]
-        return [self.provenance(view.name, answer.pin) for view in views]
+        pinned = {name for name, _ in answer.pin.speed_versions}
+        return [self.provenance(view.name, answer.pin) for view in self.pipeline.views if view.name in pinned]
 
     def provenance(self, view_name: str, pin: Pin | None = None) -> Provenance:
         """Versions and freshness behind ``serving.<view>`` at ``pin`` (the current pin by default).

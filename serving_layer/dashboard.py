@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import functools
 import itertools
-import posixpath
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import functions as F
 
-from lambda_pipeline.core.streaming import json_lines, read_text
+from lambda_pipeline.core.deltalog import commits
 from lambda_pipeline.core.tables import table_version
 from lambda_pipeline.core.views import WINDOW_START, View
 from lambda_pipeline.serving_layer.catalog import Pin, ServingLayer
@@ -46,21 +45,17 @@ def additive_measure(view: View) -> str:
 
 def _ingest_commits(spark: SparkSession, path: str, newest: int) -> list[dict[str, Any]]:
     """(time, rows) of the newest master commits that added rows, read from the commit files."""
-    commits: list[dict[str, Any]] = []
-    log = posixpath.join(path, "_delta_log")
-    for version in range(newest, max(-1, newest - RATE_COMMITS), -1):
-        text = read_text(spark, posixpath.join(log, f"{version:020d}.json"))
-        if text is None:
-            break
-        for action in json_lines(text):
-            info = (action or {}).get("commitInfo")
+    found: list[dict[str, Any]] = []
+    for version, actions in commits(spark, path, newest, RATE_COMMITS):
+        for action in actions:
+            info = action.get("commitInfo")
             rows = int(((info or {}).get("operationMetrics") or {}).get("numOutputRows", 0) or 0)
             if info and rows:
-                commits.append({"version": version, "at_ms": int(info["timestamp"]), "rows": rows})
-    commits.reverse()
-    for earlier, later in itertools.pairwise(commits):
+                found.append({"version": version, "at_ms": int(info["timestamp"]), "rows": rows})
+    found.reverse()
+    for earlier, later in itertools.pairwise(found):
         later["events_per_second"] = round(later["rows"] * 1000 / max(1, later["at_ms"] - earlier["at_ms"]), 1)
-    return commits[1:]
+    return found[1:]
 
 
 def dashboard_data(serving: ServingLayer, view_name: str | None = None) -> dict[str, Any]:

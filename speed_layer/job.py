@@ -27,15 +27,15 @@ old window in a new tag, counted immediately and absorbed by the next batch.
 
 from __future__ import annotations
 
-import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pyspark.sql import functions as F
 
+from lambda_pipeline.core.deltalog import commits
 from lambda_pipeline.core.pipeline import Pipeline
-from lambda_pipeline.core.streaming import OnceAppender, PhaseTimer, json_lines, read_text
+from lambda_pipeline.core.streaming import OnceAppender, PhaseTimer
 from lambda_pipeline.core.tables import (
     Coverage,
     Locations,
@@ -151,13 +151,9 @@ def _has_newest_tag(spark: SparkSession, path: str, tag: int, *, scan: int = 20)
     newest = table_version(spark, path)
     if newest is None:
         return False
-    log = posixpath.join(path, "_delta_log")
-    for version in range(newest, max(-1, newest - scan), -1):
-        text = read_text(spark, posixpath.join(log, f"{version:020d}.json"))
-        if text is None:
-            return False
-        for action in json_lines(text):
-            values = ((action or {}).get("add") or {}).get("partitionValues") or {}
+    for _version, actions in commits(spark, path, newest, scan):
+        for action in actions:
+            values = (action.get("add") or {}).get("partitionValues") or {}
             if values.get(INGEST_TAG) == str(tag):
                 return True
     return False

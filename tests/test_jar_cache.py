@@ -92,3 +92,43 @@ def test_processes_started_together_on_an_empty_cache_all_get_delta_and_kafka(tm
     fetchers = [err for _, _, err in outputs if "fetching the JVM packages" in err]
     assert len(fetchers) == 1, [err[-500:] for _, _, err in outputs]
     assert "resolving dependencies" in (cache / "lambda-pipeline" / "resolve.log").read_text()  # Ivy, kept aside
+
+
+def _archive_files(archive: session.ClassArchive, pid: int, *, magic: bool, jvm: int | None) -> Path:
+    dump = archive.path.with_name(f"{archive.path.name}.{pid}.part")
+    dump.parent.mkdir(parents=True, exist_ok=True)
+    dump.write_bytes((session._ARCHIVE_MAGIC if magic else b"\0\0\0\0") + b"x" * 100)
+    if jvm is not None:
+        dump.with_suffix(".jvm").write_text(str(jvm))
+    return dump
+
+
+def test_a_class_archive_is_recorded_once_and_adopted_only_whole_and_finished(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LAMBDA_PIPELINE_CACHE", str(tmp_path))
+    archive = session.ClassArchive.for_jars("/jars/a.jar,/jars/b.jar")
+    assert archive != session.ClassArchive.for_jars("/jars/a.jar")  # other jars, another archive
+    recording = archive.options()
+    assert any(o.startswith("-XX:ArchiveClassesAtExit=") for o in recording)
+    session._recording.clear()
+
+    # A recording whose JVM still runs (this test's own process) is left alone, and none is started beside it.
+    dump = next(archive.path.parent.glob("*.part"), None) or _archive_files(archive, 1, magic=True, jvm=None)
+    dump.write_bytes(session._ARCHIVE_MAGIC)
+    dump.with_suffix(".jvm").write_text(str(os.getpid()))
+    assert archive.options() == [] and not archive.path.exists()
+
+    # Its JVM gone but the file cut short (no header): dropped, and the next run records again.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    dump.write_bytes(b"\0\0\0\0")
+    dump.with_suffix(".jvm").write_text(str(dead_pid))
+    assert any(o.startswith("-XX:ArchiveClassesAtExit=") for o in archive.options())
+    assert not dump.exists() and not archive.path.exists()
+    session._recording.clear()
+
+    # A whole recording of a JVM that has exited: moved into place and mapped from then on.
+    _archive_files(archive, 2, magic=True, jvm=dead_pid)
+    options = archive.options()
+    assert f"-XX:SharedArchiveFile={archive.path}" in options and archive.path.is_file()
+    assert not list(archive.path.parent.glob("*.part")) and not list(archive.path.parent.glob("*.jvm"))
+    assert archive.options() == options

@@ -126,3 +126,36 @@ def test_as_of_an_earlier_publication_reanswers_what_was_served_then(spark, sett
     assert pin["publication"] == first.run_id and pin["as_of"] == first.run_id
     assert main(["query", sql, "--as-of", "feedbeef", *base]) == 1
     assert "names no publication" in capsys.readouterr().err
+
+
+def test_a_pin_reads_the_coverage_from_the_publishing_commit_and_only_the_views_a_statement_reads(
+    spark, settings, locations
+) -> None:
+    from lambda_pipeline.core.tables import _coverage_from_log, table_version
+
+    generator = ClickstreamGenerator(41, malformed_fraction=0.0, duplicate_fraction=0.0, late_fraction=0.0)
+    for events in (120, 80):
+        generator.write(locations.landing, events, files=1)
+        start_ingest(spark, TWO_VIEWS, settings, locations, once=True).awaitTermination()
+        run_batch(spark, TWO_VIEWS, locations)
+    newest = table_version(spark, locations.coverage)
+    assert newest is not None
+    for version in range(1, newest + 1):
+        table = spark.read.format("delta").option("versionAsOf", version).load(locations.coverage)
+        row = table.orderBy(table.master_version.desc(), table.published_at.desc()).first()
+        logged = _coverage_from_log(spark, locations.coverage, version)
+        assert logged is not None and row is not None
+        assert (logged.run_id, logged.master_version, logged.view_versions) == (
+            row.run_id,
+            row.master_version,
+            dict(row.view_versions),
+        )
+        assert (logged.master_events, logged.published_at) == (row.master_events, row.published_at)
+
+    serving = ServingLayer(spark, TWO_VIEWS, locations)
+    answer = serving.answer("SELECT sum(visits) AS n FROM serving.page_visits")
+    assert [name for name, _ in answer.pin.speed_versions] == [PAGE_VISITS.name]
+    assert answer.frame.first().n == 200
+    assert [p.view for p in serving.provenances(answer)] == [PAGE_VISITS.name]
+    everything = serving.answer("SELECT count(*) AS n FROM master.master_events")
+    assert {name for name, _ in everything.pin.speed_versions} == {v.name for v in TWO_VIEWS.views}

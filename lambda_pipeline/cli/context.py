@@ -26,6 +26,8 @@ class Context:
     settings: Settings
     locations: Locations
     pipeline: Pipeline
+    short_lived: bool = False
+    """The verb answers one request and exits: Spark starts tuned for that (``get_spark(short_lived=...)``)."""
     _spark: SparkSession | None = None
 
     @classmethod
@@ -54,5 +56,7 @@ class Context:
 
             # The s3 section as fs.s3a.* settings; an explicit spark.conf entry of the same name wins.
             s3a = {k: v for k, v in self.settings.s3.spark_conf().items() if k not in self.settings.spark.conf}
-            self._spark = get_spark(self.settings.spark, packages=self.jvm_packages, extra_conf=s3a)
+            self._spark = get_spark(
+                self.settings.spark, packages=self.jvm_packages, extra_conf=s3a, short_lived=self.short_lived
+            )
         return self._spark

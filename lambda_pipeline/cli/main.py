@@ -257,6 +257,7 @@ def _cmd_query(ctx: Context, args: argparse.Namespace) -> int:
 
     if not args.local and _query_through_server(ctx, args):
         return 0
+    ctx.short_lived = True
     serving = ServingLayer(ctx.spark, ctx.pipeline, ctx.locations)
     answer = serving.answer(args.sql, as_of=args.as_of)
     _print_frame(answer.frame, args.format, args.limit)

@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DELTA_COORDINATE",
     "KAFKA_COORDINATE",
+    "ClassArchive",
     "check_java",
     "get_spark",
     "hadoop_aws_coordinate",
@@ -327,8 +329,13 @@ def get_spark(
     app_name: str | None = None,
     extra_conf: dict[str, str] | None = None,
     packages: tuple[str, ...] = (),
+    short_lived: bool = False,
 ) -> SparkSession:
     """Create (or return the running) Spark session with Delta enabled.
+
+    ``short_lived``: a driver that answers one request and exits (a cold ``query``) starts with the JIT's
+    first tier only, the serial collector and a class-data archive (:class:`ClassArchive`): about half the
+    start and first-job time. Long-running jobs keep the JVM's defaults, which are faster after warm-up.
 
     The first call on a machine fetches the JVM packages from Maven Central (:func:`resolve_jars`:
     about 90 MB, cached under ~/.ivy2.5.2; with :func:`hadoop_aws_coordinate` for ``s3a://`` about
@@ -376,8 +383,12 @@ def get_spark(
     if not launched_by_submit:
         jars = resolve_jars(wanted, conf)
         conf["spark.jars"] = ",".join(dict.fromkeys([*jars, *extra_jars]))
-        if not verbose() and "spark.driver.extraJavaOptions" not in conf:
-            conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{_quiet_log4j()}"
+        if "spark.driver.extraJavaOptions" not in conf:
+            options = [] if verbose() else [f"-Dlog4j2.configurationFile=file:{_quiet_log4j()}"]
+            if short_lived:
+                options += QUICK_START_OPTIONS + ClassArchive.for_jars(conf["spark.jars"]).options()
+            if options:
+                conf["spark.driver.extraJavaOptions"] = " ".join(options)
     builder = SparkSession.builder.master(settings.master).appName(app_name or settings.app_name)
     for key, value in conf.items():
         builder = builder.config(key, value)
@@ -394,7 +405,110 @@ def get_spark(
         spark.sparkContext.setLogLevel("ERROR")
         _quiet_pyspark_loggers()
     _check_delta(spark)
+    _note_recording_jvm()
     return spark
+
+
+QUICK_START_OPTIONS = ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]
+"""For a driver that exits after one request: compile with C1 only, collect with one thread."""
+
+_ARCHIVE_MAGIC = (0xF00BABA8).to_bytes(4, "little")
+"""The first bytes of a finished dynamic archive: the JVM writes its header last."""
+
+
+@dataclass(frozen=True)
+class ClassArchive:
+    """A dynamic class-data-sharing archive of the classes a short-lived driver loads (JDK 13+).
+
+    A cold query spends seconds loading and verifying Spark's and Delta's classes; mapped from an archive
+    they load in a fraction of that. The first short-lived run records the archive as its JVM exits,
+    after the answer is printed and in the background (about 20 s of one core, once); the next runs map it.
+    The archive is keyed by the Java version and the exact jars, so a new release or another set of
+    packages records its own; a JVM that cannot use an archive ignores it (``-Xshare:auto``).
+    """
+
+    path: Path
+
+    @classmethod
+    def for_jars(cls, jars: str) -> ClassArchive:
+        import pyspark
+
+        key = "\n".join([check_java(), pyspark.__version__, os.environ.get("SPARK_HOME", ""), jars])
+        return cls(_cache_dir() / "cds" / f"driver-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsa")
+
+    def options(self) -> list[str]:
+        """The JVM options that map the archive, or record it (none while another run records it)."""
+        quiet = "-Xlog:cds=off,cds+dynamic=off"  # the JVM prints the classes it cannot archive on stdout
+        if self.path.is_file() or self._adopt():
+            return ["-Xshare:auto", f"-XX:SharedArchiveFile={self.path}", quiet]
+        if self._recordings():
+            return []
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        dump = self.path.with_name(f"{self.path.name}.{os.getpid()}.part")
+        _recording.append(dump)
+        return [f"-XX:ArchiveClassesAtExit={dump}", quiet]
+
+    def _recordings(self) -> list[tuple[Path, int | None]]:
+        """(dump, recording JVM's pid, None when unknown or gone) of every recording left or under way."""
+        found = []
+        for dump in self.path.parent.glob(f"{self.path.name}.*.part"):
+            try:
+                pid: int | None = int(dump.with_suffix(".jvm").read_text())
+            except (OSError, ValueError):
+                pid = None
+            found.append((dump, pid if pid is not None and _alive(pid) else None))
+        return [(dump, pid) for dump, pid in found if pid is not None or dump.stat().st_mtime > _stale()]
+
+    def _adopt(self) -> bool:
+        """Move a recording whose JVM has exited into place, if it is whole; drop the others that ended."""
+        for dump in self.path.parent.glob(f"{self.path.name}.*.part"):
+            marker = dump.with_suffix(".jvm")
+            try:
+                pid = int(marker.read_text())
+            except (OSError, ValueError):
+                pid = None
+            if pid is not None and _alive(pid):
+                continue
+            if pid is None and dump.stat().st_mtime > _stale():
+                continue  # its JVM has not reported yet
+            with dump.open("rb") as head:
+                whole = head.read(4) == _ARCHIVE_MAGIC
+            if whole and not self.path.exists():
+                dump.replace(self.path)
+            dump.unlink(missing_ok=True)
+            marker.unlink(missing_ok=True)
+        return self.path.is_file()
+
+
+_recording: list[Path] = []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stale() -> float:
+    """Recordings older than this (epoch seconds) whose JVM never reported are abandoned."""
+    import time
+
+    return time.time() - 600
+
+
+def _note_recording_jvm() -> None:
+    """Tell later runs which JVM writes this run's archive, so that they adopt it only once it has exited."""
+    from pyspark import SparkContext
+
+    proc = getattr(SparkContext._gateway, "proc", None)
+    for dump in _recording:
+        if proc is not None:
+            dump.with_suffix(".jvm").write_text(str(proc.pid))
+    _recording.clear()
 
 
 def _quiet_pyspark_loggers() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import posixpath
 import signal
@@ -10,8 +9,9 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from lambda_pipeline.core.deltalog import commits, json_lines, read_text
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.tables import table_version
 
@@ -73,37 +73,6 @@ class PhaseTimer:
 def with_trigger(writer: DataStreamWriter, interval: str, *, once: bool) -> DataStreamWriter:
     """``availableNow`` for one catch-up run, otherwise a processing-time trigger."""
     return writer.trigger(availableNow=True) if once else writer.trigger(processingTime=interval)
-
-
-def read_text(spark: SparkSession, path: str) -> str | None:
-    """A small file's text through Hadoop's file system (local, HDFS or S3), or None if absent.
-
-    Checkpoint and Delta log files are read this way rather than with ``spark.read``:
-    no Spark job, and the same code for every file system.
-    """
-    jvm = spark.sparkContext._jvm
-    assert jvm is not None
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    if not fs.exists(hpath):
-        return None
-    stream = fs.open(hpath)
-    try:
-        return str(jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
-    finally:
-        stream.close()
-
-
-def json_lines(text: str) -> list[Any]:
-    """JSON values of a log file, one per line; the version line and Spark's leading NUL byte skipped."""
-    out = []
-    for line in text.replace("\x00", "").splitlines():
-        line = line.strip()
-        if line and line[0] in "{[":
-            out.append(json.loads(line))
-        elif line == "-":  # a source without an offset yet
-            out.append(None)
-    return out
 
 
 class CheckpointAppId:
@@ -204,13 +173,9 @@ def _marks(spark: SparkSession, path: str, writer_id: str, scan: int) -> Iterato
     newest = table_version(spark, path)
     if newest is None:
         return
-    log = posixpath.join(path, "_delta_log")
-    for version in range(newest, max(-1, newest - scan), -1):
-        text = read_text(spark, posixpath.join(log, f"{version:020d}.json"))
-        if text is None:  # cleaned up by log retention: older commits are gone too
-            return
-        for action in json_lines(text):
-            mark = ((action or {}).get("commitInfo") or {}).get("userMetadata") or ""
+    for version, actions in commits(spark, path, newest, scan):
+        for action in actions:
+            mark = (action.get("commitInfo") or {}).get("userMetadata") or ""
             owner, sep, batch = mark.rpartition(_MARK)
             if sep and owner == writer_id and batch.isdigit():
                 yield version, int(batch)

@@ -6,9 +6,10 @@ the coverage record and the quarantine schema.
 
 from __future__ import annotations
 
+import json
 import posixpath
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -295,8 +296,45 @@ class Coverage:
         """Before the first batch: nothing is covered (master version 0 is the empty table)."""
         return Coverage("none", 0, {}, 0, datetime.fromtimestamp(0))
 
+    def mark(self) -> str:
+        """The record as the ``userMetadata`` of the commit that appends its row: readers pin from the log."""
+        record = {**asdict(self), "published_at": self.published_at.isoformat()}
+        return COVERAGE_MARK + json.dumps(record, sort_keys=True)
+
+    @staticmethod
+    def from_mark(mark: str) -> Coverage | None:
+        """The record a publishing commit carries, or None for any other commit."""
+        if not mark.startswith(COVERAGE_MARK):
+            return None
+        record = json.loads(mark[len(COVERAGE_MARK) :])
+        return Coverage(
+            str(record["run_id"]),
+            int(record["master_version"]),
+            {str(k): int(v) for k, v in record["view_versions"].items()},
+            int(record["master_events"]),
+            datetime.fromisoformat(record["published_at"]),
+        )
+
+
+COVERAGE_MARK = "lambda-pipeline-coverage:"
+COVERAGE_SCAN = 100
+"""Commits of the coverage table read back for the newest record before reading the table with Spark."""
+
 
 _coverage_cache: dict[tuple[str, str, int], Coverage] = {}
+
+
+def _coverage_from_log(spark: SparkSession, path: str, version: int) -> Coverage | None:
+    """The newest record at ``version`` from the publishing commits' marks (no Spark job); None when no
+    marked commit is among the newest (a table published before the marks, or cleaned up by log retention)."""
+    from lambda_pipeline.core.deltalog import commits
+
+    for _version, actions in commits(spark, path, version, COVERAGE_SCAN):
+        for action in actions:
+            found = Coverage.from_mark((action.get("commitInfo") or {}).get("userMetadata") or "")
+            if found is not None:
+                return found
+    return None
 
 
 def latest_coverage(spark: SparkSession, path: str, version: int | None = None) -> Coverage:
@@ -313,6 +351,10 @@ def latest_coverage(spark: SparkSession, path: str, version: int | None = None) 
     cached = _coverage_cache.get((path, table_id, version))
     if cached is not None:
         return cached
+    result = _coverage_from_log(spark, path, version)
+    if result is not None:
+        _coverage_cache[(path, table_id, version)] = result
+        return result
     coverage: DataFrame = spark.read.format("delta").option("versionAsOf", version).load(path)
     row = coverage.orderBy(coverage.master_version.desc(), coverage.published_at.desc()).first()
     result = (
