@@ -55,3 +55,21 @@ def assert_same_view(got: dict, expected: dict, *, users_tolerance: float) -> No
         for measure in EXACT_MEASURES:
             assert got[key][measure] == row[measure], (key, measure, got[key][measure], row[measure])
         assert abs(got[key]["unique_users"] - row["unique_users"]) <= users_tolerance * max(1, row["unique_users"]), key
+
+
+def events_at(spark: SparkSession, locations: Locations, view: str, pin: dict) -> int:
+    """Independently of the serving layer: the master events a pin (``Pin.as_dict()``) serves for ``view``.
+
+    Those of the covered tags, plus those of the tags the pinned speed version holds above the coverage.
+    """
+    covered = int(pin["covered_master_version"])
+    speed_version = pin["speed_table_versions"].get(view)
+    tags: list[int] = []
+    if speed_version is not None:
+        speed = spark.read.format("delta").option("versionAsOf", speed_version).load(locations.speed_partials(view))
+        tags = [r.ingest_tag for r in speed.filter(f"ingest_tag > {covered}").select("ingest_tag").distinct().collect()]
+    master_version = int(pin["master_table_version"])
+    master = spark.read.format("delta").option("versionAsOf", master_version).load(locations.master)
+    tag_list = ",".join(str(t) for t in tags) or "-1"
+    assert max([covered, *tags]) <= master_version  # master is read last: it holds every tag served
+    return master.filter(f"ingest_tag <= {covered} OR ingest_tag IN ({tag_list})").count()

@@ -16,6 +16,7 @@ from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.pipelines.clickstream import CLICKS, CLICKSTREAM, PAGE_ACTIVITY
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 from lambda_pipeline.serving_layer.catalog import Pin, ServingLayer
+from tests.helpers import events_at
 
 pytestmark = pytest.mark.integration
 
@@ -34,22 +35,6 @@ JOINED = (
     "(SELECT count(*) FROM master.master_events) AS master_rows, "
     "(SELECT count(*) FROM serving.page_activity a JOIN serving.page_visits v ON a.page = v.page) AS joined"
 )
-
-
-def _expected_at(spark, locations, pin: Pin, view: View) -> int:
-    """Independently of the serving layer: the master events the pin's batch and speed versions hold."""
-    covered = pin.coverage.master_version
-    speed_version = pin[view.name].speed_version
-    tags: list[int] = []
-    if speed_version is not None:
-        speed = (
-            spark.read.format("delta").option("versionAsOf", speed_version).load(locations.speed_partials(view.name))
-        )
-        tags = [r.ingest_tag for r in speed.filter(f"ingest_tag > {covered}").select("ingest_tag").distinct().collect()]
-    master = spark.read.format("delta").option("versionAsOf", pin.master_version).load(locations.master)
-    tag_list = ",".join(str(t) for t in tags) or "-1"
-    assert max([covered, *tags]) <= pin.master_version  # master is read last: it holds every tag served
-    return master.filter(f"ingest_tag <= {covered} OR ingest_tag IN ({tag_list})").count()
 
 
 def test_two_views_and_master_in_one_query_read_one_pin_while_batches_publish(spark, settings, locations) -> None:
@@ -85,8 +70,8 @@ def test_two_views_and_master_in_one_query_read_one_pin_while_batches_publish(sp
     pins = {json.dumps(pin.as_dict(), sort_keys=True, default=str) for pin, _ in answers}
     assert len(pins) >= 2, "the queries never saw the layers move"
     for pin, (activity, visits, master_rows, joined) in answers:
-        assert activity == _expected_at(spark, locations, pin, PAGE_ACTIVITY), pin
-        assert visits == _expected_at(spark, locations, pin, PAGE_VISITS), pin
+        assert activity == events_at(spark, locations, PAGE_ACTIVITY.name, pin.as_dict()), pin
+        assert visits == events_at(spark, locations, PAGE_VISITS.name, pin.as_dict()), pin
         master = spark.read.format("delta").option("versionAsOf", pin.master_version).load(locations.master)
         assert master_rows == master.count(), pin
         assert joined > 0
