@@ -257,14 +257,20 @@ def _cmd_query(ctx: Context, args: argparse.Namespace) -> int:
 
     if not args.local and _query_through_server(ctx, args):
         return 0
-    ctx.short_lived = True
+    from pyspark.sql import SparkSession
+
+    ctx.short_lived = SparkSession.getActiveSession() is None  # this process starts Spark for one query
     serving = ServingLayer(ctx.spark, ctx.pipeline, ctx.locations)
-    answer = serving.answer(args.sql, as_of=args.as_of)
-    _print_frame(answer.frame, args.format, args.limit)
-    if args.provenance:
-        print(json.dumps({"pin": answer.pin.as_dict()}, default=str), file=sys.stderr)
-        for provenance in serving.provenances(answer):
-            print(json.dumps({"provenance": provenance.as_dict()}, default=str), file=sys.stderr)
+    try:
+        answer = serving.answer(args.sql, as_of=args.as_of)
+        _print_frame(answer.frame, args.format, args.limit)
+        if args.provenance:
+            print(json.dumps({"pin": answer.pin.as_dict()}, default=str), file=sys.stderr)
+            for provenance in serving.provenances(answer):
+                print(json.dumps({"provenance": provenance.as_dict()}, default=str), file=sys.stderr)
+    finally:
+        if ctx.short_lived:
+            ctx.spark.stop()  # a clean stop: a JVM torn down mid-cleanup prints a stack trace on exit
     return 0
 
 
