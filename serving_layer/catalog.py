@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from lambda_pipeline.core.config import duration_seconds
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.tables import (
@@ -212,6 +213,13 @@ class ServingLayer:
             why = "matches several publications" if matches else "names no publication"
             raise LambdaError(f"--as-of {publication}: {why}; the newest are: {listed or 'none'}")
         row = matches[0]
+        retention = self.locations.settings.maintenance.retention
+        if (datetime.now() - row.published_at).total_seconds() >= duration_seconds(retention):
+            raise LambdaError(
+                f"--as-of {publication}: published {row.published_at:%Y-%m-%d %H:%M}, longer ago than "
+                f"maintenance.retention ({retention}): VACUUM may have deleted files its pin reads; "
+                "raise the retention to keep answering that far back"
+            )
         coverage = Coverage(
             row.run_id, int(row.master_version), dict(row.view_versions), int(row.master_events), row.published_at
         )

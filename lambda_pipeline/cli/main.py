@@ -105,6 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="address to bind (default serve.host, 127.0.0.1); others require a token")
     serve.add_argument("--port", type=int, help="port (default serve.port, 8765; 0 for any free port)")
+    maintain = verbs.add_parser(
+        "maintain", help="compact and vacuum every table; safe beside running jobs (docs/operations.md)"
+    )
+    maintain.add_argument(
+        "--every",
+        nargs="?",
+        const="config",
+        metavar="DURATION",
+        help="run repeatedly; without a value, every maintenance.interval of the config",
+    )
+    maintain.add_argument(
+        "--table", action="append", metavar="NAME", help="only this table (repeatable): master, batch.<view>, ..."
+    )
     demo = verbs.add_parser("demo", help="generator -> ingest (master + speed) -> batch -> merged query")
     demo.add_argument("--events", type=int, default=20_000, help="valid events to generate (default 20000)")
     demo.add_argument("--seed", type=int, default=None, help="generator seed (default: new each run)")
@@ -130,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_package_parser(verbs)  # no --config: one artifact serves every config
     add_init_parser(verbs)  # writes the configs: needs none
     emr_steps = add_emr_steps_parser(verbs)
-    for sub in (ingest, speed, batch, query, serve, demo, kafka, emr_steps, generate, s3):
+    for sub in (ingest, speed, batch, query, serve, maintain, demo, kafka, emr_steps, generate, s3):
         _common(sub)
     return parser
 
@@ -230,13 +243,8 @@ def _cmd_speed(ctx: Context, args: argparse.Namespace) -> int:
 def _cmd_batch(ctx: Context, args: argparse.Namespace) -> int:
     from lambda_pipeline.batch_layer.job import run_batch
 
-    interval = None
-    if args.every is not None:
-        text = ctx.settings.batch.interval if args.every == "config" else args.every
-        try:
-            interval = duration_seconds(text)
-        except ValueError as exc:
-            raise LambdaError(f"--every: {exc}") from None
+    interval = _interval(args.every, ctx.settings.batch.interval)
+    if interval is not None:
         _wait_for_master(ctx, "batch")
     while True:
         coverage, staged = run_batch(ctx.spark, ctx.pipeline, ctx.locations, force=args.force)
@@ -247,6 +255,41 @@ def _cmd_batch(ctx: Context, args: argparse.Namespace) -> int:
                 f"batch: published run {staged.run_id[:8]} covering master version {staged.master_version} "
                 f"({staged.master_events} rows) in {staged.seconds:.1f}s; views {staged.view_versions}"
             )
+        if interval is None:
+            return 0
+        time.sleep(interval)  # the schedule itself; Ctrl-C stops between runs
+
+
+def _interval(every: str | None, configured: str) -> float | None:
+    """Seconds between runs for ``--every`` (``config``: the configured interval), or None to run once."""
+    if every is None:
+        return None
+    try:
+        return duration_seconds(configured if every == "config" else every)
+    except ValueError as exc:
+        raise LambdaError(f"--every: {exc}") from None
+
+
+def _cmd_maintain(ctx: Context, args: argparse.Namespace) -> int:
+    from lambda_pipeline.maintenance.job import Maintained, maintain
+
+    interval = _interval(args.every, ctx.settings.maintenance.interval)
+
+    def report(done: Maintained) -> None:
+        b, a = done.before, done.after
+        what = "compacted, vacuumed" if done.compacted else "vacuumed"
+        print(
+            f"maintain: {done.table:<24} {what:<20} live files {b.live_files} -> {a.live_files}, "
+            f"on disk {b.disk_files} -> {a.disk_files} ({a.disk_bytes / 1e6:.1f} MB), "
+            f"log {a.log_files} files, {done.seconds:.1f}s",
+            flush=True,
+        )
+
+    while True:
+        started = time.monotonic()
+        done = maintain(ctx.spark, ctx.pipeline, ctx.locations, only=args.table, on_table=report)
+        retention = ctx.settings.maintenance.retention
+        print(f"maintain: {len(done)} table(s) in {time.monotonic() - started:.1f}s (retention {retention})")
         if interval is None:
             return 0
         time.sleep(interval)  # the schedule itself; Ctrl-C stops between runs
@@ -330,6 +373,7 @@ COMMANDS: dict[str, Callable[[Context, argparse.Namespace], int]] = {
     "batch": _cmd_batch,
     "query": _cmd_query,
     "serve": _cmd_serve,
+    "maintain": _cmd_maintain,
     "demo": _cmd_demo,
     "kafka": run_kafka,
     "s3": run_s3,

@@ -229,6 +229,11 @@ class EventTimePolicy(_Strict):
 class IngestSettings(_Strict):
     source: Literal["files", "kafka"] = "files"
     landing_dir: str = "landing"
+    landing_cleanup: Literal["archive", "delete", "off"] = Field(
+        default="archive",
+        description="what becomes of a landing file once the micro-batch that read it has committed",
+    )
+    landing_archive: str = Field(default="landing-archive", description="where 'archive' moves them, under workdir")
     trigger: str = "1 second"
     max_files_per_trigger: int = Field(default=100, gt=0)
     dedup_horizon: str = "15 minutes"
@@ -251,6 +256,31 @@ class SpeedSettings(_Strict):
 class BatchSettings(_Strict):
     interval: str = "5 minutes"
     _durations = field_validator("interval")(_check_duration)
+
+
+MIN_RETENTION_SECONDS = 3600.0
+
+
+class MaintenanceSettings(_Strict):
+    """``lambda-pipeline maintain``: compaction and vacuum of every table (docs/operations.md, "Maintenance")."""
+
+    interval: str = Field(default="1 hour", description="for 'maintain --every' and the compose service")
+    retention: str = Field(
+        default="168 hours",
+        description="VACUUM deletes files removed longer ago than this: it must outlast any batch run and query",
+    )
+    compact_min_files: int = Field(default=16, gt=1, description="compact a table once it has this many files")
+    _durations = field_validator("interval", "retention")(_check_duration)
+
+    @field_validator("retention")
+    @classmethod
+    def _long_enough(cls, value: str) -> str:
+        if duration_seconds(value) < MIN_RETENTION_SECONDS:
+            raise ValueError(
+                "must be at least 1 hour: a batch run, a query or a pin may still read a file removed more "
+                "recently than the retention, and VACUUM would delete it"
+            )
+        return value
 
 
 class ServeSettings(_Strict):
@@ -465,6 +495,17 @@ class Settings(_Strict):
     emr: EmrSettings = Field(default_factory=EmrSettings)
     s3: S3Settings = Field(default_factory=S3Settings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+    maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
+
+    @model_validator(mode="after")
+    def _retention_outlasts_queries(self) -> Settings:
+        retention, timeout = duration_seconds(self.maintenance.retention), duration_seconds(self.serve.query_timeout)
+        if retention <= timeout:
+            raise ValueError(
+                f"maintenance.retention ({self.maintenance.retention}) must be longer than serve.query_timeout "
+                f"({self.serve.query_timeout}): a running query reads files that VACUUM would delete"
+            )
+        return self
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:

@@ -95,6 +95,11 @@ class Locations:
         return self._under(self.settings.ingest.landing_dir)
 
     @property
+    def landing_archive(self) -> str:
+        """Where ingest moves landing files once committed (``ingest.landing_cleanup: archive``)."""
+        return self._under(self.settings.ingest.landing_archive)
+
+    @property
     def warehouse(self) -> str:
         return self._under(self.settings.warehouse)
 

@@ -270,6 +270,7 @@ def ingest_stream(
     landing: str,
     *,
     fail_on_data_loss: bool | None = None,
+    archive: str | None = None,
 ) -> DataFrame:
     """Every parsed line (branch ``all``) beside the dedup's first copies (branch ``first``), per micro-batch.
 
@@ -279,7 +280,7 @@ def ingest_stream(
     if settings.ingest.source == "kafka":
         lines = kafka_lines(spark, settings.ingest.kafka, fail_on_data_loss=fail_on_data_loss)
     else:
-        lines = file_lines(spark, settings, landing)
+        lines = file_lines(spark, settings, landing, archive)
     # current_timestamp() is the micro-batch's timestamp, stored in the offset log: a replay sees the same.
     now = F.current_timestamp()
     parsed = (
@@ -331,7 +332,14 @@ def start_ingest(
         SpeedWriter(spark, pipeline, locations, appender, settings.speed.compact_every),
     )
     writer = (
-        ingest_stream(spark, pipeline.source, settings, locations.landing, fail_on_data_loss=fail_on_data_loss)
+        ingest_stream(
+            spark,
+            pipeline.source,
+            settings,
+            locations.landing,
+            fail_on_data_loss=fail_on_data_loss,
+            archive=locations.landing_archive,
+        )
         .writeStream.queryName(f"ingest_{pipeline.name}")
         .option("checkpointLocation", checkpoint)
         .foreachBatch(body)

@@ -26,12 +26,30 @@ PRE_REASON = "_pre_reason"
 BASE64_PREFIX = "base64:"
 
 
-def file_lines(spark: SparkSession, settings: Settings, landing: str) -> DataFrame:
-    """JSON-lines files of the landing folder, one row per line."""
-    return (
+# Spark's file source skips, silently, a file whose modification time is older than ``maxFileAge`` before the
+# newest file it has seen, and ``mv`` keeps a file's time: no age makes a file too old to ingest here.
+NO_MAX_FILE_AGE = "36500d"
+
+
+def file_lines(spark: SparkSession, settings: Settings, landing: str, archive: str | None = None) -> DataFrame:
+    """JSON-lines files of the landing folder, one row per line.
+
+    ``ingest.landing_cleanup``: Spark's file source moves (``archive``, to ``archive``) or deletes each file
+    once the micro-batch that read it has committed, never before; the folder it lists stays small.
+    """
+    cleanup = settings.ingest.landing_cleanup
+    reader = (
         spark.readStream.format("text")
         .option("maxFilesPerTrigger", settings.ingest.max_files_per_trigger)
-        .load(landing)
+        .option("maxFileAge", NO_MAX_FILE_AGE)
+        .option("cleanSource", cleanup)
+    )
+    if cleanup == "archive":
+        if archive is None:
+            raise ValueError("ingest.landing_cleanup=archive needs the archive folder")
+        reader = reader.option("sourceArchiveDir", archive)
+    return (
+        reader.load(landing)
         .select(
             F.col("value").alias(RAW),
             F.col("_metadata.file_path").alias(SOURCE_FILE),

@@ -1,0 +1,1 @@
+"""Maintenance of a deployment's tables for runs of weeks (``lambda-pipeline maintain``)."""

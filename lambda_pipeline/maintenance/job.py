@@ -1,0 +1,152 @@
+"""Table maintenance for runs of weeks: compaction and vacuum of every table, without failing a writer.
+
+Which Delta operations, on which tables, and why none can make a concurrent writer fail:
+
+- **OPTIMIZE** (bin-packing, ``executeCompaction``) on master, quarantine and the coverage table, once one
+  holds ``maintenance.compact_min_files`` files. Their writers only append, and Delta never fails a blind
+  append, nor a compaction, because of the other: the compaction rewrites files the append does not read,
+  and marks its commit ``dataChange=false``. Not on a batch view (each batch run overwrites it whole: one
+  file set per publication, and an overwrite concurrent with a compaction would conflict), nor on a speed
+  table of the partitioned layout (ingest writes one file per tag already, and the purge of covered tags
+  deletes whole partitions, which would conflict with a compaction that rewrote them). Speed tables of the
+  old unpartitioned layout are compacted by ingest itself (``speed.compact_every``).
+- **VACUUM** on every table with ``maintenance.retention``: it deletes only data files that left the table
+  more than that long ago, so no reader pinned within the retention loses a file. Its log entries
+  (``VACUUM START`` / ``END``) carry no data action and conflict with no commit.
+
+The retention rule: it must outlast the longest batch run (a run reads master at one version from start to
+publication), the longest query (``serve.query_timeout``) and any ``--as-of`` you want to keep answering.
+Settings refuse less than 1 hour or less than the query timeout; the serving layer refuses an ``--as-of``
+older than the retention with a message that says so.
+
+Delta's own log clean-up (``delta.logRetentionDuration``, 30 days by default, at each checkpoint) keeps each
+``_delta_log`` bounded; the once-only marks of ingest are read from the newest commits, well inside that.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from lambda_pipeline.core.config import duration_seconds
+from lambda_pipeline.core.pipeline import Pipeline
+from lambda_pipeline.core.tables import Locations, table_version
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+__all__ = ["COMPACTED", "Maintained", "TableFiles", "maintain", "table_files", "tables_of"]
+
+_DELTA_DEFAULT_RETENTION_HOURS = 168.0
+
+
+@dataclass(frozen=True)
+class TableFiles:
+    """What a table holds: files in its newest version, and on disk (data and log)."""
+
+    live_files: int
+    disk_files: int
+    disk_bytes: int
+    log_files: int
+    log_bytes: int
+
+
+@dataclass(frozen=True)
+class Maintained:
+    """One table's maintenance: what it did and the files before and after."""
+
+    table: str
+    path: str
+    compacted: bool
+    vacuumed: bool
+    before: TableFiles
+    after: TableFiles
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def tables_of(pipeline: Pipeline, locations: Locations) -> dict[str, str]:
+    """Every table of a deployment by a short name: ``master``, ``quarantine``, ``coverage``, ``batch.<view>``,
+    ``speed.<view>``."""
+    tables = {"master": locations.master, "quarantine": locations.quarantine, "coverage": locations.coverage}
+    for view in pipeline.views:
+        tables[f"batch.{view.name}"] = locations.batch_view(view.name)
+        tables[f"speed.{view.name}"] = locations.speed_partials(view.name)
+    return tables
+
+
+def table_files(spark: SparkSession, path: str) -> TableFiles | None:
+    """The files of the table at ``path`` (None when there is no table), from its snapshot and the file system."""
+    from lambda_pipeline.core.tables import _snapshot
+
+    snapshot = _snapshot(spark, path)
+    if snapshot is None:
+        return None
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    root = jvm.org.apache.hadoop.fs.Path(path)
+    fs = root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    whole = fs.getContentSummary(root)
+    log = fs.getContentSummary(jvm.org.apache.hadoop.fs.Path(root, "_delta_log"))
+    return TableFiles(
+        live_files=int(snapshot.numOfFiles()),
+        disk_files=int(whole.getFileCount()) - int(log.getFileCount()),
+        disk_bytes=int(whole.getLength()) - int(log.getLength()),
+        log_files=int(log.getFileCount()),
+        log_bytes=int(log.getLength()),
+    )
+
+
+COMPACTED = frozenset({"master", "quarantine", "coverage"})
+"""The tables whose writers only append (see the module's docstring)."""
+
+
+def maintain(
+    spark: SparkSession,
+    pipeline: Pipeline,
+    locations: Locations,
+    *,
+    only: list[str] | None = None,
+    on_table: Any = None,
+) -> list[Maintained]:
+    """Compact and vacuum every table of the deployment (or those named in ``only``); one report per table.
+
+    Safe beside running ingest, batch and serving (see the module's docstring); a table that does not exist
+    yet is skipped.
+    """
+    from delta.tables import DeltaTable
+
+    settings = locations.settings.maintenance
+    retention_hours = duration_seconds(settings.retention) / 3600.0
+    if retention_hours < _DELTA_DEFAULT_RETENTION_HOURS:
+        # Delta refuses a retention under 7 days unless told; the settings enforce this project's own floor.
+        spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
+    tables = tables_of(pipeline, locations)
+    unknown = sorted(set(only or []) - set(tables))
+    if unknown:
+        from lambda_pipeline.core.errors import LambdaError
+
+        raise LambdaError(f"maintain --table {', '.join(unknown)}: no such table; the tables are: {', '.join(tables)}")
+    done: list[Maintained] = []
+    for name, path in tables.items():
+        if only and name not in only:
+            continue
+        started = time.perf_counter()
+        before = table_files(spark, path)
+        if before is None or table_version(spark, path) is None:
+            continue
+        table = DeltaTable.forPath(spark, path)
+        compacted = name in COMPACTED and before.live_files >= settings.compact_min_files
+        if compacted:
+            table.optimize().executeCompaction()
+        table.vacuum(retention_hours)
+        after = table_files(spark, path)
+        assert after is not None
+        report = Maintained(name, path, compacted, True, before, after, time.perf_counter() - started)
+        if on_table is not None:
+            on_table(report)
+        done.append(report)
+    return done

@@ -1,0 +1,100 @@
+"""Maintenance beside running jobs: compaction and vacuum fail no commit, and serving stays exact."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from pydantic import ValidationError
+
+from lambda_pipeline.batch_layer.job import run_batch
+from lambda_pipeline.cli.main import main
+from lambda_pipeline.core.config import MaintenanceSettings, load_settings
+from lambda_pipeline.core.tables import Locations
+from lambda_pipeline.maintenance.job import maintain, table_files
+from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
+from lambda_pipeline.pipelines.generator import ClickstreamGenerator
+from lambda_pipeline.serving_layer.catalog import ServingLayer
+from tests.helpers import events_at, ingest_once
+
+SUM = "SELECT coalesce(sum(events), 0) AS n FROM serving.page_activity"
+
+
+def test_a_retention_shorter_than_an_hour_or_than_a_query_is_refused() -> None:
+    with pytest.raises(ValidationError, match="at least 1 hour"):
+        MaintenanceSettings(retention="30 minutes")
+    with pytest.raises(Exception, match="longer than serve.query_timeout"):
+        load_settings(None, ["maintenance.retention=2 hours", "serve.query_timeout=3 hours"])
+
+
+@pytest.mark.integration
+def test_maintenance_beside_ingest_and_batch_fails_no_commit_and_keeps_serving_exact(spark, tmp_path) -> None:
+    settings = load_settings(None, ["ingest.trigger=200 milliseconds", "maintenance.compact_min_files=3"])
+    locations = Locations.create(settings, tmp_path / "work")
+    locations.ensure_local_dirs()
+    generator = ClickstreamGenerator(23, duplicate_fraction=0.0)
+    for _ in range(4):  # small commits: four files in master and in quarantine
+        generator.write(locations.landing, 60, files=1)
+        ingest_once(spark, settings, locations)
+    run_batch(spark, CLICKSTREAM, locations)
+    before = table_files(spark, locations.master)
+    assert before is not None and before.live_files >= 4
+    failures: list[BaseException] = []
+
+    def layers_at_work() -> None:  # ingest and batch commit while maintenance runs
+        try:
+            for round_ in range(4):
+                generator.write(locations.landing, 40, files=1)
+                ingest_once(spark, settings, locations)
+                if round_ % 2:
+                    run_batch(spark, CLICKSTREAM, locations)
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+
+    worker = threading.Thread(target=layers_at_work, daemon=True)
+    serving = ServingLayer(spark, CLICKSTREAM, locations)
+    probes: list[tuple[dict, int]] = []
+    worker.start()
+    deadline = time.monotonic() + 600
+    try:
+        rounds = 0
+        while (worker.is_alive() or rounds < 2) and time.monotonic() < deadline and rounds < 6:
+            reports = maintain(spark, CLICKSTREAM, locations)
+            assert {r.table for r in reports} == {
+                "master",
+                "quarantine",
+                "coverage",
+                "batch.page_activity",
+                "speed.page_activity",
+            }
+            answer = serving.answer(SUM)
+            probes.append((answer.pin.as_dict(), answer.frame.first().n))
+            rounds += 1
+    finally:
+        worker.join(timeout=max(1.0, deadline - time.monotonic()))
+    assert not failures, failures
+    assert not worker.is_alive(), "the layers did not finish within the deadline"
+    for pin, n in probes:  # each answer is what its pin holds: no event lost or counted twice
+        assert n == events_at(spark, locations, "page_activity", pin), pin
+
+    # Compacted: master holds fewer files than the commits that wrote it; history shows OPTIMIZE.
+    maintain(spark, CLICKSTREAM, locations, only=["master"])
+    after = table_files(spark, locations.master)
+    assert after is not None and after.live_files < before.live_files + 4
+    from delta.tables import DeltaTable
+
+    operations = {r.operation for r in DeltaTable.forPath(spark, locations.master).history().collect()}
+    assert {"OPTIMIZE", "VACUUM START", "VACUUM END"} <= operations
+    # At rest, serving equals the whole master dataset.
+    run_batch(spark, CLICKSTREAM, locations)
+    total = spark.read.format("delta").load(locations.master).count()
+    assert serving.query(SUM).first().n == total
+
+    # Committed landing files were archived by ingest (the newest micro-batch's wait for the next one).
+    archived = list((tmp_path / "work" / "landing-archive").rglob("*.jsonl"))
+    assert len(archived) >= 6 and len(list((tmp_path / "work" / "landing").glob("*.jsonl"))) <= 2
+
+    # The command line: one table, by name; an unknown name says which exist.
+    assert main(["maintain", "--table", "coverage", "--workdir", locations.workdir]) == 0
+    assert main(["maintain", "--table", "nope", "--workdir", locations.workdir]) == 1
