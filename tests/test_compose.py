@@ -47,7 +47,7 @@ THIRD_PARTY_VARIABLES = {
 # The official apache/kafka image reads KAFKA_<property> as broker properties, and CLUSTER_ID for the KRaft
 # storage format (its docker/examples/README.md).
 KAFKA_IMAGE_VARIABLES = re.compile(r"^(KAFKA_[A-Z0-9_]+|CLUSTER_ID)$")
-EXPECTED_VERBS = {"kafka", "generate", "ingest", "batch", "query", "serve"}
+EXPECTED_VERBS = {"kafka", "generate", "ingest", "batch", "maintain", "query", "serve"}
 
 
 def _compose() -> dict[str, Any]:
@@ -163,7 +163,7 @@ def test_jobs_start_after_kafka_is_healthy_and_the_topic_exists() -> None:
     for name in ("generator", "ingest"):
         assert services[name]["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
     assert "speed" not in services  # ingest writes the speed partials itself (the one hop)
-    for name in ("batch", "query", "serve"):
+    for name in ("batch", "maintain", "query", "serve"):
         assert services[name]["depends_on"]["ingest"]["condition"] == "service_healthy"
     for name in ("ingest", "batch"):
         assert services[name]["depends_on"]["spark-worker"]["condition"] == "service_healthy"
@@ -217,7 +217,7 @@ def test_the_config_the_containers_read_loads_and_matches_the_services() -> None
         assert settings.workdir in mounts, f"{name}: the work directory must be on the shared volume"
         assert settings.ingest.source == "kafka"
         assert settings.ingest.kafka.bootstrap_servers in _advertised(services["kafka"])
-        if name not in {"query", "serve"}:  # the query services run in local mode on purpose
+        if name not in {"query", "serve", "maintain"}:  # these run in local mode on purpose
             assert settings.spark.master == _master_url(services["spark-master"]), name
     assert services["spark-worker"]["command"][-1] == _master_url(services["spark-master"])
 

@@ -83,7 +83,7 @@ def test_steps_run_the_three_jobs_from_files_the_manifest_lists(dist: Path) -> N
         assert "spark.yarn.appMasterEnv.PYSPARK_PYTHON=/usr/bin/python3.11" in args
         packages = args[args.index("--packages") + 1].split(",")
         assert manifest["maven"]["delta"] in packages
-    assert mains == ["ingest_job.py", "batch_job.py"]
+    assert mains == ["ingest_job.py", "batch_job.py", "maintain_job.py"]
     ingest_packages = steps[0]["HadoopJarStep"]["Args"]
     assert manifest["maven"]["kafka"] in ingest_packages[ingest_packages.index("--packages") + 1]
     assert manifest["maven"]["msk_iam"] in ingest_packages[ingest_packages.index("--packages") + 1]
@@ -105,7 +105,7 @@ def test_job_arguments_are_what_the_cli_accepts_with_the_shipped_config(dist: Pa
         assert parsed.overrides == ["ingest.trigger=30 seconds"]  # emr.* is the generator's, not the jobs'
         settings = load_settings(EMR_CONF, parsed.overrides)
         assert settings.ingest.trigger == "30 seconds" and settings.spark.master == "yarn"
-    assert verbs == [("ingest", False, None), ("batch", None, "config")]
+    assert verbs == [("ingest", False, None), ("batch", None, "config"), ("maintain", None, "config")]
 
 
 def test_out_folder_holds_cluster_description_and_glue(dist: Path, tmp_path: Path) -> None:
@@ -119,7 +119,7 @@ def test_out_folder_holds_cluster_description_and_glue(dist: Path, tmp_path: Pat
         {"Classification": "spark-hive-site", "Properties": {"hive.metastore.client.factory.class": GLUE_FACTORY}}
     ]
     cluster = json.loads((out / "cluster.json").read_text())
-    assert cluster["ReleaseLabel"] == "emr-8.0.0" and cluster["StepConcurrencyLevel"] == 3
+    assert cluster["ReleaseLabel"] == "emr-8.0.0" and cluster["StepConcurrencyLevel"] == 4
     assert cluster["LogUri"] == "s3://lambda-test-bucket/logs/emr/"
     args = json.loads(result.stdout)[1]["HadoopJarStep"]["Args"]
     assert f"spark.hadoop.hive.metastore.client.factory.class={GLUE_FACTORY}" in args
@@ -138,7 +138,7 @@ def test_schedule_mode_moves_the_batch_into_an_eventbridge_schedule(dist: Path, 
     result = emr_steps("--config", str(EMR_CONF), *BUCKET, *ON_NODES, *mode, "--out", str(out), dist=dist)
     assert result.returncode == 0, result.stderr
     steps = json.loads(result.stdout)
-    assert [s["Name"] for s in steps] == ["lambda-pipeline ingest (streaming)"]
+    assert [s["Name"] for s in steps] == ["lambda-pipeline ingest (streaming)", "lambda-pipeline maintain every 1 hour"]
     schedule = json.loads((out / "batch-schedule.json").read_text())
     assert schedule["ScheduleExpression"] == "rate(2 hours)"
     assert schedule["Target"]["Arn"] == "arn:aws:scheduler:::aws-sdk:emr:addJobFlowSteps"
@@ -180,7 +180,7 @@ def test_missing_bucket_is_one_line_naming_the_key(dist: Path) -> None:
         ("emr.buckt=x", "emr.buckt", "unknown key"),
         ("emr.glue.databse=x", "emr.glue.databse", "unknown key"),
         ("emr.bucket=s3://my-bucket", "emr.bucket", "expected an S3 bucket name"),
-        ("emr.step_concurrency=1", "emr.step_concurrency", "the 2 long-running steps run at once"),
+        ("emr.step_concurrency=1", "emr.step_concurrency", "the 3 long-running steps run at once"),
         ("workdir=/data/lambda", "workdir", "on EMR the work directory must be on S3"),
     ],
 )

@@ -20,6 +20,7 @@ RANKS = {
     "serving_layer": 1,
     "pipelines": 2,
     "local_services": 2,
+    "maintenance": 2,  # operates on every layer's tables, through core's locations
     "deploy": 3,
     "cli": 4,  # composes everything: layers, pipelines, local services, deployment
     "pipelines.jobs": 5,  # the spark-submit entry files call the CLI

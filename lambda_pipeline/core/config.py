@@ -442,7 +442,10 @@ class EmrSettings(_Strict):
     log_prefix: str = "logs/emr"
     release_label: str | None = None
     step_concurrency: int = Field(
-        default=3, ge=1, le=256, description="steps EMR runs at once (2 long-running, plus one-shot steps)"
+        default=4,
+        ge=1,
+        le=256,
+        description="steps EMR runs at once (ingest, batch and maintain run all along, plus one-shot steps)",
     )
     batch_trigger: Literal["every", "schedule"] = "every"
     python: str | None = None
@@ -637,6 +640,7 @@ def load_settings(
             secret = loc is not None and (
                 ".options" in loc or loc.split(".")[0] == "s3" or loc in ("spark.conf", "emr.submit_conf")
             )
-            if "input" in first and first["type"] != "missing" and "got " not in message and not secret:
+            # A check across keys (loc empty) names its keys in its message: its input is the whole config.
+            if loc and "input" in first and first["type"] != "missing" and "got " not in message and not secret:
                 message += f" (got {first['input']!r})"
         raise ConfigError(_blame(source, loc, from_env), loc, message) from None

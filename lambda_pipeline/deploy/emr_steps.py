@@ -229,6 +229,8 @@ def plan_emr(
             },
         }
 
+    steps.append(step("maintain", ["--every"], f"{app} maintain every {settings.maintenance.interval}"))
+
     configurations: list[dict[str, Any]] = []
     if emr.glue.enabled:
         configurations.append(

@@ -48,13 +48,10 @@ def file_lines(spark: SparkSession, settings: Settings, landing: str, archive: s
         if archive is None:
             raise ValueError("ingest.landing_cleanup=archive needs the archive folder")
         reader = reader.option("sourceArchiveDir", archive)
-    return (
-        reader.load(landing)
-        .select(
-            F.col("value").alias(RAW),
-            F.col("_metadata.file_path").alias(SOURCE_FILE),
-            F.lit(None).cast("string").alias(PRE_REASON),
-        )
+    return reader.load(landing).select(
+        F.col("value").alias(RAW),
+        F.col("_metadata.file_path").alias(SOURCE_FILE),
+        F.lit(None).cast("string").alias(PRE_REASON),
     )
 
 
