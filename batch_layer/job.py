@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from pyspark.sql import functions as F
 
+from lambda_pipeline.core.leases import Lease
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.tables import (
     COVERAGE_SCHEMA,
@@ -145,12 +146,18 @@ def run_batch(
     """
     master_version = require_table(spark, locations.master)  # ingest creates it
     setup_batch_tables(spark, pipeline, locations)
-    current = latest_coverage(spark, locations.coverage)
-    if (
-        not force
-        and current.master_version >= master_version
-        and all(v.name in current.view_versions for v in pipeline.views)
-    ):
-        return current, None
-    staged = stage_batch(spark, pipeline, locations, master_version=master_version)
-    return publish(spark, locations, staged), staged
+    # One batch run at a time: a second one refuses to start, naming the first (core/leases.py).
+    lease = Lease(spark, locations, "batch", locations.coverage).acquire()
+    try:
+        current = latest_coverage(spark, locations.coverage)
+        if (
+            not force
+            and current.master_version >= master_version
+            and all(v.name in current.view_versions for v in pipeline.views)
+        ):
+            return current, None
+        staged = stage_batch(spark, pipeline, locations, master_version=master_version)
+        lease.check()  # a run that lost its lease while staging publishes nothing
+        return publish(spark, locations, staged), staged
+    finally:
+        lease.release()

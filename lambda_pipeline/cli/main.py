@@ -230,10 +230,16 @@ def _wait_for_master(ctx: Context, verb: str) -> None:
 
 
 def _cmd_speed(ctx: Context, args: argparse.Namespace) -> int:
+    from lambda_pipeline.core.leases import Lease
     from lambda_pipeline.speed_layer.job import catch_up
 
     started = time.monotonic()
-    written = catch_up(ctx.spark, ctx.pipeline, ctx.locations, rebuild=args.rebuild)
+    # The speed tables are ingest's: the catch-up holds ingest's lease, so it never runs beside ingest.
+    lease = Lease(ctx.spark, ctx.locations, "ingest", ctx.locations.master).acquire()
+    try:
+        written = catch_up(ctx.spark, ctx.pipeline, ctx.locations, rebuild=args.rebuild)
+    finally:
+        lease.release()
     what = "rebuilt" if args.rebuild else "caught up"
     tags = ", ".join(f"{view} {n} tag(s)" for view, n in written.items())
     print(f"speed: {what} from {ctx.locations.master} in {time.monotonic() - started:.1f}s: {tags}", flush=True)

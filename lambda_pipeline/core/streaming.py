@@ -155,6 +155,21 @@ def last_marked_batch(spark: SparkSession, path: str, writer_id: str, *, scan: i
     return -1
 
 
+def other_writers(spark: SparkSession, path: str, prefix: str, mine: str | None, *, scan: int = 1000) -> list[str]:
+    """Writer ids starting with ``prefix`` other than ``mine`` that marked commits of the table at ``path``
+    (among its newest ``scan`` commits), newest first: a new checkpoint finds its predecessors here."""
+    newest = table_version(spark, path)
+    found: list[str] = []
+    if newest is None:
+        return found
+    for _version, actions in commits(spark, path, newest, scan):
+        for action in actions:
+            owner, sep, _batch = ((action.get("commitInfo") or {}).get("userMetadata") or "").rpartition(_MARK)
+            if sep and owner.startswith(prefix) and owner != mine and owner not in found:
+                found.append(owner)
+    return found
+
+
 def marked_version(spark: SparkSession, path: str, writer_id: str, batch_id: int, *, scan: int = 1000) -> int | None:
     """The table version that holds ``writer_id``'s micro-batch ``batch_id``, or None if it is not there.
 

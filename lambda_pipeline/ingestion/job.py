@@ -18,6 +18,7 @@ hang off the same streaming source, so they see the same offsets.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,9 +29,17 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from lambda_pipeline.core.config import EventTimePolicy, Settings, duration_seconds
+from lambda_pipeline.core.deltalog import read_text
 from lambda_pipeline.core.errors import LambdaError
+from lambda_pipeline.core.leases import Lease, release_with
 from lambda_pipeline.core.pipeline import Pipeline
-from lambda_pipeline.core.streaming import CheckpointAppId, OnceAppender, PhaseTimer, with_trigger
+from lambda_pipeline.core.streaming import (
+    CheckpointAppId,
+    OnceAppender,
+    PhaseTimer,
+    other_writers,
+    with_trigger,
+)
 from lambda_pipeline.core.tables import QUARANTINE_SCHEMA, Locations, ensure_table, latest_version
 from lambda_pipeline.core.views import INGEST_TAG, INGESTED_AT, SOURCE_FILE, EventSource
 from lambda_pipeline.ingestion.data_loss import check_data_loss, record_data_loss
@@ -191,6 +200,8 @@ class IngestBatch:
     locations: Locations
     appender: OnceAppender
     speed: SpeedWriter
+    lease: Lease | None = None
+    """Checked before the micro-batch commits anything: an instance that lost it stops (core/leases.py)."""
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         timer = PhaseTimer("ingest", batch_id)
@@ -198,6 +209,8 @@ class IngestBatch:
         try:
             with timer.phase("route"):  # the one Spark job that reads, parses, deduplicates and routes
                 counts = {bool(ok): n for ok, n in routed.groupBy(F.col(REASON).isNull().alias("ok")).count().collect()}
+            if self.lease is not None:
+                self.lease.check()
             writes: list[Callable[[], object]] = []
             if counts.get(True):
 
@@ -312,11 +325,49 @@ def start_ingest(
     skip them unless ``accept_data_loss``.
     """
     locations.ensure_dirs(spark)  # the file source needs its landing folder, also on S3
+    lease = Lease(spark, locations, "ingest", locations.master).acquire()
+    try:
+        return _start_ingest(spark, pipeline, settings, locations, lease, once=once, accept_data_loss=accept_data_loss)
+    except BaseException:
+        lease.release()
+        raise
+
+
+def _refuse_a_new_checkpoint_over_output(spark: SparkSession, locations: Locations, checkpoint: str) -> None:
+    """Stop, saying what to do, when ingest would start on a new checkpoint over a master it already wrote.
+
+    A new checkpoint reads the landing folder or the topic from the start again with an empty dedup state:
+    every event still there would reach master a second time under a new tag, and the speed layer would count
+    it twice until a batch covers it. Nothing is exact to resume from, so the job does not start.
+    """
+    if read_text(spark, posixpath.join(checkpoint, "metadata")) is not None:
+        return  # the checkpoint has started before: Spark resumes from it
+    earlier = other_writers(spark, locations.master, "ingest-", None)
+    if earlier:
+        raise LambdaError(
+            f"ingest: the checkpoint {checkpoint} is new, but master already holds micro-batches of another "
+            f"checkpoint ({earlier[0]}): starting here would read the input again from its start and count "
+            "those events twice. Put the old checkpoint folder back (it was deleted or moved, or the "
+            "'checkpoints' setting changed), or start over in a new work directory"
+        )
+
+
+def _start_ingest(
+    spark: SparkSession,
+    pipeline: Pipeline,
+    settings: Settings,
+    locations: Locations,
+    lease: Lease,
+    *,
+    once: bool,
+    accept_data_loss: bool,
+) -> StreamingQuery:
     lagging = needs_catch_up(spark, pipeline, locations)  # before creating the speed tables of new views
     setup_ingest_tables(spark, pipeline, locations)
     if lagging:
         catch_up(spark, pipeline, locations, only=lagging)
     checkpoint = locations.checkpoint("ingest")
+    _refuse_a_new_checkpoint_over_output(spark, locations, checkpoint)
     fail_on_data_loss = None
     if settings.ingest.source == "kafka":
         lost = check_data_loss(spark, settings.ingest.kafka, checkpoint, accept=accept_data_loss)
@@ -330,6 +381,7 @@ def start_ingest(
         locations,
         appender,
         SpeedWriter(spark, pipeline, locations, appender, settings.speed.compact_every),
+        lease,
     )
     writer = (
         ingest_stream(
@@ -344,4 +396,7 @@ def start_ingest(
         .option("checkpointLocation", checkpoint)
         .foreachBatch(body)
     )
-    return with_trigger(writer, settings.ingest.trigger, once=once).start()
+    query = with_trigger(writer, settings.ingest.trigger, once=once).start()
+    lease.while_active(query)
+    release_with(spark, str(query.id), lease)
+    return query
