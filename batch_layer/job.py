@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -91,6 +91,7 @@ class StagedBatch:
     view_versions: dict[str, int]
     master_events: int
     seconds: float
+    view_fingerprints: dict[str, str] = field(default_factory=dict)
 
 
 def stage_batch(
@@ -119,19 +120,35 @@ def stage_batch(
     finally:
         repeats.unpersist()
     master_events = snapshot.count()  # answered from Delta's file statistics
-    return StagedBatch(uuid.uuid4().hex, version, versions, master_events, time.perf_counter() - started)
+    fingerprints = {view.name: view.fingerprint for view in pipeline.views}
+    seconds = time.perf_counter() - started
+    return StagedBatch(uuid.uuid4().hex, version, versions, master_events, seconds, fingerprints)
 
 
 def _write_view(view: View, events: DataFrame, path: str) -> None:
-    view.partials(events, by_tag=False).write.format("delta").mode("overwrite").save(path)
+    # overwriteSchema: a changed view (a new measure) replaces its table's schema with the new definition's.
+    partials = view.partials(events, by_tag=False)
+    partials.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
 
 
 def publish(spark: SparkSession, locations: Locations, staged: StagedBatch) -> Coverage:
     """Make a staged batch visible: one append to the coverage table."""
     published_at = datetime.now()  # naive local time: how PySpark reads and writes timestamps
-    coverage = Coverage(staged.run_id, staged.master_version, staged.view_versions, staged.master_events, published_at)
-    row = (coverage.run_id, coverage.master_version, coverage.view_versions, coverage.master_events, published_at)
-    frame = spark.createDataFrame([row], COVERAGE_SCHEMA)
+    coverage = Coverage(
+        staged.run_id,
+        staged.master_version,
+        staged.view_versions,
+        staged.master_events,
+        published_at,
+        view_fingerprints=staged.view_fingerprints,
+    )
+    return publish_coverage(spark, locations, coverage)
+
+
+def publish_coverage(spark: SparkSession, locations: Locations, coverage: Coverage) -> Coverage:
+    """Append ``coverage``'s row, its record in the commit's ``userMetadata`` (readers pin from the log)."""
+    row = (coverage.run_id, coverage.master_version, coverage.view_versions, coverage.master_events)
+    frame = spark.createDataFrame([(*row, coverage.published_at)], COVERAGE_SCHEMA)
     frame.write.format("delta").mode("append").option("userMetadata", coverage.mark()).save(locations.coverage)
     return coverage
 

@@ -36,11 +36,13 @@ from lambda_pipeline.core.config import duration_seconds
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.tables import (
+    FINGERPRINT_PROPERTY,
     NOTHING_INGESTED,
     QUARANTINE_SCHEMA,
     Coverage,
     Locations,
     latest_coverage,
+    table_property,
     table_version,
 )
 from lambda_pipeline.core.views import INGEST_TAG, INGESTED_AT_MAX, WINDOW_START, View
@@ -113,6 +115,8 @@ class Provenance:
     newest_event_window: datetime | None
     newest_ingested_at: datetime | None
     freshness_lag_seconds: float | None
+    batch_restores: str | None = None
+    """Set when the publication served is a rollback: the run id of the earlier one it serves again."""
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -262,11 +266,39 @@ class ServingLayer:
                 return self._session.createDataFrame([], QUARANTINE_SCHEMA)
             return reader.option("versionAsOf", pin.quarantine_version).load(self.locations.quarantine)
         view = next(v for v in self.pipeline.views if v.name.lower() == name)
+        self._check_definition(view, layer, pin)
         if layer == "batch":
             return view.finalize(self.batch_states(view, pin))
         if layer == "speed":
             return view.finalize(self.speed_states(view, pin))
         return view.finalize(self.batch_states(view, pin).unionByName(self.speed_states(view, pin)))
+
+    def _check_definition(self, view: View, layer: str, pin: Pin) -> None:
+        """Refuse to read states of another definition than the view's (never merge two), or a new view
+        whose states are not computed yet: the message says why and what to run."""
+        refresh = f"run 'lambda-pipeline refresh --view {view.name}' (or restart ingest, then run a batch)"
+        published = pin.coverage.view_fingerprints.get(view.name)
+        if layer in {"batch", "serving"} and published is not None and published != view.fingerprint:
+            raise LambdaError(
+                f"{layer}.{view.name}: the view's definition changed since publication {pin.coverage.run_id[:8]} "
+                f"(fingerprint {published} there, {view.fingerprint} now), whose batch view holds the old "
+                f"one; {refresh}"
+            )
+        if layer not in {"speed", "serving"}:
+            return
+        path = self.locations.speed_partials(view.name)
+        stamped = table_property(self._session, path, FINGERPRINT_PROPERTY)
+        if stamped is not None and stamped != view.fingerprint:
+            raise LambdaError(
+                f"{layer}.{view.name}: the speed partials were computed with another definition of the view "
+                f"(fingerprint {stamped} there, {view.fingerprint} now); {refresh}"
+            )
+        uncomputed = dict(pin.speed_versions).get(view.name) is None and view.name not in pin.coverage.view_versions
+        if uncomputed and pin.master_version > 0:
+            raise LambdaError(
+                f"{layer}.{view.name}: the view is new and not computed yet over the "
+                f"{pin.master_version} master commit(s) that exist; {refresh}"
+            )
 
     def _states(self, view: View, frame: DataFrame) -> DataFrame:
         return frame.select(*view.state_column_names())
@@ -462,6 +494,7 @@ class ServingLayer:
             newest_event_window=newest_window,
             newest_ingested_at=newest_ingested,
             freshness_lag_seconds=None,  # set by provenance(), at the time of asking
+            batch_restores=cov.restores,
         )
 
 

@@ -37,12 +37,15 @@ from lambda_pipeline.core.deltalog import commits
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.streaming import OnceAppender, PhaseTimer
 from lambda_pipeline.core.tables import (
+    FINGERPRINT_PROPERTY,
     Coverage,
     Locations,
     ensure_table,
     latest_coverage,
     partition_columns,
     require_table,
+    set_table_property,
+    table_property,
     table_version,
 )
 from lambda_pipeline.core.views import INGEST_TAG, View
@@ -50,7 +53,15 @@ from lambda_pipeline.core.views import INGEST_TAG, View
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["SpeedWriter", "catch_up", "needs_catch_up", "present_tags", "purge_covered", "setup_speed_tables"]
+__all__ = [
+    "SpeedWriter",
+    "catch_up",
+    "changed_views",
+    "needs_catch_up",
+    "present_tags",
+    "purge_covered",
+    "setup_speed_tables",
+]
 
 SPEED_PARTITIONING = (INGEST_TAG,)
 
@@ -63,7 +74,9 @@ def _partials(view: View, events: DataFrame) -> DataFrame:
 def setup_speed_tables(spark: SparkSession, pipeline: Pipeline, locations: Locations) -> None:
     """The tables speed writes: each view's partials, empty, partitioned by ingest tag."""
     for view in pipeline.views:
-        ensure_table(spark, locations.speed_partials(view.name), view.partial_schema(by_tag=True), SPEED_PARTITIONING)
+        path = locations.speed_partials(view.name)
+        stamp = {FINGERPRINT_PROPERTY: view.fingerprint}
+        ensure_table(spark, path, view.partial_schema(by_tag=True), SPEED_PARTITIONING, stamp)
 
 
 def purge_covered(spark: SparkSession, pipeline: Pipeline, locations: Locations, coverage: Coverage) -> None:
@@ -181,17 +194,19 @@ def catch_up(
     *,
     rebuild: bool = False,
     only: list[str] | None = None,
+    coverage: Coverage | None = None,
 ) -> dict[str, int]:
     """Recompute from master the partials of the uncovered tags each speed table lacks; tags written per view.
 
     Exact by construction: a tag's partials are one commit, so a table holds all of them or none, and only
     absent tags are computed. ``rebuild`` rewrites every speed table from master in one commit each (also
     moving an old table to the partitioned layout). ``only`` limits the work to those views (see
-    :func:`needs_catch_up`). Never run it beside a running ingest: ingest writes the partials of the tags
-    it creates, and a catch-up could compute a tag whose partials are in flight.
+    :func:`needs_catch_up`). ``coverage``: the tags above which partials are needed (default: the newest
+    publication; a rollback passes the one it is about to serve again). Never run it beside a running ingest:
+    ingest writes the partials of the tags it creates, and a catch-up could compute a tag in flight.
     """
     require_table(spark, locations.master)
-    coverage = latest_coverage(spark, locations.coverage)
+    coverage = coverage or latest_coverage(spark, locations.coverage)
     master = spark.read.format("delta").load(locations.master)
     written: dict[str, int] = {}
     for view in pipeline.views:
@@ -200,6 +215,7 @@ def catch_up(
         covered = coverage.covered_for(view.name)
         uncovered = master.filter(F.col(INGEST_TAG) > covered)
         path = locations.speed_partials(view.name)
+        stamp = {FINGERPRINT_PROPERTY: view.fingerprint}
         if rebuild and table_version(spark, path) is not None:
             partials = view.partials(uncovered, by_tag=True)
             (
@@ -211,8 +227,9 @@ def catch_up(
                 .save(path)
             )
             written[view.name] = len(present_tags(spark, path, covered))
+            set_table_property(spark, path, FINGERPRINT_PROPERTY, view.fingerprint)
             continue
-        ensure_table(spark, path, view.partial_schema(by_tag=True), SPEED_PARTITIONING)
+        ensure_table(spark, path, view.partial_schema(by_tag=True), SPEED_PARTITIONING, stamp)
         have = present_tags(spark, path, covered)
         missing = uncovered.filter(~F.col(INGEST_TAG).isin(sorted(have))) if have else uncovered
         partials = view.partials(missing, by_tag=True).persist()
@@ -223,4 +240,15 @@ def catch_up(
             written[view.name] = len(tags)
         finally:
             partials.unpersist()
+        set_table_property(spark, path, FINGERPRINT_PROPERTY, view.fingerprint)
     return written
+
+
+def changed_views(spark: SparkSession, pipeline: Pipeline, locations: Locations) -> list[str]:
+    """The views whose speed table holds partials of another definition (its fingerprint differs)."""
+    changed = []
+    for view in pipeline.views:
+        stamped = table_property(spark, locations.speed_partials(view.name), FINGERPRINT_PROPERTY)
+        if stamped is not None and stamped != view.fingerprint:
+            changed.append(view.name)
+    return changed

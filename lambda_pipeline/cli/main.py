@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run repeatedly; without a value, every batch.interval of the config",
     )
     batch.add_argument("--force", action="store_true", help="recompute even if master has not changed")
+    batch.add_argument(
+        "--rollback",
+        action="store_true",
+        help="serve the publication before the current one again (ingest stopped); the next batch moves on",
+    )
     query = verbs.add_parser("query", help="read-only SQL over serving.*, batch.*, speed.*, master.*")
     query.add_argument("sql", help='e.g. "SELECT * FROM serving.page_activity ORDER BY window_start DESC"')
     query.add_argument("--format", choices=("table", "json", "csv"), default="table")
@@ -118,6 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
     maintain.add_argument(
         "--table", action="append", metavar="NAME", help="only this table (repeatable): master, batch.<view>, ..."
     )
+    refresh = verbs.add_parser(
+        "refresh", help="recompute one view from master after its definition changed (ingest stopped)"
+    )
+    refresh.add_argument("--view", required=True, help="the view to recompute (the others stay served)")
+    audit = verbs.add_parser(
+        "audit", help="how far the speed layer's answer was from the batch's for the same events, per window"
+    )
+    audit.add_argument("--last", type=int, default=1, help="publications to audit, newest first (default 1)")
+    audit.add_argument("--format", choices=("table", "json"), default="table")
+    audit.add_argument(
+        "--fail-above",
+        type=float,
+        metavar="SHARE",
+        help="exit 3 when the share of events that differ is above this (e.g. 0.001)",
+    )
     demo = verbs.add_parser("demo", help="generator -> ingest (master + speed) -> batch -> merged query")
     demo.add_argument("--events", type=int, default=20_000, help="valid events to generate (default 20000)")
     demo.add_argument("--seed", type=int, default=None, help="generator seed (default: new each run)")
@@ -143,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_package_parser(verbs)  # no --config: one artifact serves every config
     add_init_parser(verbs)  # writes the configs: needs none
     emr_steps = add_emr_steps_parser(verbs)
-    for sub in (ingest, speed, batch, query, serve, maintain, demo, kafka, emr_steps, generate, s3):
+    for sub in (ingest, speed, batch, query, serve, maintain, refresh, audit, demo, kafka, emr_steps, generate, s3):
         _common(sub)
     return parser
 
@@ -249,6 +269,18 @@ def _cmd_speed(ctx: Context, args: argparse.Namespace) -> int:
 def _cmd_batch(ctx: Context, args: argparse.Namespace) -> int:
     from lambda_pipeline.batch_layer.job import run_batch
 
+    if args.rollback:
+        from lambda_pipeline.maintenance.rollback import rollback
+
+        if args.every is not None or args.force:
+            raise LambdaError("batch --rollback runs once: it takes neither --every nor --force")
+        restored = rollback(ctx.spark, ctx.pipeline, ctx.locations)
+        assert restored.restores is not None
+        print(
+            f"batch: rolled back: publication {restored.run_id[:8]} serves again {restored.restores[:8]} "
+            f"(master version {restored.master_version}; views {restored.view_versions})"
+        )
+        return 0
     interval = _interval(args.every, ctx.settings.batch.interval)
     if interval is not None:
         _wait_for_master(ctx, "batch")
@@ -274,6 +306,53 @@ def _interval(every: str | None, configured: str) -> float | None:
         return duration_seconds(configured if every == "config" else every)
     except ValueError as exc:
         raise LambdaError(f"--every: {exc}") from None
+
+
+def _cmd_refresh(ctx: Context, args: argparse.Namespace) -> int:
+    from lambda_pipeline.maintenance.refresh import refresh
+
+    started = time.monotonic()
+    coverage = refresh(ctx.spark, ctx.pipeline, ctx.locations, args.view)
+    print(
+        f"refresh: {args.view} recomputed from master and published in run {coverage.run_id[:8]} "
+        f"(master version {coverage.master_version}) in {time.monotonic() - started:.1f}s"
+    )
+    return 0
+
+
+AUDIT_ALERT = 3
+"""Exit code of ``audit --fail-above`` when the layers differed by more than allowed."""
+
+
+def _cmd_audit(ctx: Context, args: argparse.Namespace) -> int:
+    from lambda_pipeline.maintenance.audit import audit
+
+    if args.last < 1:
+        raise LambdaError(f"audit --last: expected 1 or more publications, got {args.last}")
+    audits = audit(ctx.spark, ctx.pipeline, ctx.locations, last=args.last)
+    if args.format == "json":
+        for one in audits:
+            print(json.dumps(one.as_dict(), default=str))
+    else:
+        for one in audits:
+            print(
+                f"audit: {one.view}, publication {one.publication[:8]} (tags {one.tags[0] + 1}..{one.tags[1]}): "
+                f"{one.differing:g} of {one.events:g} events differ ({one.share:.4%})"
+                + (f"; {one.note}" if one.note else "")
+            )
+            differing = [r for r in one.rows if r.difference]
+            if differing:
+                print(f"  {'window_start':<20} {'measure':<16} {'speed':>12} {'batch':>12} {'difference':>12}")
+            for r in differing:
+                print(
+                    f"  {r.window_start:%Y-%m-%d %H:%M:%S}  {r.measure:<16} {r.speed:>12g} {r.batch:>12g} "
+                    f"{r.difference:>+12g}"
+                )
+    worst = max((one.share for one in audits), default=0.0)
+    if args.fail_above is not None and worst > args.fail_above:
+        print(f"audit: {worst:.4%} of events differ, above --fail-above {args.fail_above:g}", file=sys.stderr)
+        return AUDIT_ALERT
+    return 0
 
 
 def _cmd_maintain(ctx: Context, args: argparse.Namespace) -> int:
@@ -380,6 +459,8 @@ COMMANDS: dict[str, Callable[[Context, argparse.Namespace], int]] = {
     "query": _cmd_query,
     "serve": _cmd_serve,
     "maintain": _cmd_maintain,
+    "audit": _cmd_audit,
+    "refresh": _cmd_refresh,
     "demo": _cmd_demo,
     "kafka": run_kafka,
     "s3": run_s3,

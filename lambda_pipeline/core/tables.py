@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import posixpath
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,16 +25,20 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COVERAGE_SCHEMA",
+    "FINGERPRINT_PROPERTY",
     "NOTHING_INGESTED",
     "QUARANTINE_SCHEMA",
     "Coverage",
     "Locations",
+    "coverage_history",
     "ensure_table",
     "latest_coverage",
     "latest_version",
     "partition_columns",
     "require_table",
+    "set_table_property",
     "sql_path",
+    "table_property",
     "table_version",
     "wait_for_table",
 ]
@@ -166,8 +170,14 @@ def sql_path(path: str) -> str:
     return "delta.`" + path.replace("`", "``") + "`"
 
 
-def ensure_table(spark: SparkSession, path: str, schema: T.StructType, partition_by: tuple[str, ...] = ()) -> None:
-    """Create the Delta table at ``path`` if absent (version 0, empty).
+def ensure_table(
+    spark: SparkSession,
+    path: str,
+    schema: T.StructType,
+    partition_by: tuple[str, ...] = (),
+    properties: dict[str, str] | None = None,
+) -> None:
+    """Create the Delta table at ``path`` if absent (version 0, empty, with ``properties``).
 
     Two jobs starting together (ingest and speed both ensure master) race to write version 0; the
     loser's ``ProtocolChangedException`` is harmless once the winner's version 0 is there. The wait asks
@@ -183,6 +193,8 @@ def ensure_table(spark: SparkSession, path: str, schema: T.StructType, partition
     builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
     if partition_by:
         builder = builder.partitionedBy(*partition_by)
+    for key, value in (properties or {}).items():
+        builder = builder.property(key, value)
     try:
         builder.execute()
     except Exception:
@@ -267,6 +279,25 @@ def _snapshot(spark: SparkSession, path: str) -> Any:
     return None if int(snapshot.version()) < 0 else snapshot
 
 
+FINGERPRINT_PROPERTY = "lambda_pipeline.fingerprint"
+"""The table property holding the ``View.fingerprint`` a speed table's partials were computed with."""
+
+
+def table_property(spark: SparkSession, path: str, key: str) -> str | None:
+    """A table property of the newest version (no Spark job), or None (no table, or not set)."""
+    snapshot = _snapshot(spark, path)
+    if snapshot is None:
+        return None
+    value = snapshot.metadata().configuration().get(key)
+    return str(value.get()) if value.isDefined() else None
+
+
+def set_table_property(spark: SparkSession, path: str, key: str, value: str) -> None:
+    """One metadata commit; a no-op when the property already holds ``value``."""
+    if table_property(spark, path, key) != value:
+        spark.sql(f"ALTER TABLE {sql_path(path)} SET TBLPROPERTIES ('{key}' = '{value}')")
+
+
 def _snapshot_identity(spark: SparkSession, path: str) -> tuple[int, str] | None:
     """(newest version, table id), or None when no table is there: the id tells a re-created table
     from the old one."""
@@ -287,6 +318,10 @@ class Coverage:
     view_versions: dict[str, int]
     master_events: int
     published_at: datetime
+    restores: str | None = None
+    """Set on a rollback: the run id of the earlier publication this one serves again."""
+    view_fingerprints: dict[str, str] = field(default_factory=dict)
+    """Each batch view's definition (``View.fingerprint``) as computed; empty for publications made before."""
 
     def covered_for(self, view: str) -> int:
         """The tags the batch view of ``view`` includes: none for a view this run did not compute.
@@ -318,6 +353,8 @@ class Coverage:
             {str(k): int(v) for k, v in record["view_versions"].items()},
             int(record["master_events"]),
             datetime.fromisoformat(record["published_at"]),
+            record.get("restores"),
+            {str(k): str(v) for k, v in (record.get("view_fingerprints") or {}).items()},
         )
 
 
@@ -342,6 +379,20 @@ def _coverage_from_log(spark: SparkSession, path: str, version: int) -> Coverage
     return None
 
 
+def coverage_history(spark: SparkSession, path: str, *, scan: int = 1000) -> list[Coverage]:
+    """Every publication the coverage table's newest ``scan`` commits record, oldest first (from the log)."""
+    from lambda_pipeline.core.deltalog import commits
+
+    newest = table_version(spark, path)
+    found: list[Coverage] = []
+    for _version, actions in commits(spark, path, newest if newest is not None else -1, scan):
+        for action in actions:
+            record = Coverage.from_mark((action.get("commitInfo") or {}).get("userMetadata") or "")
+            if record is not None:
+                found.append(record)
+    return found[::-1]
+
+
 def latest_coverage(spark: SparkSession, path: str, version: int | None = None) -> Coverage:
     """The newest coverage record (as of a table version, if given).
 
@@ -361,7 +412,9 @@ def latest_coverage(spark: SparkSession, path: str, version: int | None = None) 
         _coverage_cache[(path, table_id, version)] = result
         return result
     coverage: DataFrame = spark.read.format("delta").option("versionAsOf", version).load(path)
-    row = coverage.orderBy(coverage.master_version.desc(), coverage.published_at.desc()).first()
+    # The newest publication is the newest row: one batch publishes at a time, and a rollback re-publishes an
+    # older coverage with a newer time.
+    row = coverage.orderBy(coverage.published_at.desc()).first()
     result = (
         Coverage.none()
         if row is None

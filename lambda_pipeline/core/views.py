@@ -341,6 +341,27 @@ class View:
                     raise ViewDefinitionError(f"{where}: column '{name}' of measure '{measure}' clashes")
                 taken.add(name)
 
+    # ---- identity ----------------------------------------------------------------------
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of everything that decides the view's states: keys, window, measures and the states they
+        compile to, the partial schema, and the source's id column. Serving never merges states of two
+        fingerprints; a changed view is recomputed (``lambda-pipeline refresh --view``)."""
+        import hashlib
+        import json
+
+        definition = {
+            "id": self.source.id_column,
+            "keys": list(self.keys),
+            "window": [self.window.column, duration_seconds(self.window.size)],
+            "partial": self.partial_sql(),
+            "merge": self.merge_sql(),
+            "schema": self.partial_schema(by_tag=False).jsonValue(),
+        }
+        text = json.dumps(definition, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
     # ---- compiled forms ---------------------------------------------------------------
 
     @property

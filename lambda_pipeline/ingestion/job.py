@@ -44,7 +44,13 @@ from lambda_pipeline.core.tables import QUARANTINE_SCHEMA, Locations, ensure_tab
 from lambda_pipeline.core.views import INGEST_TAG, INGESTED_AT, SOURCE_FILE, EventSource
 from lambda_pipeline.ingestion.data_loss import check_data_loss, record_data_loss
 from lambda_pipeline.ingestion.sources import PRE_REASON, RAW, file_lines, kafka_lines
-from lambda_pipeline.speed_layer.job import SpeedWriter, catch_up, needs_catch_up, setup_speed_tables
+from lambda_pipeline.speed_layer.job import (
+    SpeedWriter,
+    catch_up,
+    changed_views,
+    needs_catch_up,
+    setup_speed_tables,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -363,7 +369,11 @@ def _start_ingest(
     accept_data_loss: bool,
 ) -> StreamingQuery:
     lagging = needs_catch_up(spark, pipeline, locations)  # before creating the speed tables of new views
+    changed = changed_views(spark, pipeline, locations)
     setup_ingest_tables(spark, pipeline, locations)
+    if changed:  # a view's definition changed: its partials are recomputed from master with the new one
+        catch_up(spark, pipeline, locations, rebuild=True, only=changed)
+    lagging = [view for view in lagging if view not in changed]
     if lagging:
         catch_up(spark, pipeline, locations, only=lagging)
     checkpoint = locations.checkpoint("ingest")
