@@ -38,7 +38,7 @@ from lambda_pipeline.local_services.process import free_port
 from lambda_pipeline.serving_layer.client import Client, ServerError
 
 NAME = "soak"
-QUERY = "SELECT sum(events) AS n FROM serving.page_activity"
+QUERY = "SELECT coalesce(sum(events), 0) AS n FROM serving.page_activity"
 JOBS = ("generator", "ingest", "batch", "maintain", "serve")
 
 
@@ -223,7 +223,7 @@ def plot(points: dict[str, list[tuple[float, float]]], path: Path) -> None:
             .mark_line(point=True)
             .encode(x="minute:Q", y="value:Q", color="series:N")
         )
-    alt.vconcat(*charts).save(str(path), scale_factor=1.0)
+    alt.vconcat(*charts).resolve_scale(color="independent").save(str(path), scale_factor=1.0)
 
 
 def _start(name: str, command: list[str], env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:

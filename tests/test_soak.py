@@ -24,7 +24,7 @@ def test_a_short_soak_keeps_files_bounded_and_every_job_alive(tmp_path: Path) ->
     command = [
         sys.executable,
         str(ROOT / "bench" / "soak.py"),
-        "--minutes", "3",
+        "--minutes", "2.5",
         "--rate", "300",
         "--sample", "20",
         "--settle", "1",
@@ -40,11 +40,11 @@ def test_a_short_soak_keeps_files_bounded_and_every_job_alive(tmp_path: Path) ->
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(output.read_text())
     samples = result["samples"]
-    assert len(samples) >= 6 and plot.stat().st_size > 0
+    assert len(samples) >= 5 and plot.stat().st_size > 0
     assert all(s["query_p50_ms"] is not None for s in samples), "the merged query stopped answering"
     master = [s["tables"]["master/master_events"] for s in samples]
     commits = master[-1]["log_files"]
     # Compaction: master holds far fewer live files than the micro-batches that wrote it, and never piles up.
     assert master[-1]["live_files"] < commits / 2, master[-1]
     assert max(m["live_files"] for m in master[len(master) // 2 :]) <= 120, [m["live_files"] for m in master]
-    assert samples[-1]["events"] > samples[0]["events"] > 0
+    assert samples[-1]["events"] > samples[1]["events"] > 0  # the first sample may precede the first commit
