@@ -8,6 +8,7 @@ from pyspark.sql import DataFrame, SparkSession
 from lambda_pipeline.batch_layer.job import deduplicate, run_batch
 from lambda_pipeline.core.config import Settings
 from lambda_pipeline.core.tables import Locations
+from lambda_pipeline.core.views import TumblingWindow, View, count, max_of
 from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.pipelines.clickstream import CLICKS, CLICKSTREAM, PAGE_ACTIVITY
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
@@ -73,3 +74,49 @@ def events_at(spark: SparkSession, locations: Locations, view: str, pin: dict) -
     tag_list = ",".join(str(t) for t in tags) or "-1"
     assert max([covered, *tags]) <= master_version  # master is read last: it holds every tag served
     return master.filter(f"ingest_tag <= {covered} OR ingest_tag IN ({tag_list})").count()
+
+
+class LayersAtWork:
+    """Ingest and batch committing in a thread while a test reads: ``rounds`` files of ``events`` each, each
+    ingested, and a batch after every second one. ``failures`` holds what the thread raised; ``done`` is set
+    when it ends."""
+
+    def __init__(
+        self, spark: SparkSession, settings: Settings, locations: Locations, generator: ClickstreamGenerator, *,
+        events: int = 50, rounds: int = 4,
+    ) -> None:  # fmt: skip
+        import threading
+
+        self.failures: list[BaseException] = []
+        self.done = threading.Event()
+
+        def work() -> None:
+            try:
+                for round_ in range(rounds):
+                    generator.write(locations.landing, events, files=1)
+                    ingest_once(spark, settings, locations)
+                    if round_ % 2:
+                        run_batch(spark, CLICKSTREAM, locations)
+            except BaseException as exc:  # reported by the test's thread
+                self.failures.append(exc)
+            finally:
+                self.done.set()
+
+        self.thread = threading.Thread(target=work, daemon=True)
+        self.thread.start()
+
+    def join(self, timeout: float) -> None:
+        """Wait for the end (bounded), then fail the test with what the thread raised, or if it still runs."""
+        self.thread.join(timeout=timeout)
+        assert not self.failures, self.failures
+        assert not self.thread.is_alive(), "the layers did not finish within the deadline"
+
+
+PAGE_VISITS = View(
+    name="page_visits",
+    source=CLICKS,
+    keys=("page",),
+    window=TumblingWindow("event_time", "5 minutes"),
+    measures={"visits": count(), "longest_ms": max_of("duration_ms")},
+)
+"""A second view over the clickstream, for tests of several views."""

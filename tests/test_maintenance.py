@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -17,7 +16,7 @@ from lambda_pipeline.maintenance.job import maintain, table_files
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 from lambda_pipeline.serving_layer.catalog import ServingLayer
-from tests.helpers import events_at, ingest_once
+from tests.helpers import LayersAtWork, events_at, ingest_once
 
 SUM = "SELECT coalesce(sum(events), 0) AS n FROM serving.page_activity"
 
@@ -42,26 +41,13 @@ def test_maintenance_beside_ingest_and_batch_fails_no_commit_and_keeps_serving_e
     run_batch(spark, CLICKSTREAM, locations)
     before = table_files(spark, locations.master)
     assert before is not None and before.live_files >= 4
-    failures: list[BaseException] = []
-
-    def layers_at_work() -> None:  # ingest and batch commit while maintenance runs
-        try:
-            for round_ in range(4):
-                generator.write(locations.landing, 40, files=1)
-                ingest_once(spark, settings, locations)
-                if round_ % 2:
-                    run_batch(spark, CLICKSTREAM, locations)
-        except BaseException as exc:  # reported by the main thread
-            failures.append(exc)
-
-    worker = threading.Thread(target=layers_at_work, daemon=True)
     serving = ServingLayer(spark, CLICKSTREAM, locations)
     probes: list[tuple[dict, int]] = []
-    worker.start()
+    layers = LayersAtWork(spark, settings, locations, generator, events=40)
     deadline = time.monotonic() + 600
     try:
         rounds = 0
-        while (worker.is_alive() or rounds < 2) and time.monotonic() < deadline and rounds < 6:
+        while (not layers.done.is_set() or rounds < 2) and time.monotonic() < deadline and rounds < 6:
             reports = maintain(spark, CLICKSTREAM, locations)
             assert {r.table for r in reports} == {
                 "master",
@@ -74,9 +60,7 @@ def test_maintenance_beside_ingest_and_batch_fails_no_commit_and_keeps_serving_e
             probes.append((answer.pin.as_dict(), answer.frame.first().n))
             rounds += 1
     finally:
-        worker.join(timeout=max(1.0, deadline - time.monotonic()))
-    assert not failures, failures
-    assert not worker.is_alive(), "the layers did not finish within the deadline"
+        layers.join(timeout=max(1.0, deadline - time.monotonic()))
     for pin, n in probes:  # each answer is what its pin holds: no event lost or counted twice
         assert n == events_at(spark, locations, "page_activity", pin), pin
 

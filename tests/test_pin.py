@@ -11,22 +11,14 @@ import pytest
 from lambda_pipeline.batch_layer.job import publish, run_batch, stage_batch
 from lambda_pipeline.cli.main import main
 from lambda_pipeline.core.pipeline import Pipeline
-from lambda_pipeline.core.views import TumblingWindow, View, count, max_of
 from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.pipelines.clickstream import CLICKS, CLICKSTREAM, PAGE_ACTIVITY
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 from lambda_pipeline.serving_layer.catalog import Pin, ServingLayer
-from tests.helpers import events_at
+from tests.helpers import PAGE_VISITS, events_at
 
 pytestmark = pytest.mark.integration
 
-PAGE_VISITS = View(
-    name="page_visits",
-    source=CLICKS,
-    keys=("page",),
-    window=TumblingWindow("event_time", "5 minutes"),
-    measures={"visits": count(), "longest_ms": max_of("duration_ms")},
-)
 TWO_VIEWS = Pipeline(name="two_views", source=CLICKS, views=(PAGE_ACTIVITY, PAGE_VISITS))
 
 JOINED = (

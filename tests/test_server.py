@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -22,7 +21,7 @@ from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 from lambda_pipeline.serving_layer.catalog import ServingLayer
 from lambda_pipeline.serving_layer.client import Client, ServerError
 from lambda_pipeline.serving_layer.server import QueryServer, check_bind, server_file
-from tests.helpers import batch_then_speed, events_at, ingest_once
+from tests.helpers import LayersAtWork, batch_then_speed, events_at, ingest_once
 
 MERGED_SUM = "SELECT sum(events) AS n FROM serving.page_activity"
 
@@ -153,20 +152,6 @@ def test_eight_clients_while_ingest_and_batch_run_each_get_the_answer_of_their_p
     generator = ClickstreamGenerator(9, malformed_fraction=0.0, duplicate_fraction=0.0)
     batch_then_speed(spark, settings, locations, generator, batch=(200, 1), speed=(80, 1))
     server = QueryServer(spark, CLICKSTREAM, locations, ServeSettings(port=0, queue_wait="300 seconds")).start()
-    failures: list[BaseException] = []
-    layers_done = threading.Event()
-
-    def layers_at_work() -> None:  # ingest and batch commit while the clients ask
-        try:
-            for round_ in range(4):
-                generator.write(locations.landing, 50, files=1)
-                ingest_once(spark, settings, locations)
-                if round_ % 2:
-                    run_batch(spark, CLICKSTREAM, locations)
-        except BaseException as exc:  # reported by the main thread
-            failures.append(exc)
-        finally:
-            layers_done.set()
 
     def client(_: int) -> list[tuple[dict, int]]:
         answers: list[tuple[dict, int]] = []
@@ -175,20 +160,17 @@ def test_eight_clients_while_ingest_and_batch_run_each_get_the_answer_of_their_p
         while time.monotonic() < deadline and len(answers) < 25:
             answer = connection.query(MERGED_SUM)
             answers.append((answer.pin, answer.table.column("n")[0].as_py()))
-            if layers_done.is_set() and len(answers) >= 2:
+            if layers.done.is_set() and len(answers) >= 2:
                 break
         return answers
 
-    worker = threading.Thread(target=layers_at_work, daemon=True)
+    layers = LayersAtWork(spark, settings, locations, generator)
     try:
-        worker.start()
         with ThreadPoolExecutor(max_workers=8) as pool:
             answered = [a for answers in pool.map(client, range(8)) for a in answers]
-        worker.join(timeout=600)
+        layers.join(timeout=600)
     finally:
         server.stop()
-    assert not failures, failures
-    assert not worker.is_alive(), "the layers did not finish within the deadline"
     by_pin = {json.dumps(pin, sort_keys=True): pin for pin, _ in answered}
     assert len(by_pin) >= 2, "the clients never saw the layers move"
     expected = {key: events_at(spark, locations, "page_activity", pin) for key, pin in by_pin.items()}

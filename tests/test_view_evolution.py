@@ -14,16 +14,10 @@ from lambda_pipeline.maintenance.refresh import refresh
 from lambda_pipeline.pipelines.clickstream import CLICKS, PAGE_ACTIVITY
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 from lambda_pipeline.serving_layer.catalog import ServingLayer
+from tests.helpers import PAGE_VISITS
 
 pytestmark = pytest.mark.integration
 
-PAGE_VISITS = View(
-    name="page_visits",
-    source=CLICKS,
-    keys=("page",),
-    window=TumblingWindow("event_time", "5 minutes"),
-    measures={"visits": count()},
-)
 BEFORE = Pipeline(name="evolving", source=CLICKS, views=(PAGE_ACTIVITY, PAGE_VISITS))
 # The same view name with one more measure: another definition, another fingerprint.
 PAGE_ACTIVITY_V2 = View(

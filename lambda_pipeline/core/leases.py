@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from lambda_pipeline.core.deltalog import read_text
 from lambda_pipeline.core.errors import LambdaError
+from lambda_pipeline.core.locks import process_alive
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -72,7 +73,7 @@ class Holder:
             if self.pid == os.getpid():  # this process: live while the lease object that took it works
                 working = _working.get(self.token)
                 return working is not None and working()
-            return _running(self.pid)
+            return process_alive(self.pid)
         return time.time() - self.renewed < ttl
 
     def describe(self) -> str:
@@ -82,16 +83,6 @@ class Holder:
 
 _working: dict[str, Callable[[], bool]] = {}
 """Leases taken by this process, by token: whether the job that holds each is still at work."""
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Lease:

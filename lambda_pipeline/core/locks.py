@@ -1,8 +1,9 @@
-"""One exclusive file lock, for the few things several processes must not do at once (fetching jars)."""
+"""Coordination between processes: one exclusive file lock (fetching jars), and whether a process still runs."""
 
 from __future__ import annotations
 
 import fcntl
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from lambda_pipeline.core.errors import EnvironmentProblem
 
-__all__ = ["file_lock"]
+__all__ = ["file_lock", "process_alive"]
 
 
 @contextmanager
@@ -37,3 +38,14 @@ def file_lock(path: Path, timeout: float, doing: str = "resolving jars") -> Iter
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (one owned by another user counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from lambda_pipeline.core.config import SparkSettings
 from lambda_pipeline.core.errors import EnvironmentProblem
+from lambda_pipeline.core.locks import process_alive
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -459,7 +460,7 @@ class ClassArchive:
                 pid: int | None = int(dump.with_suffix(".jvm").read_text())
             except (OSError, ValueError):
                 pid = None
-            found.append((dump, pid if pid is not None and _alive(pid) else None))
+            found.append((dump, pid if pid is not None and process_alive(pid) else None))
         return [(dump, pid) for dump, pid in found if pid is not None or dump.stat().st_mtime > _stale()]
 
     def _adopt(self) -> bool:
@@ -470,7 +471,7 @@ class ClassArchive:
                 pid = int(marker.read_text())
             except (OSError, ValueError):
                 pid = None
-            if pid is not None and _alive(pid):
+            if pid is not None and process_alive(pid):
                 continue
             if pid is None and dump.stat().st_mtime > _stale():
                 continue  # its JVM has not reported yet
@@ -484,16 +485,6 @@ class ClassArchive:
 
 
 _recording: list[Path] = []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _stale() -> float:
