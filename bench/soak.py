@@ -265,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run([*cli, "kafka", "start", *common], env=env, check=True, timeout=300)
     processes: dict[str, subprocess.Popen[bytes]] = {}
     rows: list[dict[str, Any]] = []
+    stopped: dict[str, float] = {}
     try:
         subprocess.run([*cli, "kafka", "create-topic", *common], env=env, check=True, timeout=300)
         seconds = args.minutes * 60
@@ -299,8 +300,10 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             dead = [name for name, p in processes.items() if p.poll() is not None and name != "generator"]
-            if dead:
-                raise RuntimeError(f"{', '.join(dead)} stopped during the soak; see {logs}")
+            if dead:  # the run ends here; what was sampled is still reported
+                stopped = {name: round((time.monotonic() - started) / 60, 1) for name in dead}
+                print(f"{', '.join(dead)} stopped during the soak; see {logs}", flush=True)
+                break
             time.sleep(max(0.0, args.sample - (time.monotonic() - started) % args.sample))  # the sampling clock
     finally:
         for name in reversed(JOBS):
@@ -322,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         NAME,
         {
             "parameters": {k: v for k, v in vars(args).items() if k != "output"},
+            "stopped": stopped,
             "samples": rows,
             "slopes_per_hour": fitted,
             "plot": str(png),
@@ -329,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if own and not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
-    return 0
+    return 1 if stopped else 0
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ def test_a_short_soak_keeps_files_bounded_and_every_job_alive(tmp_path: Path) ->
     done = subprocess.run(command, capture_output=True, text=True, timeout=1200, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(output.read_text())
+    assert result["stopped"] == {}, result["stopped"]
     samples = result["samples"]
     assert len(samples) >= 5 and plot.stat().st_size > 0
     assert all(s["query_p50_ms"] is not None for s in samples), "the merged query stopped answering"
