@@ -356,7 +356,8 @@ def _cmd_audit(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _cmd_maintain(ctx: Context, args: argparse.Namespace) -> int:
-    from lambda_pipeline.maintenance.job import Maintained, maintain
+    from lambda_pipeline.core.leases import Lease, LeaseHeld
+    from lambda_pipeline.core.maintenance import INGESTS, Maintained, maintain
 
     interval = _interval(args.every, ctx.settings.maintenance.interval)
 
@@ -370,9 +371,23 @@ def _cmd_maintain(ctx: Context, args: argparse.Namespace) -> int:
             flush=True,
         )
 
+    ingests = sorted(set(args.table or []) & INGESTS)
     while True:
         started = time.monotonic()
-        done = maintain(ctx.spark, ctx.pipeline, ctx.locations, only=args.table, on_table=report)
+        lease = None
+        if ingests:  # only while ingest is stopped: it tags master commits with the versions it predicts
+            try:
+                lease = Lease(ctx.spark, ctx.locations, "ingest", ctx.locations.master).acquire()
+            except LeaseHeld as held:
+                raise LambdaError(
+                    f"maintain --table {' --table '.join(ingests)}: {held}. A running ingest maintains master and "
+                    "quarantine itself, every maintenance.interval"
+                ) from None
+        try:
+            done = maintain(ctx.spark, ctx.pipeline, ctx.locations, only=args.table, on_table=report)
+        finally:
+            if lease is not None:
+                lease.release()
         retention = ctx.settings.maintenance.retention
         print(f"maintain: {len(done)} table(s) in {time.monotonic() - started:.1f}s (retention {retention})")
         if interval is None:

@@ -18,7 +18,9 @@ hang off the same streaming source, so they see the same offsets.
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from lambda_pipeline.core.config import EventTimePolicy, Settings, duration_seco
 from lambda_pipeline.core.deltalog import read_text
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.leases import Lease, release_with
+from lambda_pipeline.core.maintenance import INGESTS, maintain
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.streaming import (
     CheckpointAppId,
@@ -208,6 +211,10 @@ class IngestBatch:
     speed: SpeedWriter
     lease: Lease | None = None
     """Checked before the micro-batch commits anything: an instance that lost it stops (core/leases.py)."""
+    maintain_every: float | None = None
+    """Seconds between this job's own compaction and vacuum of master and quarantine: no other process may
+    commit to them while it runs (core/maintenance.py)."""
+    _maintained_at: float = dataclasses.field(default_factory=time.monotonic)
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         timer = PhaseTimer("ingest", batch_id)
@@ -252,6 +259,10 @@ class IngestBatch:
         finally:
             routed.unpersist()
         self.speed.maintain(batch_id, timer)
+        if self.maintain_every is not None and time.monotonic() - self._maintained_at >= self.maintain_every:
+            with timer.phase("maintain"):
+                maintain(self.spark, self.speed.pipeline, self.locations, only=sorted(INGESTS))
+            self._maintained_at = time.monotonic()
         timer.report()
 
     def _append_master(self, events: DataFrame, batch_id: int) -> tuple[int, bool]:
@@ -392,6 +403,7 @@ def _start_ingest(
         appender,
         SpeedWriter(spark, pipeline, locations, appender, settings.speed.compact_every),
         lease,
+        duration_seconds(settings.maintenance.interval),
     )
     writer = (
         ingest_stream(

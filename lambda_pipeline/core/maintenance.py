@@ -1,15 +1,18 @@
 """Table maintenance for runs of weeks: compaction and vacuum of every table, without failing a writer.
 
-Which Delta operations, on which tables, and why none can make a concurrent writer fail:
+Which Delta operations, on which tables, by whom, and why none can make a writer fail:
 
+- **Master and quarantine are maintained by ingest itself**, between two micro-batches, every
+  ``maintenance.interval``: ingest tags each master commit with the version it predicts for it, so no other
+  process may commit to master while ingest runs (a compaction or a vacuum is a commit too). ``maintain``
+  touches them only when asked (``--table master``) and only while ingest is stopped (it takes ingest's
+  lease).
 - **OPTIMIZE** (bin-packing, ``executeCompaction``) on master, quarantine and the coverage table, once one
-  holds ``maintenance.compact_min_files`` files. Their writers only append, and Delta never fails a blind
-  append, nor a compaction, because of the other: the compaction rewrites files the append does not read,
-  and marks its commit ``dataChange=false``. Not on a batch view (each batch run overwrites it whole: one
-  file set per publication, and an overwrite concurrent with a compaction would conflict), nor on a speed
-  table of the partitioned layout (ingest writes one file per tag already, and the purge of covered tags
-  deletes whole partitions, which would conflict with a compaction that rewrote them). Speed tables of the
-  old unpartitioned layout are compacted by ingest itself (``speed.compact_every``).
+  holds ``maintenance.compact_min_files`` files: their writers only append, and a blind append and a
+  compaction (``dataChange=false``) never conflict. Not on a batch view (each batch run overwrites it whole,
+  and an overwrite concurrent with a compaction would conflict), nor on a speed table of the partitioned
+  layout (ingest writes one file per tag already; the purge of covered tags deletes whole partitions, which
+  would conflict with a compaction that rewrote them).
 - **VACUUM** on every table with ``maintenance.retention``: it deletes only data files that left the table
   more than that long ago, so no reader pinned within the retention loses a file. Its log entries
   (``VACUUM START`` / ``END``) carry no data action and conflict with no commit.
@@ -36,7 +39,7 @@ from lambda_pipeline.core.tables import Locations, table_version
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["COMPACTED", "Maintained", "TableFiles", "maintain", "table_files", "tables_of"]
+__all__ = ["COMPACTED", "INGESTS", "Maintained", "TableFiles", "maintain", "table_files", "tables_of"]
 
 _DELTA_DEFAULT_RETENTION_HOURS = 168.0
 
@@ -102,6 +105,8 @@ def table_files(spark: SparkSession, path: str) -> TableFiles | None:
 
 COMPACTED = frozenset({"master", "quarantine", "coverage"})
 """The tables whose writers only append (see the module's docstring)."""
+INGESTS = frozenset({"master", "quarantine"})
+"""The tables only ingest may commit to while it runs: it maintains them itself."""
 
 
 def maintain(
@@ -112,10 +117,12 @@ def maintain(
     only: list[str] | None = None,
     on_table: Any = None,
 ) -> list[Maintained]:
-    """Compact and vacuum every table of the deployment (or those named in ``only``); one report per table.
+    """Compact and vacuum the tables named in ``only`` (by default every table but master and quarantine,
+    which ingest maintains); one report per table.
 
-    Safe beside running ingest, batch and serving (see the module's docstring); a table that does not exist
-    yet is skipped.
+    Safe beside running ingest, batch and serving for the default tables (see the module's docstring). The
+    caller of master's or quarantine's maintenance holds ingest's lease. A table that does not exist yet is
+    skipped.
     """
     from delta.tables import DeltaTable
 
@@ -132,7 +139,7 @@ def maintain(
         raise LambdaError(f"maintain --table {', '.join(unknown)}: no such table; the tables are: {', '.join(tables)}")
     done: list[Maintained] = []
     for name, path in tables.items():
-        if only and name not in only:
+        if (only and name not in only) or (not only and name in INGESTS):
             continue
         started = time.perf_counter()
         before = table_files(spark, path)
