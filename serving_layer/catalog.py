@@ -162,6 +162,8 @@ class ServingLayer:
         self._relations_pin: Pin | None = None
         # Provenance of the newest pin asked for, per view (its freshness lag is recomputed on every call).
         self._provenance: tuple[str, dict[str, Provenance]] = ("", {})
+        # The fingerprint property of each speed table, by path: (the table version it was read at, value).
+        self._fingerprints: dict[str, tuple[int | None, str | None]] = {}
 
     @property
     def session(self) -> SparkSession:
@@ -287,7 +289,13 @@ class ServingLayer:
         if layer not in {"speed", "serving"}:
             return
         path = self.locations.speed_partials(view.name)
-        stamped = table_property(self._session, path, FINGERPRINT_PROPERTY)
+        version = dict(pin.speed_versions).get(view.name)
+        known = self._fingerprints.get(path)
+        if known is not None and known[0] == version:  # read once per speed version, not per query
+            stamped = known[1]
+        else:
+            stamped = table_property(self._session, path, FINGERPRINT_PROPERTY)
+            self._fingerprints[path] = (version, stamped)
         if stamped is not None and stamped != view.fingerprint:
             raise LambdaError(
                 f"{layer}.{view.name}: the speed partials were computed with another definition of the view "
