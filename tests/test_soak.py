@@ -48,4 +48,9 @@ def test_a_short_soak_keeps_files_bounded_and_every_job_alive(tmp_path: Path) ->
     # Compaction: master holds far fewer live files than the micro-batches that wrote it, and never piles up.
     assert master[-1]["live_files"] < commits / 2, master[-1]
     assert max(m["live_files"] for m in master[len(master) // 2 :]) <= 120, [m["live_files"] for m in master]
-    assert samples[-1]["events"] > samples[1]["events"] > 0  # the first sample may precede the first commit
+    # The merged count only grows (each answer is exact at its pin, and master only gains events), and it
+    # moves while the soak runs. The first samples may precede ingest's first commit on a slow machine.
+    counts = [s["events"] for s in samples if s.get("events") is not None]
+    assert counts == sorted(counts), counts
+    positive = [n for n in counts if n > 0]
+    assert len(positive) >= 2 and positive[-1] > positive[0], counts
