@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from pyspark.sql import functions as F
 
+from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.leases import Lease
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.tables import (
@@ -36,7 +37,15 @@ from lambda_pipeline.core.views import INGEST_TAG, EventSource, View
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["StagedBatch", "deduplicate", "publish", "run_batch", "setup_batch_tables", "stage_batch"]
+__all__ = [
+    "StagedBatch",
+    "deduplicate",
+    "publish",
+    "require_columns",
+    "run_batch",
+    "setup_batch_tables",
+    "stage_batch",
+]
 
 
 BROADCAST_REPEATS = 1_000_000
@@ -101,6 +110,7 @@ def stage_batch(
     started = time.perf_counter()
     version = latest_version(spark, locations.master) if master_version is None else master_version
     snapshot = spark.read.format("delta").option("versionAsOf", version).load(locations.master)
+    require_columns(snapshot, pipeline, locations.master)
     # Settle the repeated ids first (one pass over the id column): usually there are none, and the
     # views then read the snapshot as it is, with no join and no shuffle of whole rows.
     partitions = 4 * spark.sparkContext.defaultParallelism
@@ -123,6 +133,18 @@ def stage_batch(
     fingerprints = {view.name: view.fingerprint for view in pipeline.views}
     seconds = time.perf_counter() - started
     return StagedBatch(uuid.uuid4().hex, version, versions, master_events, seconds, fingerprints)
+
+
+def require_columns(master: DataFrame, pipeline: Pipeline, path: str) -> None:
+    """Refuse, saying what to run, when a view reads a source field that master has no column for yet."""
+    missing = sorted({column for view in pipeline.views for column in view.reads} - set(master.columns))
+    if missing:
+        raise LambdaError(
+            f"master table {path} has no column {', '.join(repr(c) for c in missing)} that a view reads: the "
+            "field was added to the source after these events were ingested. Start ingest once with the new "
+            "source definition (it adds the column), or fill past events with 'lambda-pipeline refresh "
+            f"--backfill {missing[0]}'."
+        )
 
 
 def _write_view(view: View, events: DataFrame, path: str) -> None:

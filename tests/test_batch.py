@@ -15,12 +15,12 @@ T0 = datetime(2026, 1, 1, 9, 0)
 
 def _rows():
     return [
-        ("a", "u1", "/x", T0, 10, 3, T0, "f3"),
-        ("a", "u1", "/x", T0, 10, 1, T0, "f1"),  # first copy of "a": kept
-        ("a", "u1", "/x", T0, 10, 7, T0, "f7"),
-        ("b", "u2", "/y", T0, 20, 2, T0, "f2"),
-        ("c", "u3", "/z", T0, 30, 5, T0, "f5"),
-        ("c", "u9", "/z", T0, 99, 4, T0, "f4"),  # copies that differ: the smaller tag wins
+        ("a", "u1", "/x", T0, 10, 3, T0, "f3", None),
+        ("a", "u1", "/x", T0, 10, 1, T0, "f1", None),  # first copy of "a": kept
+        ("a", "u1", "/x", T0, 10, 7, T0, "f7", None),
+        ("b", "u2", "/y", T0, 20, 2, T0, "f2", None),
+        ("c", "u3", "/z", T0, 30, 5, T0, "f5", None),
+        ("c", "u9", "/z", T0, 99, 4, T0, "f4", None),  # copies that differ: the smaller tag wins
     ]
 
 

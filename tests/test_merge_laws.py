@@ -54,7 +54,7 @@ event = st.tuples(
 
 def _rows(events: list[tuple]) -> list[tuple]:
     return [
-        (f"e{i}", f"u{user}", page, BASE + timedelta(seconds=sec), dur, part + 1, BASE, "f")
+        (f"e{i}", f"u{user}", page, BASE + timedelta(seconds=sec), dur, part + 1, BASE, "f", None)
         for i, (page, user, sec, dur, part) in enumerate(events)
     ]
 

@@ -69,10 +69,10 @@ def test_declaration_compiles_to_state_and_merge_sql() -> None:
 
 def _events(spark):
     rows = [
-        ("e1", "u1", "/a", datetime(2026, 1, 1, 10, 0, 5), 100, 1, datetime(2026, 1, 1, 10, 1), "f"),
-        ("e2", "u2", "/a", datetime(2026, 1, 1, 10, 0, 50), 300, 2, datetime(2026, 1, 1, 10, 2), "f"),
-        ("e3", "u1", "/a", datetime(2026, 1, 1, 10, 1, 1), 50, 2, datetime(2026, 1, 1, 10, 2), "f"),
-        ("e4", "u3", "/b", datetime(2026, 1, 1, 10, 0, 0), 7, 2, datetime(2026, 1, 1, 10, 2), "f"),
+        ("e1", "u1", "/a", datetime(2026, 1, 1, 10, 0, 5), 100, 1, datetime(2026, 1, 1, 10, 1), "f", None),
+        ("e2", "u2", "/a", datetime(2026, 1, 1, 10, 0, 50), 300, 2, datetime(2026, 1, 1, 10, 2), "f", None),
+        ("e3", "u1", "/a", datetime(2026, 1, 1, 10, 1, 1), 50, 2, datetime(2026, 1, 1, 10, 2), "f", None),
+        ("e4", "u3", "/b", datetime(2026, 1, 1, 10, 0, 0), 7, 2, datetime(2026, 1, 1, 10, 2), "f", None),
     ]
     return spark.createDataFrame(rows, CLICKS.master_schema)
 

@@ -124,9 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--table", action="append", metavar="NAME", help="only this table (repeatable): master, batch.<view>, ..."
     )
     refresh = verbs.add_parser(
-        "refresh", help="recompute one view from master after its definition changed (ingest stopped)"
+        "refresh",
+        help="recompute a view from master after its definition changed, or backfill a new field (ingest stopped)",
     )
-    refresh.add_argument("--view", required=True, help="the view to recompute (the others stay served)")
+    refresh.add_argument("--view", help="the view to recompute (the others stay served)")
+    refresh.add_argument(
+        "--backfill",
+        action="append",
+        default=[],
+        metavar="FIELD",
+        help="fill a field added to the source for past events, from the raw text master keeps (repeatable)",
+    )
     audit = verbs.add_parser(
         "audit", help="how far the speed layer's answer was from the batch's for the same events, per window"
     )
@@ -312,10 +320,13 @@ def _cmd_refresh(ctx: Context, args: argparse.Namespace) -> int:
     from lambda_pipeline.maintenance.refresh import refresh
 
     started = time.monotonic()
-    coverage = refresh(ctx.spark, ctx.pipeline, ctx.locations, args.view)
+    done = refresh(ctx.spark, ctx.pipeline, ctx.locations, args.view, backfill=args.backfill)
+    for line in done.backfill.lines() if done.backfill else []:
+        print(f"backfill: {line}")
+    recomputed = f"{', '.join(done.views)} recomputed from master" if done.views else "no view reads those fields"
     print(
-        f"refresh: {args.view} recomputed from master and published in run {coverage.run_id[:8]} "
-        f"(master version {coverage.master_version}) in {time.monotonic() - started:.1f}s"
+        f"refresh: {recomputed}; batch published in run {done.coverage.run_id[:8]} "
+        f"(master version {done.coverage.master_version}) in {time.monotonic() - started:.1f}s"
     )
     return 0
 

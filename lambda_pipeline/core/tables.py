@@ -298,6 +298,29 @@ def set_table_property(spark: SparkSession, path: str, key: str, value: str) -> 
         spark.sql(f"ALTER TABLE {sql_path(path)} SET TBLPROPERTIES ('{key}' = '{value}')")
 
 
+def add_missing_columns(spark: SparkSession, path: str, schema: T.StructType) -> list[str]:
+    """Add to the table at ``path`` the columns of ``schema`` it lacks (one metadata commit); their names.
+
+    A field added to a source later: past rows hold null until a backfill fills them. A column whose type
+    changed is refused, since its past values could not be read as the new type.
+    """
+    current = {f.name: f.dataType for f in spark.read.format("delta").load(path).schema.fields}
+    changed = [f for f in schema.fields if f.name in current and current[f.name] != f.dataType]
+    if changed:
+        listed = ", ".join(
+            f"'{f.name}' is {current[f.name].simpleString()} there, {f.dataType.simpleString()} now" for f in changed
+        )
+        raise LambdaError(
+            f"table {path}: {listed}. A column's type cannot change in place: add a field under a new name "
+            "(and backfill it with 'lambda-pipeline refresh --backfill NAME'), or ingest into a new work directory."
+        )
+    missing = [f for f in schema.fields if f.name not in current]
+    if missing:
+        columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
+        spark.sql(f"ALTER TABLE {sql_path(path)} ADD COLUMNS ({columns})")
+    return [f.name for f in missing]
+
+
 def _snapshot_identity(spark: SparkSession, path: str) -> tuple[int, str] | None:
     """(newest version, table id), or None when no table is there: the id tells a re-created table
     from the old one."""

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "INGESTED_AT",
     "INGEST_TAG",
+    "RAW",
     "SOURCE_FILE",
     "WINDOW_END",
     "WINDOW_START",
@@ -56,6 +57,9 @@ INGEST_TAG = "ingest_tag"
 """Master-table commit version that brought the event in: the unit of coverage."""
 INGESTED_AT = "ingested_at"
 SOURCE_FILE = "source_file"
+RAW = "raw"
+"""The line or message as it came in. Master keeps it beside the parsed columns, so a field added to the
+source later can be filled for past events (``lambda-pipeline refresh --backfill``); quarantine keeps it too."""
 WINDOW_START = "window_start"
 WINDOW_END = "window_end"
 INGESTED_AT_MAX = "ingested_at_max"
@@ -65,7 +69,7 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NUMERIC = (T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType, T.DecimalType)
 _ORDERED = (*_NUMERIC, T.StringType, T.DateType, T.TimestampType, T.TimestampNTZType)
 _HLL_INPUT = (T.IntegerType, T.LongType, T.StringType, T.BinaryType)
-_RESERVED = {INGEST_TAG, INGESTED_AT, SOURCE_FILE, WINDOW_START, WINDOW_END, INGESTED_AT_MAX}
+_RESERVED = {INGEST_TAG, INGESTED_AT, SOURCE_FILE, RAW, WINDOW_START, WINDOW_END, INGESTED_AT_MAX}
 
 
 def _quote(name: str) -> str:
@@ -100,13 +104,14 @@ class EventSource:
 
     @property
     def master_schema(self) -> T.StructType:
-        """The master table: the event columns plus where and when each event came in."""
+        """The master table: the event columns plus where and when each event came in, and its raw text."""
         return T.StructType(
             [
                 *self.schema.fields,
                 T.StructField(INGEST_TAG, T.LongType(), False),
                 T.StructField(INGESTED_AT, T.TimestampType(), False),
                 T.StructField(SOURCE_FILE, T.StringType(), True),
+                T.StructField(RAW, T.StringType(), True),
             ]
         )
 
@@ -363,6 +368,12 @@ class View:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     # ---- compiled forms ---------------------------------------------------------------
+
+    @property
+    def reads(self) -> frozenset[str]:
+        """The source columns the view's states depend on: a backfill of one of them recomputes the view."""
+        measured = {a.column for a in self.measures.values() if a.column is not None}
+        return frozenset({self.source.id_column, self.window.column, *self.keys, *measured})
 
     @property
     def group_columns(self) -> tuple[str, ...]:

@@ -43,10 +43,16 @@ from lambda_pipeline.core.streaming import (
     other_writers,
     with_trigger,
 )
-from lambda_pipeline.core.tables import QUARANTINE_SCHEMA, Locations, ensure_table, latest_version
-from lambda_pipeline.core.views import INGEST_TAG, INGESTED_AT, SOURCE_FILE, EventSource
+from lambda_pipeline.core.tables import (
+    QUARANTINE_SCHEMA,
+    Locations,
+    add_missing_columns,
+    ensure_table,
+    latest_version,
+)
+from lambda_pipeline.core.views import INGEST_TAG, INGESTED_AT, RAW, SOURCE_FILE, EventSource
 from lambda_pipeline.ingestion.data_loss import check_data_loss, record_data_loss
-from lambda_pipeline.ingestion.sources import PRE_REASON, RAW, file_lines, kafka_lines
+from lambda_pipeline.ingestion.sources import PRE_REASON, file_lines, kafka_lines
 from lambda_pipeline.speed_layer.job import (
     SpeedWriter,
     catch_up,
@@ -59,7 +65,7 @@ if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
     from pyspark.sql.streaming import StreamingQuery
 
-__all__ = ["IngestBatch", "parse_events", "route_batch", "setup_ingest_tables", "start_ingest"]
+__all__ = ["IngestBatch", "parse_events", "read_fields", "route_batch", "setup_ingest_tables", "start_ingest"]
 
 REASON = "reason"
 _CORRUPT = "_corrupt"
@@ -68,13 +74,29 @@ _KEY = "_dedup_key"
 _RAW_EXCERPT = 60
 
 
-def _typed(column: str, dtype: T.DataType) -> Column:
-    raw = F.col(f"_j.{column}")
+def _typed(text: Column, dtype: T.DataType) -> Column:
+    """A field's JSON text as ``dtype``, null when it does not fit (every field is first read as text)."""
     if isinstance(dtype, T.StringType):
-        return raw
+        return text
     if isinstance(dtype, T.TimestampType):
-        return F.expr(f"try_to_timestamp(`_j`.`{column}`)")
-    return F.expr(f"try_cast(`_j`.`{column}` AS {dtype.simpleString()})")
+        return F.try_to_timestamp(text)
+    return text.try_cast(dtype)
+
+
+def _text_schema(fields: list[T.StructField]) -> T.StructType:
+    return T.StructType(
+        [T.StructField(f.name, T.StringType(), True) for f in fields] + [T.StructField(_CORRUPT, T.StringType(), True)]
+    )
+
+
+def read_fields(raw: Column, source: EventSource, fields: list[str]) -> dict[str, tuple[Column, Column]]:
+    """Each field of ``fields`` read from a raw JSON line as ingest reads it: (its text, its typed value).
+
+    What a backfill uses to fill a field added to the source after the line was ingested.
+    """
+    declared = [source.schema[name] for name in fields]
+    json = F.from_json(raw, _text_schema(declared), {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT})
+    return {f.name: (json[f.name], _typed(json[f.name], f.dataType)) for f in declared}
 
 
 def _event_time_check(source: EventSource, policy: EventTimePolicy, now: Column) -> Column:
@@ -111,15 +133,12 @@ def parse_events(
     now = F.current_timestamp() if now is None else now
     if PRE_REASON not in lines.columns:
         lines = lines.withColumn(PRE_REASON, F.lit(None).cast("string"))
-    text_schema = T.StructType(
-        [T.StructField(f.name, T.StringType(), True) for f in source.schema.fields]
-        + [T.StructField(_CORRUPT, T.StringType(), True)]
-    )
+    text_schema = _text_schema(list(source.schema.fields))
     json = F.from_json(F.col(RAW), text_schema, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT})
     # Behind a generator, the optimizer cannot inline from_json into every field reference of a
     # filter pushed down from above (which made each line parse about twenty times).
     parsed = lines.select("*", F.explode(F.array(json)).alias("_j"))
-    typed = [_typed(f.name, f.dataType).alias(f.name) for f in source.schema.fields]
+    typed = [_typed(F.col(f"_j.{f.name}"), f.dataType).alias(f.name) for f in source.schema.fields]
     checks = [
         F.col(PRE_REASON),
         F.when(F.trim(F.col(RAW)) == "", F.lit("empty_line")),
@@ -135,7 +154,7 @@ def parse_events(
             checks.append(F.when(blank, F.lit(f"missing_field: {field.name}")))
         checks.append(
             F.when(
-                raw.isNotNull() & (F.trim(raw) != "") & _typed(field.name, field.dataType).isNull(),
+                raw.isNotNull() & (F.trim(raw) != "") & _typed(raw, field.dataType).isNull(),
                 F.concat(
                     F.lit(f"wrong_type: {field.name} expected {field.dataType.simpleString()}, got "),
                     F.substring(raw, 1, _RAW_EXCERPT),
@@ -195,6 +214,8 @@ def route_batch(batch: DataFrame, source: EventSource) -> DataFrame:
 def setup_ingest_tables(spark: SparkSession, pipeline: Pipeline, locations: Locations) -> None:
     """The tables ingest writes: master, quarantine and every view's speed partials."""
     ensure_table(spark, locations.master, pipeline.source.master_schema)
+    # A field added to the source since: a column of master from now on (``refresh --backfill`` fills the past).
+    add_missing_columns(spark, locations.master, pipeline.source.master_schema)
     ensure_table(spark, locations.quarantine, QUARANTINE_SCHEMA)
     setup_speed_tables(spark, pipeline, locations)
 

@@ -14,14 +14,13 @@ from typing import TYPE_CHECKING
 from pyspark.sql import functions as F
 
 from lambda_pipeline.core.config import KafkaSettings, Settings
-from lambda_pipeline.core.views import SOURCE_FILE
+from lambda_pipeline.core.views import RAW, SOURCE_FILE
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 __all__ = ["PRE_REASON", "RAW", "decode_messages", "file_lines", "kafka_lines", "kafka_source_options"]
 
-RAW = "raw"
 PRE_REASON = "_pre_reason"
 BASE64_PREFIX = "base64:"
 
