@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=5000.0, help="events/s produced (default 5000)")
     parser.add_argument("--sample", type=float, default=60.0, help="seconds between samples (default 60)")
     parser.add_argument("--settle", type=float, default=10.0, help="minutes left out of the slopes (default 10)")
+    parser.add_argument(
+        "--tail", type=float, default=20.0, help="minutes at the end with their own slopes too (default 20)"
+    )
     parser.add_argument("--batch-every", default="5 minutes", help="batch interval (default 5 minutes)")
     parser.add_argument("--maintain-every", default="10 minutes", help="maintenance interval (default 10 minutes)")
     parser.add_argument("--compact-min-files", type=int, default=16, help="maintenance.compact_min_files")
@@ -312,10 +315,16 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([*cli, "kafka", "stop", *common], env=env, check=False, timeout=300)
     points = series(rows)
     fitted = slopes(points, args.settle)
-    print(f"\nSlopes after the first {args.settle:g} minutes, per hour:")
+    # Retention-bound series (files on disk, log files) can only level off once the retention has passed.
+    end = max((m for values in points.values() for m, _ in values), default=0.0)
+    tail = slopes(points, max(args.settle, end - args.tail))
+    print(f"\nSlopes per hour: after the first {args.settle:g} minutes, and over the last {args.tail:g}:")
     for name, slope in sorted(fitted.items()):
-        last_value = points[name][-1][1]
-        print(f"  {name:<48} last {last_value:>10g}   slope {slope if slope is not None else '-':>10}/h")
+        last_value, late = points[name][-1][1], tail.get(name)
+        print(
+            f"  {name:<48} last {last_value:>10g}   slope {slope if slope is not None else '-':>10}/h"
+            f"   last {args.tail:g} min {late if late is not None else '-':>10}/h"
+        )
     png = Path(args.plot) if args.plot else Path(args.output).with_suffix(".png")
     png.parent.mkdir(parents=True, exist_ok=True)
     plot(points, png)
@@ -328,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             "stopped": stopped,
             "samples": rows,
             "slopes_per_hour": fitted,
+            "slopes_last_per_hour": tail,
             "plot": str(png),
         },
     )

@@ -214,6 +214,12 @@ def test_spark_submit_runs_the_pipeline_from_the_artifact_alone(
     assert speed_events == 400  # the merge really combined both layers
     frame = serving.query(sql)
     assert_same_view(by_key(frame), recompute(spark, locations.master), users_tolerance=0.05)
+    # The jobs created their tables with maintenance.retention (168 hours) as Delta's own retentions.
+    from lambda_pipeline.core.tables import table_property
+
+    for path in (locations.master, locations.coverage, locations.speed_partials("page_activity")):
+        for key in ("delta.logRetentionDuration", "delta.deletedFileRetentionDuration"):
+            assert table_property(spark, path, key) == "interval 604800 seconds", (path, key)
 
 
 @pytest.mark.integration

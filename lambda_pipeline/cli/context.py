@@ -54,9 +54,11 @@ class Context:
         if self._spark is None:
             from lambda_pipeline.core.session import get_spark
 
-            # The s3 section as fs.s3a.* settings; an explicit spark.conf entry of the same name wins.
-            s3a = {k: v for k, v in self.settings.s3.spark_conf().items() if k not in self.settings.spark.conf}
+            # The s3 section as fs.s3a.* settings, and the retention of the tables this job creates; an explicit
+            # spark.conf entry of the same name wins.
+            derived = {**self.settings.maintenance.table_defaults(), **self.settings.s3.spark_conf()}
+            extra = {k: v for k, v in derived.items() if k not in self.settings.spark.conf}
             self._spark = get_spark(
-                self.settings.spark, packages=self.jvm_packages, extra_conf=s3a, short_lived=self.short_lived
+                self.settings.spark, packages=self.jvm_packages, extra_conf=extra, short_lived=self.short_lived
             )
         return self._spark

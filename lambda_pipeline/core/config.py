@@ -272,6 +272,17 @@ class MaintenanceSettings(_Strict):
     compact_min_files: int = Field(default=16, gt=1, description="compact a table once it has this many files")
     _durations = field_validator("interval", "retention")(_check_duration)
 
+    def table_defaults(self) -> dict[str, str]:
+        """Spark settings that give every table this job creates the retention as its own Delta retentions.
+
+        ``deletedFileRetentionDuration``: a plain VACUUM (without RETAIN) keeps what ``maintain`` keeps.
+        ``logRetentionDuration``: the log keeps the versions a pin or ``--as-of`` may read, and no more
+        (Delta's default is 30 days, whatever the files' retention).
+        """
+        interval = f"interval {int(duration_seconds(self.retention))} seconds"
+        prefix = "spark.databricks.delta.properties.defaults."
+        return {f"{prefix}deletedFileRetentionDuration": interval, f"{prefix}logRetentionDuration": interval}
+
     @field_validator("retention")
     @classmethod
     def _long_enough(cls, value: str) -> str:

@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING
 
 from pyspark.sql import Window
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from lambda_pipeline.core.config import EventTimePolicy, Settings, duration_seconds
 from lambda_pipeline.core.deltalog import read_text
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.leases import Lease, release_with
 from lambda_pipeline.core.maintenance import INGESTS, maintain
+from lambda_pipeline.core.parsing import CORRUPT, text_schema, typed_value
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.streaming import (
     CheckpointAppId,
@@ -65,38 +65,12 @@ if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
     from pyspark.sql.streaming import StreamingQuery
 
-__all__ = ["IngestBatch", "parse_events", "read_fields", "route_batch", "setup_ingest_tables", "start_ingest"]
+__all__ = ["IngestBatch", "parse_events", "route_batch", "setup_ingest_tables", "start_ingest"]
 
 REASON = "reason"
-_CORRUPT = "_corrupt"
 _BRANCH = "_branch"
 _KEY = "_dedup_key"
 _RAW_EXCERPT = 60
-
-
-def _typed(text: Column, dtype: T.DataType) -> Column:
-    """A field's JSON text as ``dtype``, null when it does not fit (every field is first read as text)."""
-    if isinstance(dtype, T.StringType):
-        return text
-    if isinstance(dtype, T.TimestampType):
-        return F.try_to_timestamp(text)
-    return text.try_cast(dtype)
-
-
-def _text_schema(fields: list[T.StructField]) -> T.StructType:
-    return T.StructType(
-        [T.StructField(f.name, T.StringType(), True) for f in fields] + [T.StructField(_CORRUPT, T.StringType(), True)]
-    )
-
-
-def read_fields(raw: Column, source: EventSource, fields: list[str]) -> dict[str, tuple[Column, Column]]:
-    """Each field of ``fields`` read from a raw JSON line as ingest reads it: (its text, its typed value).
-
-    What a backfill uses to fill a field added to the source after the line was ingested.
-    """
-    declared = [source.schema[name] for name in fields]
-    json = F.from_json(raw, _text_schema(declared), {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT})
-    return {f.name: (json[f.name], _typed(json[f.name], f.dataType)) for f in declared}
 
 
 def _event_time_check(source: EventSource, policy: EventTimePolicy, now: Column) -> Column:
@@ -133,17 +107,17 @@ def parse_events(
     now = F.current_timestamp() if now is None else now
     if PRE_REASON not in lines.columns:
         lines = lines.withColumn(PRE_REASON, F.lit(None).cast("string"))
-    text_schema = _text_schema(list(source.schema.fields))
-    json = F.from_json(F.col(RAW), text_schema, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT})
+    schema = text_schema(list(source.schema.fields))
+    json = F.from_json(F.col(RAW), schema, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT})
     # Behind a generator, the optimizer cannot inline from_json into every field reference of a
     # filter pushed down from above (which made each line parse about twenty times).
     parsed = lines.select("*", F.explode(F.array(json)).alias("_j"))
-    typed = [_typed(F.col(f"_j.{f.name}"), f.dataType).alias(f.name) for f in source.schema.fields]
+    typed = [typed_value(F.col(f"_j.{f.name}"), f.dataType).alias(f.name) for f in source.schema.fields]
     checks = [
         F.col(PRE_REASON),
         F.when(F.trim(F.col(RAW)) == "", F.lit("empty_line")),
         F.when(
-            F.col("_j").isNull() | F.col(f"_j.{_CORRUPT}").isNotNull(),
+            F.col("_j").isNull() | F.col(f"_j.{CORRUPT}").isNotNull(),
             F.lit("malformed_json: not a JSON object"),
         ),
     ]
@@ -154,7 +128,7 @@ def parse_events(
             checks.append(F.when(blank, F.lit(f"missing_field: {field.name}")))
         checks.append(
             F.when(
-                raw.isNotNull() & (F.trim(raw) != "") & _typed(raw, field.dataType).isNull(),
+                raw.isNotNull() & (F.trim(raw) != "") & typed_value(raw, field.dataType).isNull(),
                 F.concat(
                     F.lit(f"wrong_type: {field.name} expected {field.dataType.simpleString()}, got "),
                     F.substring(raw, 1, _RAW_EXCERPT),

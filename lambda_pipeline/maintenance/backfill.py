@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING
 from pyspark.sql import functions as F
 
 from lambda_pipeline.core.errors import LambdaError
+from lambda_pipeline.core.parsing import read_fields
 from lambda_pipeline.core.tables import add_missing_columns, latest_version
 from lambda_pipeline.core.views import RAW, EventSource
-from lambda_pipeline.ingestion.job import read_fields
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, SparkSession
