@@ -341,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
             "plot": str(png),
         },
     )
-    if own and not args.keep:
+    if stopped:
+        print(f"work directory kept for the logs of the jobs that stopped: {workdir}")
+    elif own and not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
     return 1 if stopped else 0
 
