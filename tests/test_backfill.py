@@ -158,10 +158,18 @@ def test_events_ingested_before_master_kept_raw_text_are_counted_not_guessed(spa
     _ingest(spark, BEFORE, settings, locations)
     # As a master written before this version holds them: no raw text.
     DeltaTable.forPath(spark, locations.master).update(F.col("event_id").isin("e1", "e2"), {"raw": F.lit(None)})
+    # And events ingested with the raw text switched off.
+    _land(locations.landing, "b.jsonl", [_event(n, start) for n in range(9, 12)])
+    _ingest(
+        spark,
+        BEFORE,
+        settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"keep_raw": False})}),
+        locations,
+    )
     report = refresh(spark, AFTER, locations, backfill=["referrer"]).backfill
     assert report is not None
-    assert (report.filled, report.absent, report.without_raw) == ({"referrer": 4}, {"referrer": 2}, 2)
-    assert any("2 events predate the raw text" in line for line in report.lines())
+    assert (report.filled, report.absent, report.without_raw) == ({"referrer": 4}, {"referrer": 2}, 5)
+    assert any("5 events have no raw text in master" in line for line in report.lines())
 
 
 def test_bad_backfill_requests_are_refused_with_what_to_do(spark, settings, locations, tmp_path: Path) -> None:

@@ -237,6 +237,10 @@ class IngestSettings(_Strict):
     trigger: str = "1 second"
     max_files_per_trigger: int = Field(default=100, gt=0)
     dedup_horizon: str = "15 minutes"
+    keep_raw: bool = Field(
+        default=True,
+        description="master keeps each event's raw text, for 'refresh --backfill' (about 60% of master's bytes)",
+    )
     event_time: EventTimePolicy = Field(default_factory=EventTimePolicy)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     _durations = field_validator("trigger", "dedup_horizon")(_check_duration)

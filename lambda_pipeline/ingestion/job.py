@@ -209,6 +209,8 @@ class IngestBatch:
     maintain_every: float | None = None
     """Seconds between this job's own compaction and vacuum of master and quarantine: no other process may
     commit to them while it runs (core/maintenance.py)."""
+    keep_raw: bool = True
+    """Whether master keeps each event's raw text (``ingest.keep_raw``): what a backfill reads."""
     _maintained_at: float = dataclasses.field(default_factory=time.monotonic)
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
@@ -265,6 +267,8 @@ class IngestBatch:
         # Only this job writes master, so the next commit's version is known before writing.
         before = latest_version(self.spark, self.locations.master)
         tagged = events.withColumn(INGEST_TAG, F.lit(before + 1).cast("long"))
+        if not self.keep_raw:
+            tagged = tagged.withColumn(RAW, F.lit(None).cast("string"))
         path = self.locations.master
         if not self.appender.append(self.spark, tagged.select(*self.source.master_schema.fieldNames()), path, batch_id):
             version = self.appender.version_of(self.spark, path, batch_id)
@@ -399,6 +403,7 @@ def _start_ingest(
         SpeedWriter(spark, pipeline, locations, appender, settings.speed.compact_every),
         lease,
         duration_seconds(settings.maintenance.interval),
+        keep_raw=settings.ingest.keep_raw,
     )
     writer = (
         ingest_stream(

@@ -46,7 +46,7 @@ class BackfillReport:
     unreadable: dict[str, int]
     """The raw text holds a value that does not fit the field's type."""
     without_raw: int
-    """Events ingested before master kept the raw text: nothing to fill them from."""
+    """Events master holds no raw text for (ingested before it kept it, or with ``ingest.keep_raw`` off)."""
     master_version: int | None
     """The UPDATE's commit, or None when nothing was to fill."""
 
@@ -57,7 +57,10 @@ class BackfillReport:
             for name in self.fields
         ]
         if self.without_raw:
-            out.append(f"{self.without_raw:,} events predate the raw text in master: left null")
+            out.append(
+                f"{self.without_raw:,} events have no raw text in master (ingested before it kept it, or with "
+                "ingest.keep_raw off): left null"
+            )
         return out
 
 
