@@ -147,3 +147,24 @@ def test_a_deleted_ingest_checkpoint_is_refused_and_nothing_is_counted_twice(spa
     assert table_version(spark, locations.master) == master_version
     assert serving.query(SUM).first().n == before
     assert Lease(spark, locations, "ingest", locations.master).current() is None  # a refused start holds nothing
+
+
+def test_a_holder_renewing_never_loses_its_lease_to_its_own_renewal(spark, settings, locations) -> None:
+    """The renewal rewrites the record; a check or a reader at that moment still sees the holder.
+
+    The ingest of the hour-long soak stopped at minute 57 with ``LeaseLost`` to "nobody": a check read
+    the record between the renewal's delete and rename. Renewing every 10 ms makes that moment common.
+    """
+    lease = Lease(spark, locations, "ingest", locations.master, ttl=0.04).acquire()
+    other = Lease(spark, locations, "ingest", locations.master)  # what a second instance reads
+    try:
+        deadline = time.monotonic() + 20
+        for _ in range(400):  # bounded in count and time
+            lease.check()
+            held = other.current()
+            assert held is not None and held.token == lease.holder.token
+            if time.monotonic() > deadline:
+                break
+    finally:
+        lease.release()
+    assert other.current() is None

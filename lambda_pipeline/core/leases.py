@@ -81,6 +81,10 @@ class Holder:
         return f"process {self.pid} on {self.host} (since {self.since}, renewed {age:.0f}s ago)"
 
 
+_READ_TRIES = 3
+_READ_PAUSE = 0.05
+"""Seconds of the first pause between reads of a record that looked absent or unreadable (then 2x, 3x...)."""
+
 _working: dict[str, Callable[[], bool]] = {}
 """Leases taken by this process, by token: whether the job that holds each is still at work."""
 
@@ -97,17 +101,33 @@ class Lease:
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
         self._lost: str | None = None
+        self._io = threading.Lock()
+        """Held across a renewal's write and this instance's reads: a check never reads its own write mid-way."""
 
     # ---- the record -------------------------------------------------------------------------
 
     def current(self) -> Holder | None:
-        text = read_text(self.spark, self.path)
-        if not text:
+        """The holder on record, or None.
+
+        A record read while its holder rewrites it can look absent (a file system whose rename does not
+        replace) or unreadable (Hadoop's checksum file renamed after the data): such a read is tried again,
+        three times over 0.15 s, before the record counts as absent.
+        """
+        with self._io:
+            for attempt in range(_READ_TRIES):
+                if attempt:
+                    time.sleep(_READ_PAUSE * attempt)  # backing off between bounded tries
+                try:
+                    text = read_text(self.spark, self.path)
+                except Exception:  # deleted between the existence check and the read, or a checksum mid-rename
+                    continue
+                if not text:
+                    continue
+                try:
+                    return Holder(**json.loads(text))
+                except (ValueError, TypeError):
+                    continue  # a record cut short by a crash mid-write holds nothing
             return None
-        try:
-            return Holder(**json.loads(text))
-        except (ValueError, TypeError):
-            return None  # a record cut short by a crash mid-write holds nothing
 
     def _write(self, holder: Holder) -> None:
         jvm = self.spark.sparkContext._jvm
@@ -115,13 +135,17 @@ class Lease:
         final = jvm.org.apache.hadoop.fs.Path(self.path)
         fs = final.getFileSystem(self.spark.sparkContext._jsc.hadoopConfiguration())
         partial = jvm.org.apache.hadoop.fs.Path(f"{self.path}.{holder.token}.part")
-        stream = fs.create(partial, True)
-        try:
-            stream.write(json.dumps(asdict(holder)).encode())
-        finally:
-            stream.close()
-        fs.delete(final, False)
-        fs.rename(partial, final)
+        with self._io:
+            stream = fs.create(partial, True)
+            try:
+                stream.write(json.dumps(asdict(holder)).encode())
+            finally:
+                stream.close()
+            # The local file system's rename replaces the record in one step; HDFS's refuses an existing
+            # target, so the record is deleted first there, and a reader retries across that gap.
+            if not fs.rename(partial, final):
+                fs.delete(final, False)
+                fs.rename(partial, final)
 
     # ---- acquire, check, release -------------------------------------------------------------
 
@@ -163,12 +187,12 @@ class Lease:
 
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl / 4):
-            held = self.current()
-            if held is None or held.token != self.holder.token:
-                self._lost = held.describe() if held else "nobody (the record was removed)"
-                return
-            self.holder = Holder(**{**asdict(self.holder), "renewed": time.time()})
             try:
+                held = self.current()
+                if held is None or held.token != self.holder.token:
+                    self._lost = held.describe() if held else "nobody (the record was removed)"
+                    return
+                self.holder = Holder(**{**asdict(self.holder), "renewed": time.time()})
                 self._write(self.holder)
             except Exception:  # a failed renewal is retried at the next tick; expiry is the holder's loss
                 continue
