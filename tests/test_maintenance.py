@@ -78,3 +78,30 @@ def test_maintenance_beside_ingest_and_batch_fails_no_commit_and_keeps_serving_e
     # The command line: one table, by name (master only while ingest is stopped); an unknown name says which exist.
     assert main(["maintain", "--table", "master", "--table", "coverage", "--workdir", locations.workdir]) == 0
     assert main(["maintain", "--table", "nope", "--workdir", locations.workdir]) == 1
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("target_mb", [1, 1024])
+def test_compaction_leaves_files_of_the_target_size_alone_and_packs_the_small_ones(spark, tmp_path, target_mb) -> None:
+    """Each run rewrites what came since, not the whole table (Delta's default rewrites every file under 1 GB)."""
+    from pathlib import Path
+
+    from pyspark.sql import functions as F
+
+    overrides = [f"maintenance.compact_target_mb={target_mb}", "maintenance.compact_min_files=3"]
+    locations = Locations.create(load_settings(None, overrides), tmp_path / "work")
+    coverage = locations.coverage  # a table maintain compacts by default; any rows do for the file layout
+    big = spark.range(60_000).select(F.sha2(F.col("id").cast("string"), 256).alias("text"))  # about 2.5 MB
+    big.coalesce(1).write.format("delta").save(coverage)
+    for i in range(6):
+        small = spark.range(i * 10, i * 10 + 10).select(F.col("id").cast("string").alias("text"))
+        small.write.format("delta").mode("append").save(coverage)
+
+    def files() -> set[str]:
+        return set(spark.read.format("delta").load(coverage).inputFiles())
+
+    (big_file,) = [f for f in files() if Path(f.removeprefix("file:")).stat().st_size > 1 << 20]
+    (done,) = maintain(spark, CLICKSTREAM, locations, only=["coverage"])
+    assert done.compacted and done.after.live_files == (2 if target_mb == 1 else 1), done.describe()
+    assert (big_file in files()) == (target_mb == 1), "only a file under the target is rewritten"
+    assert spark.read.format("delta").load(coverage).count() == 60_060

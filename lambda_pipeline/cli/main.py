@@ -373,14 +373,7 @@ def _cmd_maintain(ctx: Context, args: argparse.Namespace) -> int:
     interval = _interval(args.every, ctx.settings.maintenance.interval)
 
     def report(done: Maintained) -> None:
-        b, a = done.before, done.after
-        what = "compacted, vacuumed" if done.compacted else "vacuumed"
-        print(
-            f"maintain: {done.table:<24} {what:<20} live files {b.live_files} -> {a.live_files}, "
-            f"on disk {b.disk_files} -> {a.disk_files} ({a.disk_bytes / 1e6:.1f} MB), "
-            f"log {a.log_files} files, {done.seconds:.1f}s",
-            flush=True,
-        )
+        print(f"maintain: {done.describe()}", flush=True)
 
     ingests = sorted(set(args.table or []) & INGESTS)
     while True:

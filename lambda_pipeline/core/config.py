@@ -274,7 +274,18 @@ class MaintenanceSettings(_Strict):
         description="VACUUM deletes files removed longer ago than this: it must outlast any batch run and query",
     )
     compact_min_files: int = Field(default=16, gt=1, description="compact a table once it has this many files")
-    _durations = field_validator("interval", "retention")(_check_duration)
+    compact_target_mb: int = Field(
+        default=128,
+        gt=0,
+        description="compaction writes files of up to this size and leaves larger ones alone: each run rewrites "
+        "the small files and at most one such file of older data",
+    )
+    ingest_compact_every: str = Field(
+        default="5 minutes",
+        description="a running ingest compacts master and quarantine this often (its micro-batch waits for it, "
+        "about 1 s per 30 MB written since on 2 cores); it vacuums them every interval",
+    )
+    _durations = field_validator("interval", "retention", "ingest_compact_every")(_check_duration)
 
     def table_defaults(self) -> dict[str, str]:
         """Spark settings that give every table this job creates the retention as its own Delta retentions.

@@ -13,6 +13,9 @@ Which Delta operations, on which tables, by whom, and why none can make a writer
   and an overwrite concurrent with a compaction would conflict), nor on a speed table of the partitioned
   layout (ingest writes one file per tag already; the purge of covered tags deletes whole partitions, which
   would conflict with a compaction that rewrote them).
+  Compaction rewrites only files under ``maintenance.compact_target_mb`` (Delta's ``optimize.minFileSize``,
+  whose default of 1 GB makes every run rewrite the whole table until it passes 1 GB: on a master fed at
+  5,000 events/s that cost grew run after run, and ingest pauses for it).
 - **VACUUM** on every table with ``maintenance.retention``: it deletes only data files that left the table
   more than that long ago, so no reader pinned within the retention loses a file. Its log entries
   (``VACUUM START`` / ``END``) carry no data action and conflict with no commit.
@@ -66,9 +69,23 @@ class Maintained:
     before: TableFiles
     after: TableFiles
     seconds: float
+    compact_seconds: float = 0.0
+    vacuum_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def describe(self) -> str:
+        """One line for a log: what was done, the files before and after, and where the time went."""
+        b, a = self.before, self.after
+        did = [name for name, done in (("compacted", self.compacted), ("vacuumed", self.vacuumed)) if done]
+        what = ", ".join(did) or "left as it was"
+        return (
+            f"{self.table:<24} {what:<20} live files {b.live_files} -> {a.live_files}, "
+            f"on disk {b.disk_files} -> {a.disk_files} ({a.disk_bytes / 1e6:.1f} MB), "
+            f"log {a.log_files} files, {self.seconds:.1f}s "
+            f"(compaction {self.compact_seconds:.1f}s, vacuum {self.vacuum_seconds:.1f}s)"
+        )
 
 
 def tables_of(pipeline: Pipeline, locations: Locations) -> dict[str, str]:
@@ -115,10 +132,12 @@ def maintain(
     locations: Locations,
     *,
     only: list[str] | None = None,
+    vacuum: bool = True,
     on_table: Any = None,
 ) -> list[Maintained]:
     """Compact and vacuum the tables named in ``only`` (by default every table but master and quarantine,
-    which ingest maintains); one report per table.
+    which ingest maintains); one report per table. ``vacuum=False`` compacts only (ingest compacts more often
+    than it vacuums: see ``maintenance.ingest_compact_every``).
 
     Safe beside running ingest, batch and serving for the default tables (see the module's docstring). The
     caller of master's or quarantine's maintenance holds ingest's lease. A table that does not exist yet is
@@ -131,6 +150,9 @@ def maintain(
     if retention_hours < _DELTA_DEFAULT_RETENTION_HOURS:
         # Delta refuses a retention under 7 days unless told; the settings enforce this project's own floor.
         spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
+    target = str(settings.compact_target_mb * 1024 * 1024)
+    spark.conf.set("spark.databricks.delta.optimize.minFileSize", target)  # larger files are left alone
+    spark.conf.set("spark.databricks.delta.optimize.maxFileSize", target)
     tables = tables_of(pipeline, locations)
     unknown = sorted(set(only or []) - set(tables))
     if unknown:
@@ -147,12 +169,17 @@ def maintain(
             continue
         table = DeltaTable.forPath(spark, path)
         compacted = name in COMPACTED and before.live_files >= settings.compact_min_files
+        mark = time.perf_counter()
         if compacted:
             table.optimize().executeCompaction()
-        table.vacuum(retention_hours)
+        compact_seconds, mark = time.perf_counter() - mark, time.perf_counter()
+        if vacuum:
+            table.vacuum(retention_hours)
+        vacuum_seconds = time.perf_counter() - mark
         after = table_files(spark, path)
         assert after is not None
-        report = Maintained(name, path, compacted, True, before, after, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        report = Maintained(name, path, compacted, vacuum, before, after, seconds, compact_seconds, vacuum_seconds)
         if on_table is not None:
             on_table(report)
         done.append(report)

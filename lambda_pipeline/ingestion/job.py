@@ -207,11 +207,15 @@ class IngestBatch:
     lease: Lease | None = None
     """Checked before the micro-batch commits anything: an instance that lost it stops (core/leases.py)."""
     maintain_every: float | None = None
-    """Seconds between this job's own compaction and vacuum of master and quarantine: no other process may
-    commit to them while it runs (core/maintenance.py)."""
+    """Seconds between this job's own vacuums of master and quarantine (``maintenance.interval``): no other
+    process may commit to them while it runs (core/maintenance.py)."""
+    compact_every: float | None = None
+    """Seconds between its compactions of them (``maintenance.ingest_compact_every``): the micro-batch waits
+    for one, so it is kept short by running often (each rewrites what came since, core/maintenance.py)."""
     keep_raw: bool = True
     """Whether master keeps each event's raw text (``ingest.keep_raw``): what a backfill reads."""
     _maintained_at: float = dataclasses.field(default_factory=time.monotonic)
+    _compacted_at: float = dataclasses.field(default_factory=time.monotonic)
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         timer = PhaseTimer("ingest", batch_id)
@@ -256,11 +260,28 @@ class IngestBatch:
         finally:
             routed.unpersist()
         self.speed.maintain(batch_id, timer)
-        if self.maintain_every is not None and time.monotonic() - self._maintained_at >= self.maintain_every:
-            with timer.phase("maintain"):
-                maintain(self.spark, self.speed.pipeline, self.locations, only=sorted(INGESTS))
-            self._maintained_at = time.monotonic()
+        self._maintain(batch_id, timer)
         timer.report()
+
+    def _maintain(self, batch_id: int, timer: PhaseTimer) -> None:
+        """Compact master and quarantine every ``compact_every``, and vacuum them too every ``maintain_every``."""
+        now = time.monotonic()
+        vacuum = self.maintain_every is not None and now - self._maintained_at >= self.maintain_every
+        compact = vacuum or (self.compact_every is not None and now - self._compacted_at >= self.compact_every)
+        if not compact:
+            return
+        with timer.phase("maintain"):
+            maintain(
+                self.spark,
+                self.speed.pipeline,
+                self.locations,
+                only=sorted(INGESTS),
+                vacuum=vacuum,
+                on_table=lambda done: print(f"ingest {batch_id}: maintain {done.describe()}", flush=True),
+            )
+        self._compacted_at = time.monotonic()
+        if vacuum:
+            self._maintained_at = self._compacted_at
 
     def _append_master(self, events: DataFrame, batch_id: int) -> tuple[int, bool]:
         """Append the micro-batch's events to master once: (their ingest tag, whether this call wrote them)."""
@@ -403,6 +424,7 @@ def _start_ingest(
         SpeedWriter(spark, pipeline, locations, appender, settings.speed.compact_every),
         lease,
         duration_seconds(settings.maintenance.interval),
+        duration_seconds(settings.maintenance.ingest_compact_every),
         keep_raw=settings.ingest.keep_raw,
     )
     writer = (
