@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import math
 import os
 import platform
+import shutil
 import statistics
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +38,18 @@ def add_common_args(parser: argparse.ArgumentParser, name: str, override_help: s
         help=f"config override like the CLI's --set (repeatable){override_help}",
     )
     parser.add_argument("--output", default=str(RESULTS_DIR / f"{name}.json"), help="JSON results file")
+
+
+@contextlib.contextmanager
+def work_directory(args: argparse.Namespace, prefix: str) -> Iterator[Path]:
+    """``--workdir``, or a fresh temporary directory removed at the end unless ``--keep``."""
+    own = args.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix=prefix)) if own else Path(args.workdir).resolve()
+    try:
+        yield workdir
+    finally:
+        if own and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def add_generator_args(parser: argparse.ArgumentParser) -> None:

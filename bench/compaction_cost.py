@@ -16,11 +16,10 @@ import argparse
 import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from _common import add_common_args, write_results
+from _common import add_common_args, work_directory, write_results
 
 from lambda_pipeline.core.config import load_settings
 from lambda_pipeline.core.maintenance import maintain
@@ -65,77 +64,74 @@ def main(argv: list[str] | None = None) -> int:
     add_common_args(parser, NAME)
     args = parser.parse_args(argv)
     targets = [int(t) for t in args.targets.split(",")]
-    own = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="bench-compaction-")) if own else Path(args.workdir)
-    settings = load_settings(args.config, ["maintenance.retention=1 hour", *args.override])
-    spark = get_spark(settings.spark, app_name=f"bench-{NAME}")
-    try:
-        template = workdir / "template"
-        old_rows = args.old_mb * 1024 * 1024 // _ROW_BYTES
-        _rows(spark, 0, old_rows).coalesce(1).write.format("delta").save(str(template))
-        old_bytes = _parquet_bytes(template)
-        for i in range(args.small):
-            start = old_rows + i * args.rows_per_append
-            _rows(spark, start, args.rows_per_append).coalesce(1).write.format("delta").mode("append").save(
-                str(template)
-            )
-        total_bytes = _parquet_bytes(template)
-        print(
-            f"table: one old file of {old_bytes / 1e6:.0f} MB and {args.small} appends "
-            f"({(total_bytes - old_bytes) / 1e6:.0f} MB)",
-            flush=True,
-        )
-        runs: dict[int, list[dict[str, float]]] = {t: [] for t in targets}
-        for round_ in range(args.repeat):
-            for target in targets:  # interleaved, so drift on the machine weighs on every setting alike
-                run_settings = load_settings(
-                    args.config, ["maintenance.retention=1 hour", f"maintenance.compact_target_mb={target}"]
+    with work_directory(args, "bench-compaction-") as workdir:
+        settings = load_settings(args.config, ["maintenance.retention=1 hour", *args.override])
+        spark = get_spark(settings.spark, app_name=f"bench-{NAME}")
+        try:
+            template = workdir / "template"
+            old_rows = args.old_mb * 1024 * 1024 // _ROW_BYTES
+            _rows(spark, 0, old_rows).coalesce(1).write.format("delta").save(str(template))
+            old_bytes = _parquet_bytes(template)
+            for i in range(args.small):
+                start = old_rows + i * args.rows_per_append
+                _rows(spark, start, args.rows_per_append).coalesce(1).write.format("delta").mode("append").save(
+                    str(template)
                 )
-                locations = Locations.create(run_settings, workdir / f"run-{target}-{round_}")
-                Path(locations.master).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copytree(template, locations.master)
-                (done,) = maintain(spark, CLICKSTREAM, locations, only=["master"])
-                after = _parquet_bytes(Path(locations.master))
-                rewritten = after - total_bytes  # VACUUM keeps the replaced files for the retention
-                runs[target].append(
-                    {
-                        "compact_s": done.compact_seconds,
-                        "vacuum_s": done.vacuum_seconds,
-                        "rewritten_mb": rewritten / 1e6,
-                        "live_files_after": done.after.live_files,
-                    }
-                )
-                print(
-                    f"  round {round_ + 1} target {target} MB: compaction {done.compact_seconds:.1f}s, "
-                    f"vacuum {done.vacuum_seconds:.1f}s, rewrote {rewritten / 1e6:.0f} MB, "
-                    f"live files {done.before.live_files} -> {done.after.live_files}",
-                    flush=True,
-                )
-                shutil.rmtree(Path(locations.master).parent, ignore_errors=True)
-        medians = {t: {key: statistics.median(r[key] for r in rows) for key in rows[0]} for t, rows in runs.items()}
-        base = targets[0]
-        for target in targets:
-            ratio = medians[target]["compact_s"] / medians[base]["compact_s"]
+            total_bytes = _parquet_bytes(template)
             print(
-                f"target {target:>5} MB: compaction p50 {medians[target]['compact_s']:.1f}s ({ratio:.2f}x of "
-                f"{base} MB), vacuum p50 {medians[target]['vacuum_s']:.1f}s, "
-                f"rewrote {medians[target]['rewritten_mb']:.0f} MB"
+                f"table: one old file of {old_bytes / 1e6:.0f} MB and {args.small} appends "
+                f"({(total_bytes - old_bytes) / 1e6:.0f} MB)",
+                flush=True,
             )
-        write_results(
-            args.output,
-            NAME,
-            {
-                "old_mb": old_bytes / 1e6,
-                "small_appends": args.small,
-                "small_mb": (total_bytes - old_bytes) / 1e6,
-                "runs": {str(t): r for t, r in runs.items()},
-                "median": {str(t): m for t, m in medians.items()},
-            },
-        )
-    finally:
-        spark.stop()
-        if own and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+            runs: dict[int, list[dict[str, float]]] = {t: [] for t in targets}
+            for round_ in range(args.repeat):
+                for target in targets:  # interleaved, so drift on the machine weighs on every setting alike
+                    run_settings = load_settings(
+                        args.config, ["maintenance.retention=1 hour", f"maintenance.compact_target_mb={target}"]
+                    )
+                    locations = Locations.create(run_settings, workdir / f"run-{target}-{round_}")
+                    Path(locations.master).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copytree(template, locations.master)
+                    (done,) = maintain(spark, CLICKSTREAM, locations, only=["master"])
+                    after = _parquet_bytes(Path(locations.master))
+                    rewritten = after - total_bytes  # VACUUM keeps the replaced files for the retention
+                    runs[target].append(
+                        {
+                            "compact_s": done.compact_seconds,
+                            "vacuum_s": done.vacuum_seconds,
+                            "rewritten_mb": rewritten / 1e6,
+                            "live_files_after": done.after.live_files,
+                        }
+                    )
+                    print(
+                        f"  round {round_ + 1} target {target} MB: compaction {done.compact_seconds:.1f}s, "
+                        f"vacuum {done.vacuum_seconds:.1f}s, rewrote {rewritten / 1e6:.0f} MB, "
+                        f"live files {done.before.live_files} -> {done.after.live_files}",
+                        flush=True,
+                    )
+                    shutil.rmtree(Path(locations.master).parent, ignore_errors=True)
+            medians = {t: {key: statistics.median(r[key] for r in rows) for key in rows[0]} for t, rows in runs.items()}
+            base = targets[0]
+            for target in targets:
+                ratio = medians[target]["compact_s"] / medians[base]["compact_s"]
+                print(
+                    f"target {target:>5} MB: compaction p50 {medians[target]['compact_s']:.1f}s ({ratio:.2f}x of "
+                    f"{base} MB), vacuum p50 {medians[target]['vacuum_s']:.1f}s, "
+                    f"rewrote {medians[target]['rewritten_mb']:.0f} MB"
+                )
+            write_results(
+                args.output,
+                NAME,
+                {
+                    "old_mb": old_bytes / 1e6,
+                    "small_appends": args.small,
+                    "small_mb": (total_bytes - old_bytes) / 1e6,
+                    "runs": {str(t): r for t, r in runs.items()},
+                    "median": {str(t): m for t, m in medians.items()},
+                },
+            )
+        finally:
+            spark.stop()
     return 0
 
 

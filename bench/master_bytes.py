@@ -11,12 +11,10 @@ not weigh on the comparison. Reports both sizes and the raw text's share.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from _common import add_common_args, write_results
+from _common import add_common_args, work_directory, write_results
 
 from lambda_pipeline.core.config import load_settings
 from lambda_pipeline.core.session import get_spark
@@ -39,36 +37,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=4, help="Parquet files per copy (default 4)")
     add_common_args(parser, NAME)
     args = parser.parse_args(argv)
-    own = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="bench-master-bytes-")) if own else Path(args.workdir)
-    settings = load_settings(args.config, args.override)
-    locations = Locations.create(settings, workdir)
-    locations.ensure_local_dirs()
-    spark = get_spark(settings.spark, app_name=f"bench-{NAME}")
-    try:
-        ClickstreamGenerator(7).write(locations.landing, args.events, files=8)
-        start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
-        master = spark.read.format("delta").load(locations.master)
-        rows = master.count()
-        sizes = {}
-        for name, frame in (("with_raw", master), ("without_raw", master.drop(RAW))):
-            out = workdir / "copies" / name
-            frame.repartition(args.files).write.mode("overwrite").parquet(str(out))
-            sizes[name] = _bytes(out)
-        share = 1 - sizes["without_raw"] / sizes["with_raw"]
-        print(
-            f"master: {rows:,} events; {sizes['with_raw'] / 2**20:.1f} MB with the raw text, "
-            f"{sizes['without_raw'] / 2**20:.1f} MB without: the raw text is {share:.0%} of master's bytes"
-        )
-        write_results(
-            args.output,
-            NAME,
-            {"events": rows, "bytes": sizes, "raw_share": round(share, 4), "parameters": vars(args)},
-        )
-    finally:
-        spark.stop()
-        if own and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+    with work_directory(args, "bench-master-bytes-") as workdir:
+        settings = load_settings(args.config, args.override)
+        locations = Locations.create(settings, workdir)
+        locations.ensure_local_dirs()
+        spark = get_spark(settings.spark, app_name=f"bench-{NAME}")
+        try:
+            ClickstreamGenerator(7).write(locations.landing, args.events, files=8)
+            start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
+            master = spark.read.format("delta").load(locations.master)
+            rows = master.count()
+            sizes = {}
+            for name, frame in (("with_raw", master), ("without_raw", master.drop(RAW))):
+                out = workdir / "copies" / name
+                frame.repartition(args.files).write.mode("overwrite").parquet(str(out))
+                sizes[name] = _bytes(out)
+            share = 1 - sizes["without_raw"] / sizes["with_raw"]
+            print(
+                f"master: {rows:,} events; {sizes['with_raw'] / 2**20:.1f} MB with the raw text, "
+                f"{sizes['without_raw'] / 2**20:.1f} MB without: the raw text is {share:.0%} of master's bytes"
+            )
+            write_results(
+                args.output,
+                NAME,
+                {"events": rows, "bytes": sizes, "raw_share": round(share, 4), "parameters": vars(args)},
+            )
+        finally:
+            spark.stop()
     return 0
 
 
