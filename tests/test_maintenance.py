@@ -30,9 +30,14 @@ def test_a_retention_shorter_than_an_hour_or_than_a_query_is_refused() -> None:
 
 
 @pytest.mark.integration
-def test_maintenance_beside_ingest_and_batch_fails_no_commit_and_keeps_serving_exact(spark, tmp_path) -> None:
+def test_maintenance_beside_ingest_and_batch_fails_no_commit_and_keeps_serving_exact(spark, tmp_path, capsys) -> None:
     # Ingest maintains master and quarantine itself, here after every micro-batch at least a second apart.
-    overrides = ["ingest.trigger=200 milliseconds", "maintenance.compact_min_files=3", "maintenance.interval=1 second"]
+    overrides = [
+        "ingest.trigger=200 milliseconds",
+        "maintenance.compact_min_files=3",
+        "maintenance.interval=1 second",
+        "maintenance.ingest_compact_every=1 second",
+    ]
     settings = load_settings(None, overrides)
     locations = Locations.create(settings, tmp_path / "work")
     locations.ensure_local_dirs()
@@ -65,7 +70,10 @@ def test_maintenance_beside_ingest_and_batch_fails_no_commit_and_keeps_serving_e
     history = DeltaTable.forPath(spark, locations.master).history().collect()
     writes = sum(1 for r in history if r.operation == "WRITE")
     assert after is not None and writes >= 8 and after.live_files < writes / 2, (after, writes)
-    assert {"OPTIMIZE", "VACUUM START", "VACUUM END"} <= {r.operation for r in history}
+    operations = {r.operation for r in history}
+    assert "OPTIMIZE" in operations and not {"VACUUM START", "VACUUM END"} & operations, operations
+    out = capsys.readouterr().out
+    assert "ingest (beside micro-batch" in out and "vacuumed" in out, "ingest vacuums beside its micro-batches"
     # At rest, serving equals the whole master dataset.
     run_batch(spark, CLICKSTREAM, locations)
     total = spark.read.format("delta").load(locations.master).count()
@@ -105,3 +113,33 @@ def test_compaction_leaves_files_of_the_target_size_alone_and_packs_the_small_on
     assert done.compacted and done.after.live_files == (2 if target_mb == 1 else 1), done.describe()
     assert (big_file in files()) == (target_mb == 1), "only a file under the target is rewritten"
     assert spark.read.format("delta").load(coverage).count() == 60_060
+
+
+@pytest.mark.integration
+def test_the_vacuum_of_master_commits_nothing_and_deletes_what_expired(spark, tmp_path) -> None:
+    """Ingest vacuums master beside its micro-batches, which predict master's versions: no commit may slip in."""
+    import os
+    from pathlib import Path
+
+    from lambda_pipeline.core.tables import table_version
+
+    settings = load_settings(None, ["maintenance.retention=1 hour"])
+    locations = Locations.create(settings, tmp_path / "work")
+    locations.ensure_local_dirs()
+    ClickstreamGenerator(5).write(locations.landing, 50, files=1)
+    ingest_once(spark, settings, locations)
+    run_batch(spark, CLICKSTREAM, locations)
+    versions = {
+        name: table_version(spark, path)
+        for name, path in (("master", locations.master), ("coverage", locations.coverage))
+    }
+    stray = Path(locations.master) / "part-00000-left-by-a-failed-write.parquet"
+    stray.write_bytes(b"PAR1")
+    two_hours_ago = time.time() - 2 * 3600
+    os.utime(stray, (two_hours_ago, two_hours_ago))
+
+    (master,) = maintain(spark, CLICKSTREAM, locations, only=["master"], compact=False)
+    assert master.vacuumed and not master.compacted and not stray.exists(), master.describe()
+    assert table_version(spark, locations.master) == versions["master"], "no VACUUM START / END commit"
+    assert [r.table for r in maintain(spark, CLICKSTREAM, locations, only=["coverage"])] == ["coverage"]
+    assert table_version(spark, locations.coverage) == versions["coverage"] + 2, "other tables keep the log"

@@ -2,11 +2,13 @@
 
 Which Delta operations, on which tables, by whom, and why none can make a writer fail:
 
-- **Master and quarantine are maintained by ingest itself**, between two micro-batches, every
-  ``maintenance.interval``: ingest tags each master commit with the version it predicts for it, so no other
-  process may commit to master while ingest runs (a compaction or a vacuum is a commit too). ``maintain``
-  touches them only when asked (``--table master``) and only while ingest is stopped (it takes ingest's
-  lease).
+- **Master and quarantine are maintained by ingest itself**: ingest tags each master commit with the version
+  it predicts for it, so no other process may commit to master while ingest runs. It compacts them between
+  two micro-batches every ``maintenance.ingest_compact_every`` (a compaction is a commit), and vacuums them
+  every ``maintenance.interval`` in a thread beside its micro-batches: their VACUUM runs with Delta's
+  ``vacuum.logging.enabled`` off, so it writes no ``VACUUM START`` / ``END`` commit and cannot move a
+  version. ``maintain`` compacts them only when asked (``--table master``) and only while ingest is stopped
+  (it takes ingest's lease).
 - **OPTIMIZE** (bin-packing, ``executeCompaction``) on master, quarantine and the coverage table, once one
   holds ``maintenance.compact_min_files`` files: their writers only append, and a blind append and a
   compaction (``dataChange=false``) never conflict. Not on a batch view (each batch run overwrites it whole,
@@ -18,7 +20,8 @@ Which Delta operations, on which tables, by whom, and why none can make a writer
   5,000 events/s that cost grew run after run, and ingest pauses for it).
 - **VACUUM** on every table with ``maintenance.retention``: it deletes only data files that left the table
   more than that long ago, so no reader pinned within the retention loses a file. Its log entries
-  (``VACUUM START`` / ``END``) carry no data action and conflict with no commit.
+  (``VACUUM START`` / ``END``, not written for master and quarantine) carry no data action and conflict with
+  no commit.
 
 The retention rule: it must outlast the longest batch run (a run reads master at one version from start to
 publication), the longest query (``serve.query_timeout``) and any ``--as-of`` you want to keep answering.
@@ -45,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = ["COMPACTED", "INGESTS", "Maintained", "TableFiles", "maintain", "table_files", "tables_of"]
 
 _DELTA_DEFAULT_RETENTION_HOURS = 168.0
+_VACUUM_LOGGING = "spark.databricks.delta.vacuum.logging.enabled"
 
 
 @dataclass(frozen=True)
@@ -132,12 +136,13 @@ def maintain(
     locations: Locations,
     *,
     only: list[str] | None = None,
+    compact: bool = True,
     vacuum: bool = True,
     on_table: Any = None,
 ) -> list[Maintained]:
     """Compact and vacuum the tables named in ``only`` (by default every table but master and quarantine,
-    which ingest maintains); one report per table. ``vacuum=False`` compacts only (ingest compacts more often
-    than it vacuums: see ``maintenance.ingest_compact_every``).
+    which ingest maintains); one report per table. ``compact=False`` or ``vacuum=False`` leaves that step out
+    (ingest compacts in its micro-batch and vacuums beside it: see the module's docstring).
 
     Safe beside running ingest, batch and serving for the default tables (see the module's docstring). The
     caller of master's or quarantine's maintenance holds ingest's lease. A table that does not exist yet is
@@ -168,12 +173,16 @@ def maintain(
         if before is None or table_version(spark, path) is None:
             continue
         table = DeltaTable.forPath(spark, path)
-        compacted = name in COMPACTED and before.live_files >= settings.compact_min_files
+        compacted = compact and name in COMPACTED and before.live_files >= settings.compact_min_files
         mark = time.perf_counter()
         if compacted:
             table.optimize().executeCompaction()
         compact_seconds, mark = time.perf_counter() - mark, time.perf_counter()
         if vacuum:
+            if name in INGESTS:  # no commit: ingest predicts master's versions (see the module's docstring)
+                spark.conf.set(_VACUUM_LOGGING, "false")
+            else:
+                spark.conf.unset(_VACUUM_LOGGING)
             table.vacuum(retention_hours)
         vacuum_seconds = time.perf_counter() - mark
         after = table_files(spark, path)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import posixpath
+import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -207,8 +209,8 @@ class IngestBatch:
     lease: Lease | None = None
     """Checked before the micro-batch commits anything: an instance that lost it stops (core/leases.py)."""
     maintain_every: float | None = None
-    """Seconds between this job's own vacuums of master and quarantine (``maintenance.interval``): no other
-    process may commit to them while it runs (core/maintenance.py)."""
+    """Seconds between this job's own vacuums of master and quarantine (``maintenance.interval``), in a thread
+    beside its micro-batches: no other process may commit to them while it runs (core/maintenance.py)."""
     compact_every: float | None = None
     """Seconds between its compactions of them (``maintenance.ingest_compact_every``): the micro-batch waits
     for one, so it is kept short by running often (each rewrites what came since, core/maintenance.py)."""
@@ -216,6 +218,7 @@ class IngestBatch:
     """Whether master keeps each event's raw text (``ingest.keep_raw``): what a backfill reads."""
     _maintained_at: float = dataclasses.field(default_factory=time.monotonic)
     _compacted_at: float = dataclasses.field(default_factory=time.monotonic)
+    _vacuum: threading.Thread | None = None
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         timer = PhaseTimer("ingest", batch_id)
@@ -264,24 +267,51 @@ class IngestBatch:
         timer.report()
 
     def _maintain(self, batch_id: int, timer: PhaseTimer) -> None:
-        """Compact master and quarantine every ``compact_every``, and vacuum them too every ``maintain_every``."""
+        """Compact master and quarantine every ``compact_every`` (the micro-batch waits); start their vacuum
+        every ``maintain_every`` in a thread beside the micro-batches (it commits nothing)."""
         now = time.monotonic()
-        vacuum = self.maintain_every is not None and now - self._maintained_at >= self.maintain_every
-        compact = vacuum or (self.compact_every is not None and now - self._compacted_at >= self.compact_every)
-        if not compact:
-            return
-        with timer.phase("maintain"):
-            maintain(
-                self.spark,
-                self.speed.pipeline,
-                self.locations,
-                only=sorted(INGESTS),
-                vacuum=vacuum,
-                on_table=lambda done: print(f"ingest {batch_id}: maintain {done.describe()}", flush=True),
-            )
-        self._compacted_at = time.monotonic()
-        if vacuum:
-            self._maintained_at = self._compacted_at
+        if self.maintain_every is not None and now - self._maintained_at >= self.maintain_every:
+            self._maintained_at = now
+            self._vacuum_beside(batch_id)
+        if self.compact_every is not None and now - self._compacted_at >= self.compact_every:
+            with timer.phase("maintain"):
+                maintain(
+                    self.spark,
+                    self.speed.pipeline,
+                    self.locations,
+                    only=sorted(INGESTS),
+                    vacuum=False,
+                    on_table=lambda done: print(f"ingest {batch_id}: maintain {done.describe()}", flush=True),
+                )
+            self._compacted_at = time.monotonic()
+
+    def _vacuum_beside(self, batch_id: int) -> None:
+        if self._vacuum is not None and self._vacuum.is_alive():
+            return  # the previous vacuum still runs: this one would find nothing more to delete
+
+        def run() -> None:
+            try:
+                maintain(
+                    self.spark,
+                    self.speed.pipeline,
+                    self.locations,
+                    only=sorted(INGESTS),
+                    compact=False,
+                    on_table=lambda done: print(
+                        f"ingest (beside micro-batch {batch_id}): maintain {done.describe()}", flush=True
+                    ),
+                )
+            except Exception as error:  # a vacuum is retried at the next interval; ingest goes on
+                first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                print(
+                    f"ingest: the vacuum of master and quarantine failed ({type(error).__name__}: {first}); "
+                    "it runs again after maintenance.interval",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+        self._vacuum = threading.Thread(target=run, name="ingest-vacuum", daemon=True)
+        self._vacuum.start()
 
     def _append_master(self, events: DataFrame, batch_id: int) -> tuple[int, bool]:
         """Append the micro-batch's events to master once: (their ingest tag, whether this call wrote them)."""
