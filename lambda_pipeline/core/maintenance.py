@@ -185,7 +185,7 @@ def maintain(
                 spark.conf.unset(_VACUUM_LOGGING)
             table.vacuum(retention_hours)
         vacuum_seconds = time.perf_counter() - mark
-        after = table_files(spark, path)
+        after = table_files(spark, path) if compacted or vacuum else before  # nothing done: nothing changed
         assert after is not None
         seconds = time.perf_counter() - started
         report = Maintained(name, path, compacted, vacuum, before, after, seconds, compact_seconds, vacuum_seconds)
