@@ -118,28 +118,32 @@ def test_compaction_leaves_files_of_the_target_size_alone_and_packs_the_small_on
 @pytest.mark.integration
 def test_the_vacuum_of_master_commits_nothing_and_deletes_what_expired(spark, tmp_path) -> None:
     """Ingest vacuums master beside its micro-batches, which predict master's versions: no commit may slip in."""
-    import os
-    from pathlib import Path
-
+    from lambda_pipeline.core.maintenance import _without_vacuum_log
     from lambda_pipeline.core.tables import table_version
 
-    settings = load_settings(None, ["maintenance.retention=1 hour"])
+    settings = load_settings(None, ["maintenance.compact_min_files=3"])
     locations = Locations.create(settings, tmp_path / "work")
     locations.ensure_local_dirs()
-    ClickstreamGenerator(5).write(locations.landing, 50, files=1)
-    ingest_once(spark, settings, locations)
-    run_batch(spark, CLICKSTREAM, locations)
-    versions = {
-        name: table_version(spark, path)
-        for name, path in (("master", locations.master), ("coverage", locations.coverage))
-    }
-    stray = Path(locations.master) / "part-00000-left-by-a-failed-write.parquet"
-    stray.write_bytes(b"PAR1")
-    two_hours_ago = time.time() - 2 * 3600
-    os.utime(stray, (two_hours_ago, two_hours_ago))
+    generator = ClickstreamGenerator(5)
+    for _ in range(3):
+        generator.write(locations.landing, 30, files=1)
+        ingest_once(spark, settings, locations)
+    (compacted,) = maintain(spark, CLICKSTREAM, locations, only=["master"], vacuum=False)
+    assert compacted.compacted and compacted.after.live_files == 1, compacted.describe()
+    version = table_version(spark, locations.master)
 
-    (master,) = maintain(spark, CLICKSTREAM, locations, only=["master"], compact=False)
-    assert master.vacuumed and not master.compacted and not stray.exists(), master.describe()
-    assert table_version(spark, locations.master) == versions["master"], "no VACUUM START / END commit"
+    (vacuumed,) = maintain(spark, CLICKSTREAM, locations, only=["master"], compact=False)
+    assert vacuumed.vacuumed and not vacuumed.compacted, vacuumed.describe()
+    assert table_version(spark, locations.master) == version, "no VACUUM START / END commit"
+    # What the compaction removed is deleted once past the retention (here none), still without a commit.
+    from delta.tables import DeltaTable
+
+    DeltaTable.forPath(_without_vacuum_log(spark), locations.master).vacuum(0.0)
+    after = table_files(spark, locations.master)
+    assert after is not None and after.disk_files == 1 < compacted.after.disk_files, (after, compacted.after)
+    assert table_version(spark, locations.master) == version
+    # Other tables keep their log entries.
+    run_batch(spark, CLICKSTREAM, locations)
+    before = table_version(spark, locations.coverage)
     assert [r.table for r in maintain(spark, CLICKSTREAM, locations, only=["coverage"])] == ["coverage"]
-    assert table_version(spark, locations.coverage) == versions["coverage"] + 2, "other tables keep the log"
+    assert table_version(spark, locations.coverage) == before + 2

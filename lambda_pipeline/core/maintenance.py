@@ -49,6 +49,7 @@ __all__ = ["COMPACTED", "INGESTS", "Maintained", "TableFiles", "maintain", "tabl
 
 _DELTA_DEFAULT_RETENTION_HOURS = 168.0
 _VACUUM_LOGGING = "spark.databricks.delta.vacuum.logging.enabled"
+_RETENTION_CHECK = "spark.databricks.delta.retentionDurationCheck.enabled"
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,18 @@ INGESTS = frozenset({"master", "quarantine"})
 """The tables only ingest may commit to while it runs: it maintains them itself."""
 
 
+def _without_vacuum_log(spark: SparkSession) -> SparkSession:
+    """A session of the same Spark context whose VACUUM writes no ``VACUUM START`` / ``END`` commit.
+
+    The setting stays out of the caller's session: another thread of the process may vacuum another table
+    with it at the same moment (ingest vacuums beside its micro-batches; the demo runs every job in one).
+    """
+    quiet = spark.newSession()
+    quiet.conf.set(_VACUUM_LOGGING, "false")
+    quiet.conf.set(_RETENTION_CHECK, "false")  # the settings enforce this project's own floor
+    return quiet
+
+
 def maintain(
     spark: SparkSession,
     pipeline: Pipeline,
@@ -154,7 +167,7 @@ def maintain(
     retention_hours = duration_seconds(settings.retention) / 3600.0
     if retention_hours < _DELTA_DEFAULT_RETENTION_HOURS:
         # Delta refuses a retention under 7 days unless told; the settings enforce this project's own floor.
-        spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
+        spark.conf.set(_RETENTION_CHECK, "false")
     target = str(settings.compact_target_mb * 1024 * 1024)
     spark.conf.set("spark.databricks.delta.optimize.minFileSize", target)  # larger files are left alone
     spark.conf.set("spark.databricks.delta.optimize.maxFileSize", target)
@@ -179,11 +192,8 @@ def maintain(
             table.optimize().executeCompaction()
         compact_seconds, mark = time.perf_counter() - mark, time.perf_counter()
         if vacuum:
-            if name in INGESTS:  # no commit: ingest predicts master's versions (see the module's docstring)
-                spark.conf.set(_VACUUM_LOGGING, "false")
-            else:
-                spark.conf.unset(_VACUUM_LOGGING)
-            table.vacuum(retention_hours)
+            # No commit on master or quarantine: ingest predicts master's versions (see the module's docstring).
+            (DeltaTable.forPath(_without_vacuum_log(spark), path) if name in INGESTS else table).vacuum(retention_hours)
         vacuum_seconds = time.perf_counter() - mark
         after = table_files(spark, path) if compacted or vacuum else before  # nothing done: nothing changed
         assert after is not None
