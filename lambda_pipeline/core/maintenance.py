@@ -178,6 +178,7 @@ def maintain(
 
         raise LambdaError(f"maintain --table {', '.join(unknown)}: no such table; the tables are: {', '.join(tables)}")
     done: list[Maintained] = []
+    quiet: SparkSession | None = None  # one session without vacuum log entries, for master and quarantine
     for name, path in tables.items():
         if (only and name not in only) or (not only and name in INGESTS):
             continue
@@ -193,7 +194,11 @@ def maintain(
         compact_seconds, mark = time.perf_counter() - mark, time.perf_counter()
         if vacuum:
             # No commit on master or quarantine: ingest predicts master's versions (see the module's docstring).
-            (DeltaTable.forPath(_without_vacuum_log(spark), path) if name in INGESTS else table).vacuum(retention_hours)
+            if name in INGESTS:
+                quiet = quiet or _without_vacuum_log(spark)
+                DeltaTable.forPath(quiet, path).vacuum(retention_hours)
+            else:
+                table.vacuum(retention_hours)
         vacuum_seconds = time.perf_counter() - mark
         after = table_files(spark, path) if compacted or vacuum else before  # nothing done: nothing changed
         assert after is not None

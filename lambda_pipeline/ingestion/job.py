@@ -275,15 +275,20 @@ class IngestBatch:
             self._vacuum_beside(batch_id)
         if self.compact_every is not None and now - self._compacted_at >= self.compact_every:
             with timer.phase("maintain"):
-                maintain(
-                    self.spark,
-                    self.speed.pipeline,
-                    self.locations,
-                    only=sorted(INGESTS),
-                    vacuum=False,
-                    on_table=lambda done: print(f"ingest {batch_id}: maintain {done.describe()}", flush=True),
-                )
+                self._maintain_ingests(f"ingest {batch_id}", vacuum=False)
             self._compacted_at = time.monotonic()
+
+    def _maintain_ingests(self, who: str, *, compact: bool = True, vacuum: bool = True) -> None:
+        """Maintain master and quarantine, a log line per table."""
+        maintain(
+            self.spark,
+            self.speed.pipeline,
+            self.locations,
+            only=sorted(INGESTS),
+            compact=compact,
+            vacuum=vacuum,
+            on_table=lambda done: print(f"{who}: maintain {done.describe()}", flush=True),
+        )
 
     def _vacuum_beside(self, batch_id: int) -> None:
         if self._vacuum is not None and self._vacuum.is_alive():
@@ -291,16 +296,7 @@ class IngestBatch:
 
         def run() -> None:
             try:
-                maintain(
-                    self.spark,
-                    self.speed.pipeline,
-                    self.locations,
-                    only=sorted(INGESTS),
-                    compact=False,
-                    on_table=lambda done: print(
-                        f"ingest (beside micro-batch {batch_id}): maintain {done.describe()}", flush=True
-                    ),
-                )
+                self._maintain_ingests(f"ingest (beside micro-batch {batch_id})", compact=False)
             except Exception as error:  # a vacuum is retried at the next interval; ingest goes on
                 first = str(error).strip().splitlines()[0] if str(error).strip() else ""
                 print(
