@@ -11,16 +11,16 @@ import sys
 import threading
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import pytest
 
 from lambda_pipeline.batch_layer.job import run_batch
 from lambda_pipeline.cli.main import main
+from lambda_pipeline.core.config import LeaseSettings
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.leases import Holder, Lease, LeaseHeld, LeaseLost
 from lambda_pipeline.core.streaming import stop_between_batches
-from lambda_pipeline.core.tables import table_version
+from lambda_pipeline.core.tables import Locations, table_version
 from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
@@ -112,25 +112,30 @@ def test_two_batch_runs_never_overlap(spark, settings, locations) -> None:
     assert staged is not None
 
 
-def test_an_instance_that_lost_its_lease_commits_nothing(spark, settings, locations) -> None:
+def test_an_instance_that_lost_its_lease_commits_nothing(spark, settings, locations, capsys) -> None:
     ClickstreamGenerator(6).write(locations.landing, 40, files=1)
     ingest_once(spark, settings, locations)
+    locations = Locations(locations.workdir, settings.model_copy(update={"lease": LeaseSettings(ttl="2 seconds")}))
     lease = Lease(spark, locations, "batch", locations.coverage).acquire()
     try:
         lease.check()
-        # A second instance on another host took the lease over after this one went silent past the TTL.
-        elsewhere = Holder("another-host", 4242, "t0k3n", "2026-12-06T00:00:00+00:00", time.time())
-        lease._write(elsewhere)
-        with pytest.raises(LeaseLost, match="lost its lease to process 4242 on another-host"):
+        # A second instance on another host took the lease over: it created the record after this one's.
+        elsewhere = Holder("another-host", 4242, "t0k3n", "2026-12-06T00:00:00+00:00", "2026-12-06T00:00:01+00:00")
+        newest = lease.newest()
+        assert newest is not None
+        assert lease.records.create(newest[0] + 1, json.dumps(asdict(elsewhere)))
+        with pytest.raises(LeaseLost, match="lost its lease: process 4242 on another-host"):
             lease.check()
-        assert json.loads(Path(lease.path).read_text()) == asdict(elsewhere)
     finally:
         lease.release()
-    assert Path(lease.path).exists(), "a lost lease is not released over its new holder"
-    # A batch started now refuses too: the holder elsewhere renewed within the TTL.
-    with pytest.raises(LeaseHeld, match="another-host"):
-        run_batch(spark, CLICKSTREAM, locations)
-    Path(lease.path).unlink()
+    assert lease.current() == elsewhere, "a lost lease is not released over its new holder"
+    # A batch started now watches the holder elsewhere for the lease time; it never renews, so it is taken over.
+    capsys.readouterr()
+    _, staged = run_batch(spark, CLICKSTREAM, locations)
+    watched = "held by process 4242 on another-host (since 2026-12-06T00:00:00+00:00), not on this host"
+    assert watched in capsys.readouterr().err
+    assert staged is not None
+    assert Lease(spark, locations, "batch", locations.coverage).current() is None
 
 
 def test_a_deleted_ingest_checkpoint_is_refused_and_nothing_is_counted_twice(spark, settings, locations) -> None:
@@ -150,21 +155,25 @@ def test_a_deleted_ingest_checkpoint_is_refused_and_nothing_is_counted_twice(spa
 
 
 def test_a_holder_renewing_never_loses_its_lease_to_its_own_renewal(spark, settings, locations) -> None:
-    """The renewal rewrites the record; a check or a reader at that moment still sees the holder.
+    """A check, or another instance's read, while the holder renews still sees the holder.
 
-    The ingest of the hour-long soak stopped at minute 57 with ``LeaseLost`` to "nobody": a check read
-    the record between the renewal's delete and rename. Renewing every 10 ms makes that moment common.
+    A renewal creates the next record, then notes it as its own: a check in between reads a record that is
+    not the one the holder last noted, and must still know it for its own. A lease time of 1 s renews every
+    250 ms, so checks fall across many renewals.
     """
-    lease = Lease(spark, locations, "ingest", locations.master, ttl=0.04).acquire()
+    lease = Lease(spark, locations, "ingest", locations.master, ttl=1.0).acquire()
     other = Lease(spark, locations, "ingest", locations.master)  # what a second instance reads
     try:
-        deadline = time.monotonic() + 20
-        for _ in range(400):  # bounded in count and time
+        first = lease.newest()
+        deadline = time.monotonic() + 2.5  # ten renewals
+        for _ in range(100_000):  # bounded in count and time
             lease.check()
             held = other.current()
             assert held is not None and held.token == lease.holder.token
             if time.monotonic() > deadline:
                 break
+        last = lease.newest()
+        assert first is not None and last is not None and last[0] - first[0] >= 4, "it hardly renewed meanwhile"
     finally:
         lease.release()
     assert other.current() is None

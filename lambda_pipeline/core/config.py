@@ -38,6 +38,7 @@ __all__ = [
     "GlueCatalogSettings",
     "IngestSettings",
     "KafkaSettings",
+    "LeaseSettings",
     "S3Settings",
     "ServeSettings",
     "Settings",
@@ -309,6 +310,38 @@ class MaintenanceSettings(_Strict):
         return value
 
 
+MIN_LEASE_TTL_SECONDS = 1.0
+
+
+class LeaseSettings(_Strict):
+    """The leases that keep one live instance per job (docs/operations.md, "Guards")."""
+
+    ttl: str = Field(
+        default="60 seconds",
+        description="a holder renews every ttl/4 and stops committing once its last renewal is ttl/2 old; "
+        "another host takes a lease over once it saw the record unchanged for ttl on its own clock",
+    )
+    host_id: str | None = Field(
+        default=None,
+        description="this machine's name in lease records (default: its hostname); processes that share one "
+        "may take a dead holder's lease over at once, others wait ttl",
+    )
+
+    @field_validator("ttl")
+    @classmethod
+    def _long_enough(cls, value: str) -> str:
+        if duration_seconds(value) < MIN_LEASE_TTL_SECONDS:
+            raise ValueError(f"expected a duration of at least 1 second, got {value!r}")
+        return value
+
+    @field_validator("host_id")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}", value):
+            raise ValueError(f"expected a host name (letters, digits, '.', '_', ':', '-'), got {value!r}")
+        return value
+
+
 class ServeSettings(_Strict):
     """The warm query server (``lambda-pipeline serve``): where it listens and what one query may take."""
 
@@ -525,6 +558,7 @@ class Settings(_Strict):
     s3: S3Settings = Field(default_factory=S3Settings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
+    lease: LeaseSettings = Field(default_factory=LeaseSettings)
 
     @model_validator(mode="after")
     def _retention_outlasts_queries(self) -> Settings:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lambda_pipeline.core.errors import EnvironmentProblem
 
-__all__ = ["file_lock", "process_alive"]
+__all__ = ["file_lock", "process_alive", "process_identity"]
 
 
 @contextmanager
@@ -40,12 +40,33 @@ def file_lock(path: Path, timeout: float, doing: str = "resolving jars") -> Iter
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this host (one owned by another user counts as running)."""
+def process_alive(pid: int, identity: str | None = None) -> bool:
+    """Whether process ``pid`` runs on this host (one owned by another user counts as running).
+
+    With ``identity`` (from :func:`process_identity`), only if it is still the same process: a pid that was
+    reused after a restart or a reboot, or a container's pid namespace started again, does not count.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    if identity is None:
         return True
-    return True
+    now = process_identity(pid)
+    return now is None or now == identity
+
+
+def process_identity(pid: int) -> str | None:
+    """The boot and the start time of process ``pid`` (Linux's ``/proc``), or None where they cannot be read.
+
+    Together with the pid they name one process for good: no later process of this machine has both.
+    """
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()  # the command name may hold spaces and parentheses
+    return f"{boot}:{fields[19]}" if len(fields) > 19 else None

@@ -7,7 +7,7 @@ import posixpath
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -210,16 +210,34 @@ def stop_between_batches(query: StreamingQuery, timeout: float = 60.0) -> None:
 
 
 def run_until_stopped(queries: list[StreamingQuery], *, once: bool) -> None:
-    """Wait for the queries; on SIGINT/SIGTERM stop them between micro-batches."""
-    if once:
-        for query in queries:
-            query.awaitTermination()
-        return
+    """Wait for the queries; on SIGINT/SIGTERM, or once a query's lease is lost, stop them between micro-batches.
+
+    A lost lease (``core/leases.py``) ends the wait with :class:`LeaseLost`, one line saying why, whatever
+    the query itself failed with on its way out: the job exits non-zero and a restart policy starts it again.
+    """
+    from lambda_pipeline.core.leases import lease_of
+
+    leases = [lease for lease in map(lease_of, queries) if lease is not None]
+    try:
+        if once:
+            for query in queries:
+                query.awaitTermination()
+        else:
+            _wait_for_a_stop(queries, lambda: any(lease.lost is not None for lease in leases))
+    except Exception:
+        for lease in leases:
+            lease.raise_if_lost()
+        raise
+    for lease in leases:
+        lease.raise_if_lost()
+
+
+def _wait_for_a_stop(queries: list[StreamingQuery], lost: Callable[[], bool]) -> None:
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while not stop.is_set() and all(q.isActive for q in queries):
-            stop.wait(1.0)
+        while not stop.is_set() and all(q.isActive for q in queries) and not lost():
+            stop.wait(0.5)
         for query in queries:
             stop_between_batches(query)
         for query in queries:

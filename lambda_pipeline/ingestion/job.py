@@ -207,7 +207,7 @@ class IngestBatch:
     appender: OnceAppender
     speed: SpeedWriter
     lease: Lease | None = None
-    """Checked before the micro-batch commits anything: an instance that lost it stops (core/leases.py)."""
+    """Checked before the micro-batch's commits and before its maintenance: an instance that lost it stops."""
     maintain_every: float | None = None
     """Seconds between this job's own vacuums of master and quarantine (``maintenance.interval``), in a thread
     beside its micro-batches: no other process may commit to them while it runs (core/maintenance.py)."""
@@ -226,8 +226,7 @@ class IngestBatch:
         try:
             with timer.phase("route"):  # the one Spark job that reads, parses, deduplicates and routes
                 counts = {bool(ok): n for ok, n in routed.groupBy(F.col(REASON).isNull().alias("ok")).count().collect()}
-            if self.lease is not None:
-                self.lease.check()
+            self._check_lease()
             writes: list[Callable[[], object]] = []
             if counts.get(True):
 
@@ -262,9 +261,14 @@ class IngestBatch:
                     future.result()
         finally:
             routed.unpersist()
+        self._check_lease()  # the purge and the compaction commit too
         self.speed.maintain(batch_id, timer)
         self._maintain(batch_id, timer)
         timer.report()
+
+    def _check_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.check()
 
     def _maintain(self, batch_id: int, timer: PhaseTimer) -> None:
         """Compact master and quarantine every ``compact_every`` (the micro-batch waits); start their vacuum
@@ -468,5 +472,5 @@ def _start_ingest(
     )
     query = with_trigger(writer, settings.ingest.trigger, once=once).start()
     lease.while_active(query)
-    release_with(spark, str(query.id), lease)
+    release_with(spark, query, lease)
     return query

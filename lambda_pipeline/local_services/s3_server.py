@@ -32,11 +32,8 @@ DEFAULT_PORT = 9000
 _POLL_SECONDS = 0.1
 _REQUEST_TIMEOUT = 10.0
 _S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
-# moto's server, with werkzeug's one-line-per-request access log turned down to warnings.
-_LAUNCHER = (
-    "import logging, sys; logging.getLogger('werkzeug').setLevel(logging.WARNING); "
-    "from moto.server import main; main(sys.argv[1:])"
-)
+# moto's server, each writing request atomic as on S3 (conditional writes included).
+_LAUNCHER = "lambda_pipeline.local_services.moto_s3"
 _INSTALL_HINT = "install it with: pip install -e '.[local]' (or pip install 'moto[server]')"
 
 
@@ -106,7 +103,7 @@ class S3Server(ManagedProcess):
         return self.endpoint
 
     def _owns(self, cmdline: str) -> bool:
-        return "moto.server" in cmdline and f"-p {self._recorded_port()}" in cmdline
+        return _LAUNCHER in cmdline and f"-p {self._recorded_port()}" in cmdline
 
     def status(self) -> S3ServerStatus:
         """Whether this ``base_dir``'s server runs, from any process."""
@@ -128,7 +125,7 @@ class S3Server(ManagedProcess):
         self.spool_dir.mkdir(exist_ok=True)
         self._save_state(port=self.port, region=self.region)
         env = {**os.environ, "TMPDIR": str(self.spool_dir), "PYTHONUNBUFFERED": "1"}
-        command = [sys.executable, "-c", _LAUNCHER, "-H", HOST, "-p", str(self.port)]
+        command = [sys.executable, "-m", _LAUNCHER, "-H", HOST, "-p", str(self.port)]
         self._await_ready(deadline, self._spawn(command, "the S3 server (moto)", env))
 
     def _answers(self, remaining: float) -> bool:
