@@ -145,6 +145,7 @@ class Lease:
         self._stale: list[int] = []
         """Numbers of this instance's older records, deleted once a newer one exists."""
         self._lost: str | None = None
+        self._released = False
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
         self._state = threading.Lock()
@@ -352,6 +353,10 @@ class Lease:
 
     def release(self) -> None:
         """Stop renewing and give the lease up: a released record, only if the lease is still this instance's."""
+        with self._state:
+            if self._released:
+                return
+            self._released = True
         lost = self.lost
         self._stop.set()
         _working.pop(self.holder.token, None)

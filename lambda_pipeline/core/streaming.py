@@ -209,6 +209,25 @@ def stop_between_batches(query: StreamingQuery, timeout: float = 60.0) -> None:
         query.stop()
 
 
+_STREAM_LOGGER = "org.apache.spark.sql.execution.streaming.runtime.MicroBatchExecution"
+
+
+def fail_quietly(spark: SparkSession) -> None:
+    """Keep Spark from logging a query failure that the job itself reports, in one line (a lost lease).
+
+    Spark logs every failed query with the whole Python traceback inside a Java stack trace, which would bury
+    the job's own line; ``--verbose`` keeps it.
+    """
+    from lambda_pipeline.core.session import verbose
+
+    if verbose():
+        return
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    log4j = jvm.org.apache.logging.log4j
+    log4j.core.config.Configurator.setLevel(_STREAM_LOGGER, log4j.Level.OFF)
+
+
 def run_until_stopped(queries: list[StreamingQuery], *, once: bool) -> None:
     """Wait for the queries; on SIGINT/SIGTERM, or once a query's lease is lost, stop them between micro-batches.
 
@@ -228,6 +247,9 @@ def run_until_stopped(queries: list[StreamingQuery], *, once: bool) -> None:
         for lease in leases:
             lease.raise_if_lost()
         raise
+    finally:
+        for lease in leases:  # now, not when Spark's listener bus gets to it: this process may exit first
+            lease.release()
     for lease in leases:
         lease.raise_if_lost()
 

@@ -34,7 +34,7 @@ from pyspark.sql import functions as F
 from lambda_pipeline.core.config import EventTimePolicy, Settings, duration_seconds
 from lambda_pipeline.core.deltalog import read_text
 from lambda_pipeline.core.errors import LambdaError
-from lambda_pipeline.core.leases import Lease, release_with
+from lambda_pipeline.core.leases import Lease, LeaseLost, release_with
 from lambda_pipeline.core.maintenance import INGESTS, maintain
 from lambda_pipeline.core.parsing import CORRUPT, text_schema, typed_value
 from lambda_pipeline.core.pipeline import Pipeline
@@ -42,6 +42,7 @@ from lambda_pipeline.core.streaming import (
     CheckpointAppId,
     OnceAppender,
     PhaseTimer,
+    fail_quietly,
     other_writers,
     with_trigger,
 )
@@ -267,8 +268,13 @@ class IngestBatch:
         timer.report()
 
     def _check_lease(self) -> None:
-        if self.lease is not None:
+        if self.lease is None:
+            return
+        try:
             self.lease.check()
+        except LeaseLost:
+            fail_quietly(self.spark)  # the job's run loop says why, in one line
+            raise
 
     def _maintain(self, batch_id: int, timer: PhaseTimer) -> None:
         """Compact master and quarantine every ``compact_every`` (the micro-batch waits); start their vacuum
