@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from lambda_pipeline.core.errors import LambdaError
+from lambda_pipeline.core.jvm import HadoopPath
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -302,12 +303,4 @@ def _write_through_hadoop(spark: SparkSession | None, uri: str, data: bytes) -> 
             f"writing {uri} needs Spark's Hadoop file system (hadoop-aws for s3a://); start a Spark session "
             "first (lambda_pipeline.core.session.get_spark) or pass it as spark="
         )
-    jvm = spark.sparkContext._jvm
-    assert jvm is not None
-    path = jvm.org.apache.hadoop.fs.Path(uri)
-    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    stream = fs.create(path, False)  # never overwrite: names are unique, a clash is a bug
-    try:
-        stream.write(bytearray(data))
-    finally:
-        stream.close()
+    HadoopPath(spark, uri).write_new(data)  # never overwrite: names are unique, a clash is a bug

@@ -34,6 +34,7 @@ from pyspark.sql import types as T
 
 from lambda_pipeline.core.config import duration_seconds
 from lambda_pipeline.core.errors import LambdaError
+from lambda_pipeline.core.jvm import analyzed_plan, dataset_of_plan, frame_of_dataset
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.tables import (
     FINGERPRINT_PROPERTY,
@@ -387,9 +388,7 @@ class ServingLayer:
         if kind in {"query", "explain", "describe_query"}:
             dataset = self._bound(statement, pin)
             if kind == "query":
-                from pyspark.sql.classic.dataframe import DataFrame as ClassicFrame
-
-                return ClassicFrame(dataset, self._session)
+                return frame_of_dataset(self._session, dataset)
             if kind == "explain":
                 text = dataset.queryExecution().explainString(statement.explain_mode)
                 return self._rows([(text,)], ["plan"])
@@ -428,18 +427,10 @@ class ServingLayer:
 
     def _bound(self, statement: Statement, pin: Pin) -> Any:
         """The statement's plan bound to the pinned relations, analysed, and checked once resolved."""
-        from py4j.protocol import Py4JJavaError
-        from pyspark.errors.exceptions.captured import convert_exception
-
         relations = {name: self.relation(*name, pin=pin) for name in statement.reads}
-        plans = {name: frame._jdf.queryExecution().analyzed() for name, frame in relations.items()}
+        plans = {name: analyzed_plan(frame) for name, frame in relations.items()}
         bound = guard.bind(self._session, statement.plan, plans)
-        jvm = self._session._jvm
-        assert jvm is not None
-        try:
-            dataset = jvm.org.apache.spark.sql.classic.Dataset.ofRows(self._session._jsparkSession, bound)
-        except Py4JJavaError as exc:
-            raise convert_exception(exc.java_exception) from None
+        dataset = dataset_of_plan(self._session, bound)
         guard.check_resolved(statement.sql, dataset.queryExecution().analyzed(), list(plans.values()))
         return dataset
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lambda_pipeline.core.errors import ReadOnlyViolation
+from lambda_pipeline.core.jvm import empty_scala_map, parse_plan, scala_list, scala_tuple3, subquery_alias
 from lambda_pipeline.serving_layer._functions import GROUPS
 
 if TYPE_CHECKING:
@@ -168,9 +169,8 @@ def parse(spark: SparkSession, sql: str, registered: Registered) -> Statement:
     """Accept ``sql`` if it is one allowed statement over ``registered`` names; else ReadOnlyViolation."""
     if not sql.strip():
         raise _refuse(sql, "the statement is empty")
-    parser = spark._jsparkSession.sessionState().sqlParser()
     try:
-        plan = parser.parsePlan(sql)
+        plan = parse_plan(spark, sql)
     except Exception as exc:  # ParseException: Spark's message, not a Java trace
         lines = [line for line in str(exc).strip().splitlines() if line.strip()]
         first = lines[0] if lines else type(exc).__name__
@@ -369,16 +369,7 @@ def bind(spark: SparkSession, plan: Any, relations: Mapping[tuple[str, str], Any
     Walks the plan, the plans of subquery expressions and the CTE definitions; a Scala ``Map``
     from the old node to the new one serves as the partial function Spark's transforms take.
     """
-    jvm = spark._jvm
-    assert jvm is not None
-    alias = jvm.org.apache.spark.sql.catalyst.plans.logical.__getattr__("SubqueryAlias$").__getattr__("MODULE$")
-    empty_map = jvm.scala.collection.immutable.__getattr__("Map$").__getattr__("MODULE$").empty()
-
-    def seq(items: list[Any]) -> Any:
-        values = jvm.java.util.ArrayList()
-        for item in items:
-            values.add(item)
-        return jvm.scala.jdk.javaapi.CollectionConverters.asScala(values).toList()
+    empty_map = empty_scala_map(spark)
 
     def rewrite(node: Any) -> Any:
         cls = node.getClass().getName()
@@ -387,7 +378,7 @@ def bind(spark: SparkSession, plan: Any, relations: Mapping[tuple[str, str], Any
             if len(parts) == 2:
                 if parts not in relations:
                     raise ReadOnlyViolation(f"'{'.'.join(parts)}' is not a registered relation. {ACCEPTED}")
-                return alias.apply(seq(list(parts)), relations[parts])
+                return subquery_alias(spark, parts, relations[parts])
             if len(parts) != 1:
                 raise ReadOnlyViolation(f"'{'.'.join(parts)}' is not a registered relation. {ACCEPTED}")
             return node
@@ -395,7 +386,7 @@ def bind(spark: SparkSession, plan: Any, relations: Mapping[tuple[str, str], Any
         old = [children.apply(i) for i in range(children.size())]
         new = [rewrite(child) for child in old]
         if any(a is not b for a, b in zip(old, new, strict=True)):
-            node = node.withNewChildren(seq(new))
+            node = node.withNewChildren(scala_list(spark, new))
         swaps = empty_map
         expressions = node.expressions()
         for i in range(expressions.size()):
@@ -408,8 +399,8 @@ def bind(spark: SparkSession, plan: Any, relations: Mapping[tuple[str, str], Any
             rebuilt = []
             for i in range(ctes.size()):
                 entry = ctes.apply(i)
-                rebuilt.append(jvm.scala.Tuple3(entry._1(), rewrite(entry._2()), entry._3()))
-            node = node.copy(node.child(), seq(rebuilt), node.allowRecursion())
+                rebuilt.append(scala_tuple3(spark, entry._1(), rewrite(entry._2()), entry._3()))
+            node = node.copy(node.child(), scala_list(spark, rebuilt), node.allowRecursion())
         return node
 
     return rewrite(plan)

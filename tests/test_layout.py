@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from lambda_pipeline.deploy.artifact import read_project
@@ -69,3 +70,23 @@ def test_no_shipped_module_starts_the_cli_by_name() -> None:
     for package in info.packages:
         for path in info.folder(ROOT, package).glob("*.py"):
             assert '"-m", "lambda_pipeline.cli' not in path.read_text(encoding="utf-8"), path
+
+
+PY4J = re.compile(r"\._(jvm|jdf|jsparkSession|jsc|gateway|jconf)\b|SparkContext\._")
+JVM_DOOR = ROOT / "lambda_pipeline" / "core" / "jvm.py"
+
+
+def _shipped_modules() -> list[Path]:
+    info = read_project(ROOT)
+    return sorted(path for package in info.packages for path in info.folder(ROOT, package).glob("*.py"))
+
+
+def test_py4j_is_reached_only_through_the_jvm_door() -> None:
+    reach_ins = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in _shipped_modules()
+        if path != JVM_DOOR
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if PY4J.search(line)
+    ]
+    assert reach_ins == [], "py4j reached outside lambda_pipeline/core/jvm.py"

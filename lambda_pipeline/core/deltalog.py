@@ -12,6 +12,8 @@ import posixpath
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from lambda_pipeline.core.jvm import HadoopPath
+
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
@@ -20,17 +22,7 @@ __all__ = ["commits", "json_lines", "read_text"]
 
 def read_text(spark: SparkSession, path: str) -> str | None:
     """A small file's text through Hadoop's file system (local, HDFS or S3), or None if absent."""
-    jvm = spark.sparkContext._jvm
-    assert jvm is not None
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    if not fs.exists(hpath):
-        return None
-    stream = fs.open(hpath)
-    try:
-        return str(jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
-    finally:
-        stream.close()
+    return HadoopPath(spark, path).read_text()
 
 
 def json_lines(text: str) -> list[Any]:

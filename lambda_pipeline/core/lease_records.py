@@ -29,7 +29,6 @@ Any other scheme is refused: its create-if-absent is not known to be atomic.
 from __future__ import annotations
 
 import os
-import posixpath
 import re
 import time
 import uuid
@@ -38,15 +37,14 @@ from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlparse
 
 from lambda_pipeline.core.errors import EnvironmentProblem
+from lambda_pipeline.core.jvm import HadoopPath, first_line, java_exception_names
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["RecordStore", "first_line", "record_name", "record_store"]
+__all__ = ["RecordStore", "record_name", "record_store"]
 
 _RECORD = re.compile(r"^(\d{12})\.json$")
-_CONDITIONAL_CREATE = "fs.option.create.conditional.overwrite"
-"""hadoop-aws's option for ``If-None-Match: *`` (``Options.CreateFileOptionKeys``)."""
 _TAKEN = ("FileAlreadyExistsException", "RemoteFileChangedException")
 """Java exceptions that mean "the name exists": HDFS's and S3A's pre-check, and S3's 412 on the PUT itself."""
 _TAKEN_STATUS = re.compile(r"Status Code: (412|409)\b|PreconditionFailed|ConditionalRequestConflict")
@@ -149,60 +147,24 @@ class HadoopRecords:
     """Records through Hadoop's file system: S3's conditional PUT, or HDFS's create without overwrite."""
 
     def __init__(self, spark: SparkSession, directory: str, *, conditional: bool) -> None:
-        jvm = spark.sparkContext._jvm
-        assert jvm is not None
-        self._jvm = jvm
-        self._directory = jvm.org.apache.hadoop.fs.Path(directory)
-        self._fs = self._directory.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+        self._directory = HadoopPath(spark, directory)
         self._conditional = conditional
         self.where = directory
 
-    def _path(self, seq: int) -> object:
-        return self._jvm.org.apache.hadoop.fs.Path(self._directory, record_name(seq))
-
     def numbers(self) -> list[int]:
-        try:
-            statuses = self._fs.listStatus(self._directory)
-        except Exception as error:
-            if _java_class(error) == "FileNotFoundException":
-                return []
-            raise
-        names = (posixpath.basename(str(status.getPath().getName())) for status in statuses)
-        return sorted(int(m.group(1)) for m in map(_RECORD.match, names) if m)
+        return sorted(int(m.group(1)) for m in map(_RECORD.match, self._directory.names() or ()) if m)
 
     def read(self, seq: int) -> str | None:
-        try:
-            stream = self._fs.open(self._path(seq))
-        except Exception as error:
-            if _java_class(error) == "FileNotFoundException":
-                return None
-            raise
-        try:
-            return str(self._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
-        except Exception as error:
-            if _java_class(error) == "FileNotFoundException":  # S3A opens lazily: the GET finds it gone
-                return None
-            raise
-        finally:
-            stream.close()
+        return self._directory.child(record_name(seq)).read_text()
 
     def create(self, seq: int, text: str) -> bool:
-        path = self._path(seq)
         try:
-            if self._conditional:
-                builder = self._fs.createFile(path).overwrite(False).must(_CONDITIONAL_CREATE, "true")
-                stream = builder.build()
-            else:
-                stream = self._fs.create(path, False)
-            try:
-                stream.write(text.encode("utf-8"))
-            finally:
-                stream.close()  # S3A sends its PUT here, with If-None-Match: *
+            self._directory.child(record_name(seq)).write_new(text.encode("utf-8"), if_absent_on_s3=self._conditional)
             return True
         except Exception as error:
             if _taken(error):
                 return False
-            if self._conditional and "IllegalArgumentException" in _java_classes(error):
+            if self._conditional and "IllegalArgumentException" in java_exception_names(error):
                 raise EnvironmentProblem(
                     f"leases under {self.where}: this S3 client cannot create a file only if it is absent "
                     f"({first_line(error)}); use s3a:// with hadoop-aws 3.5.0 or newer (its conditional writes, "
@@ -211,30 +173,7 @@ class HadoopRecords:
             raise
 
     def delete(self, seq: int) -> None:
-        self._fs.delete(self._path(seq), False)
-
-
-def _java_classes(error: BaseException) -> list[str]:
-    """Simple names of the Java exceptions behind a py4j error, outermost first (its causes follow)."""
-    java = getattr(error, "java_exception", None)
-    names: list[str] = []
-    while java is not None and len(names) < 8:
-        names.append(str(java.getClass().getSimpleName()))
-        cause = java.getCause()
-        java = None if cause is None or cause.equals(java) else cause
-    return names
-
-
-def _java_class(error: BaseException) -> str | None:
-    names = _java_classes(error)
-    return names[0] if names else None
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an error, the Java exception's own for a py4j error (not py4j's preamble)."""
-    java = getattr(error, "java_exception", None)
-    text = str(java.toString()) if java is not None else f"{type(error).__name__}: {error}"
-    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+        self._directory.child(record_name(seq)).delete()
 
 
 def _taken(error: BaseException) -> bool:
@@ -243,6 +182,7 @@ def _taken(error: BaseException) -> bool:
     S3 answers 412 to a conditional PUT on an existing key, and 409 to one that raced another write of the
     key still in flight; hadoop-aws raises the first as ``RemoteFileChangedException``.
     """
-    if any(name in _TAKEN for name in _java_classes(error)):
+    names = java_exception_names(error)
+    if any(name in _TAKEN for name in names):
         return True
-    return bool(_java_classes(error)) and bool(_TAKEN_STATUS.search(first_line(error)))
+    return bool(names) and bool(_TAKEN_STATUS.search(first_line(error)))

@@ -44,7 +44,8 @@ from typing import TYPE_CHECKING
 
 from lambda_pipeline.core.config import duration_seconds
 from lambda_pipeline.core.errors import LambdaError
-from lambda_pipeline.core.lease_records import RecordStore, first_line, record_store
+from lambda_pipeline.core.jvm import first_line
+from lambda_pipeline.core.lease_records import RecordStore, record_store
 from lambda_pipeline.core.locks import process_alive, process_identity
 
 if TYPE_CHECKING:

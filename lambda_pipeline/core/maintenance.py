@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from lambda_pipeline.core.config import duration_seconds
+from lambda_pipeline.core.jvm import HadoopPath, delta_snapshot
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.tables import Locations, table_version
 
@@ -105,23 +106,17 @@ def tables_of(pipeline: Pipeline, locations: Locations) -> dict[str, str]:
 
 def table_files(spark: SparkSession, path: str) -> TableFiles | None:
     """The files of the table at ``path`` (None when there is no table), from its snapshot and the file system."""
-    from lambda_pipeline.core.tables import _snapshot
-
-    snapshot = _snapshot(spark, path)
+    snapshot = delta_snapshot(spark, path)
     if snapshot is None:
         return None
-    jvm = spark.sparkContext._jvm
-    assert jvm is not None
-    root = jvm.org.apache.hadoop.fs.Path(path)
-    fs = root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    whole = fs.getContentSummary(root)
-    log = fs.getContentSummary(jvm.org.apache.hadoop.fs.Path(root, "_delta_log"))
+    root = HadoopPath(spark, path)
+    (files, size), (log_files, log_size) = root.content(), root.child("_delta_log").content()
     return TableFiles(
-        live_files=int(snapshot.numOfFiles()),
-        disk_files=int(whole.getFileCount()) - int(log.getFileCount()),
-        disk_bytes=int(whole.getLength()) - int(log.getLength()),
-        log_files=int(log.getFileCount()),
-        log_bytes=int(log.getLength()),
+        live_files=snapshot.live_files,
+        disk_files=files - log_files,
+        disk_bytes=size - log_size,
+        log_files=log_files,
+        log_bytes=log_size,
     )
 
 

@@ -496,12 +496,12 @@ def _stale() -> float:
 
 def _note_recording_jvm() -> None:
     """Tell later runs which JVM writes this run's archive, so that they adopt it only once it has exited."""
-    from pyspark import SparkContext
+    from lambda_pipeline.core.jvm import gateway_pid
 
-    proc = getattr(SparkContext._gateway, "proc", None)
+    pid = gateway_pid()
     for dump in _recording:
-        if proc is not None:
-            dump.with_suffix(".jvm").write_text(str(proc.pid))
+        if pid is not None:
+            dump.with_suffix(".jvm").write_text(str(pid))
     _recording.clear()
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from lambda_pipeline.core.deltalog import commits, json_lines, read_text
 from lambda_pipeline.core.errors import LambdaError
+from lambda_pipeline.core.jvm import set_log_level
 from lambda_pipeline.core.tables import table_version
 
 if TYPE_CHECKING:
@@ -222,10 +223,7 @@ def fail_quietly(spark: SparkSession) -> None:
 
     if verbose():
         return
-    jvm = spark.sparkContext._jvm
-    assert jvm is not None
-    log4j = jvm.org.apache.logging.log4j
-    log4j.core.config.Configurator.setLevel(_STREAM_LOGGER, log4j.Level.OFF)
+    set_log_level(spark, _STREAM_LOGGER, "OFF")
 
 
 def run_until_stopped(queries: list[StreamingQuery], *, once: bool) -> None:

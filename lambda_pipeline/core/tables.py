@@ -12,13 +12,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from pyspark.sql import types as T
 
 from lambda_pipeline.core.config import Settings
 from lambda_pipeline.core.errors import LambdaError
+from lambda_pipeline.core.jvm import HadoopPath, delta_snapshot
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -155,14 +156,11 @@ class Locations:
         once an object is under it, so an empty landing needs S3A's directory marker.
         """
         self.ensure_local_dirs()
-        jvm = spark.sparkContext._jvm
-        assert jvm is not None
         for path in (self.landing, self.warehouse):
             if _is_uri(path):
-                hpath = jvm.org.apache.hadoop.fs.Path(path)
-                fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-                if not fs.exists(hpath):
-                    fs.mkdirs(hpath)
+                folder = HadoopPath(spark, path)
+                if not folder.exists():
+                    folder.mkdirs()
 
 
 def sql_path(path: str) -> str:
@@ -262,21 +260,8 @@ def latest_version(spark: SparkSession, path: str) -> int:
 
 def partition_columns(spark: SparkSession, path: str) -> list[str]:
     """The partition columns of the Delta table at ``path`` (empty when absent or unpartitioned)."""
-    snapshot = _snapshot(spark, path)
-    if snapshot is None:
-        return []
-    text = str(snapshot.metadata().partitionColumns().mkString("\u0000"))
-    return text.split("\u0000") if text else []
-
-
-def _snapshot(spark: SparkSession, path: str) -> Any:
-    """The newest snapshot in the Delta log at ``path``, freshly listed (a JVM object), or None."""
-    jvm = spark._jvm
-    assert jvm is not None
-    none = jvm.scala.Option.empty()
-    log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
-    snapshot = log.update(False, none, none)
-    return None if int(snapshot.version()) < 0 else snapshot
+    snapshot = delta_snapshot(spark, path)
+    return [] if snapshot is None else snapshot.partition_columns
 
 
 FINGERPRINT_PROPERTY = "lambda_pipeline.fingerprint"
@@ -285,11 +270,8 @@ FINGERPRINT_PROPERTY = "lambda_pipeline.fingerprint"
 
 def table_property(spark: SparkSession, path: str, key: str) -> str | None:
     """A table property of the newest version (no Spark job), or None (no table, or not set)."""
-    snapshot = _snapshot(spark, path)
-    if snapshot is None:
-        return None
-    value = snapshot.metadata().configuration().get(key)
-    return str(value.get()) if value.isDefined() else None
+    snapshot = delta_snapshot(spark, path)
+    return None if snapshot is None else snapshot.property(key)
 
 
 def set_table_property(spark: SparkSession, path: str, key: str, value: str) -> None:
@@ -324,8 +306,8 @@ def add_missing_columns(spark: SparkSession, path: str, schema: T.StructType) ->
 def _snapshot_identity(spark: SparkSession, path: str) -> tuple[int, str] | None:
     """(newest version, table id), or None when no table is there: the id tells a re-created table
     from the old one."""
-    snapshot = _snapshot(spark, path)
-    return None if snapshot is None else (int(snapshot.version()), str(snapshot.metadata().id()))
+    snapshot = delta_snapshot(spark, path)
+    return None if snapshot is None else (snapshot.version, snapshot.table_id)
 
 
 @dataclass(frozen=True)

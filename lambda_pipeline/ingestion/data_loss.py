@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from lambda_pipeline.core.config import KafkaSettings
 from lambda_pipeline.core.errors import DataLossError
+from lambda_pipeline.core.jvm import HadoopPath, kafka_offsets
 from lambda_pipeline.core.streaming import CheckpointAppId, OnceAppender, json_lines, read_text
 from lambda_pipeline.core.tables import QUARANTINE_SCHEMA
 from lambda_pipeline.ingestion.sources import kafka_source_options
@@ -51,13 +52,8 @@ class LostRange:
 
 
 def _last_committed_batch(spark: SparkSession, checkpoint: str) -> int | None:
-    jvm = spark.sparkContext._jvm
-    assert jvm is not None
-    path = jvm.org.apache.hadoop.fs.Path(posixpath.join(checkpoint, "commits"))
-    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    if not fs.exists(path):
-        return None
-    ids = [int(s.getPath().getName()) for s in fs.listStatus(path) if s.getPath().getName().isdigit()]
+    names = HadoopPath(spark, posixpath.join(checkpoint, "commits")).names()
+    ids = [int(name) for name in names or () if name.isdigit()]
     return max(ids) if ids else None
 
 
@@ -80,31 +76,11 @@ def topic_offsets(
 
     The same client and the same ``kafka.*`` options as the stream, so SASL/SSL/MSK IAM work alike.
     """
-    jvm = spark.sparkContext._jvm
-    assert jvm is not None
-    props = jvm.java.util.Properties()
-    for key, value in kafka_source_options(kafka).items():
-        if key.startswith("kafka."):
-            props.setProperty(key[len("kafka.") :], value)
-    deserializer = "org.apache.kafka.common.serialization.ByteArrayDeserializer"
-    props.setProperty("key.deserializer", deserializer)
-    props.setProperty("value.deserializer", deserializer)
-    props.setProperty("enable.auto.commit", "false")
-    props.setProperty("default.api.timeout.ms", "30000")
-    consumer = jvm.org.apache.kafka.clients.consumer.KafkaConsumer(props)
-    try:
-        tps = jvm.java.util.ArrayList()
-        for topic, parts in partitions.items():
-            for p in parts:
-                tps.add(jvm.org.apache.kafka.common.TopicPartition(topic, p))
-        begin, end = consumer.beginningOffsets(tps), consumer.endOffsets(tps)
-        return {
-            (str(tp.topic()), int(tp.partition())): (int(begin.get(tp)), int(end.get(tp)))
-            for tp in tps
-            if begin.get(tp) is not None and end.get(tp) is not None
-        }
-    finally:
-        consumer.close()
+    properties = {
+        key[len("kafka.") :]: value for key, value in kafka_source_options(kafka).items() if key.startswith("kafka.")
+    }
+    properties["default.api.timeout.ms"] = "30000"
+    return kafka_offsets(spark, properties, partitions)
 
 
 def find_data_loss(spark: SparkSession, kafka: KafkaSettings, checkpoint: str) -> list[LostRange]:

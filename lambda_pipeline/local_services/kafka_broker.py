@@ -416,7 +416,7 @@ class KafkaBroker(ManagedProcess):
         self.server_properties.write_text(text, encoding="utf-8")
         (self.base_dir / "log4j2.properties").write_text(_LOG4J2, encoding="utf-8")
 
-    def _jvm(self, java: str, classpath: str, heap: str) -> list[str]:
+    def _java_command(self, java: str, classpath: str, heap: str) -> list[str]:
         return [
             java,
             f"-Xmx{heap}",
@@ -435,7 +435,7 @@ class KafkaBroker(ManagedProcess):
         if (self.data_dir / "meta.properties").is_file():
             return
         command = [
-            *self._jvm(java, classpath, "256m"),
+            *self._java_command(java, classpath, "256m"),
             "kafka.tools.StorageTool",
             "format",
             "--cluster-id",
@@ -460,7 +460,7 @@ class KafkaBroker(ManagedProcess):
             )
 
     def _launch(self, java: str, classpath: str, deadline: float) -> None:
-        command = [*self._jvm(java, classpath, self.heap), "kafka.Kafka", str(self.server_properties)]
+        command = [*self._java_command(java, classpath, self.heap), "kafka.Kafka", str(self.server_properties)]
         offset = self._spawn(command, f"Kafka {self.version}")
         try:
             self._await_ready(deadline, offset)
