@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from pyspark.sql import functions as F
-
-from lambda_pipeline.core.errors import LambdaError
+from lambda_pipeline.batch_layer.recompute import BROADCAST_REPEATS, deduplicate, repeated_ids, require_columns
 from lambda_pipeline.core.leases import Lease
 from lambda_pipeline.core.pipeline import Pipeline
+from lambda_pipeline.core.schedule import repeat
 from lambda_pipeline.core.tables import (
     COVERAGE_SCHEMA,
     Coverage,
@@ -31,57 +31,23 @@ from lambda_pipeline.core.tables import (
     latest_coverage,
     latest_version,
     require_table,
+    wait_for_table,
 )
-from lambda_pipeline.core.views import INGEST_TAG, EventSource, View
+from lambda_pipeline.core.views import View
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 __all__ = [
+    "MASTER_WAIT_SECONDS",
     "StagedBatch",
-    "deduplicate",
     "publish",
-    "require_columns",
+    "publish_coverage",
     "run_batch",
+    "run_batches",
     "setup_batch_tables",
     "stage_batch",
 ]
-
-
-BROADCAST_REPEATS = 1_000_000
-"""Up to this many repeated ids are broadcast: the snapshot is then never shuffled for dedup."""
-_FIRST_TAG = "_first_tag"
-
-
-def repeated_ids(events: DataFrame, source: EventSource, partitions: int | None = None) -> DataFrame:
-    """The event ids that occur more than once, each with the smallest ingest tag it came in with.
-
-    Ids are nearly all distinct, so a partial aggregation before the shuffle would reduce nothing:
-    shuffle the (id, tag) pairs once, then count.
-    """
-    pairs = events.select(source.id_column, INGEST_TAG)
-    if partitions:
-        pairs = pairs.repartition(partitions, source.id_column)
-    return (
-        pairs.groupBy(source.id_column)
-        .agg(F.count(F.lit(1)).alias("_copies"), F.min(INGEST_TAG).alias(_FIRST_TAG))
-        .filter(F.col("_copies") > 1)
-        .drop("_copies")
-    )
-
-
-def deduplicate(
-    events: DataFrame, source: EventSource, repeats: DataFrame | None = None, *, broadcast: bool = False
-) -> DataFrame:
-    """Exactly one row per event id: the copy with the smallest ingest tag.
-
-    One pass over the events, joined with the (rare) repeated ids. Exact because the
-    ingest job writes each id at most once per commit, so the smallest tag names one copy.
-    """
-    repeats = repeated_ids(events, source) if repeats is None else repeats
-    joined = events.join(F.broadcast(repeats) if broadcast else repeats, source.id_column, "left")
-    keep = F.col(_FIRST_TAG).isNull() | (F.col(INGEST_TAG) == F.col(_FIRST_TAG))
-    return joined.filter(keep).select(*events.columns)
 
 
 def setup_batch_tables(spark: SparkSession, pipeline: Pipeline, locations: Locations) -> None:
@@ -133,18 +99,6 @@ def stage_batch(
     fingerprints = {view.name: view.fingerprint for view in pipeline.views}
     seconds = time.perf_counter() - started
     return StagedBatch(uuid.uuid4().hex, version, versions, master_events, seconds, fingerprints)
-
-
-def require_columns(master: DataFrame, pipeline: Pipeline, path: str) -> None:
-    """Refuse, saying what to run, when a view reads a source field that master has no column for yet."""
-    missing = sorted({column for view in pipeline.views for column in view.reads} - set(master.columns))
-    if missing:
-        raise LambdaError(
-            f"master table {path} has no column {', '.join(repr(c) for c in missing)} that a view reads: the "
-            "field was added to the source after these events were ingested. Start ingest once with the new "
-            "source definition (it adds the column), or fill past events with 'lambda-pipeline refresh "
-            f"--backfill {missing[0]}'."
-        )
 
 
 def _write_view(view: View, events: DataFrame, path: str) -> None:
@@ -200,3 +154,26 @@ def run_batch(
         return publish(spark, locations, staged), staged
     finally:
         lease.release()
+
+
+MASTER_WAIT_SECONDS = 600.0
+"""How long a batch job started on a schedule waits for ingest to create master (they often start together)."""
+
+
+def run_batches(
+    spark: SparkSession,
+    pipeline: Pipeline,
+    locations: Locations,
+    *,
+    every: float | None = None,
+    force: bool = False,
+    on_run: Callable[[Coverage, StagedBatch | None], None] = lambda coverage, staged: None,
+    on_wait: Callable[[str], None] | None = None,
+) -> None:
+    """:func:`run_batch` once, or every ``every`` seconds until interrupted; ``on_run`` hears each result.
+
+    On a schedule, the job first waits (bounded) for ingest to create master: both often start together.
+    """
+    if every is not None:
+        wait_for_table(spark, locations.master, timeout=MASTER_WAIT_SECONDS, on_wait=on_wait)
+    repeat(every, lambda: on_run(*run_batch(spark, pipeline, locations, force=force)))

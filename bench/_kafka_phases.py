@@ -86,7 +86,7 @@ def live_line(phase: Phase, started: float, checkpoint: Checkpoint, base: int, e
 
 def run_noop(phase: Phase) -> dict[str, Any]:
     """The baseline: same Kafka options, decode and parse as ingest, into the noop sink, same trigger."""
-    from lambda_pipeline.ingestion.job import parse_events
+    from lambda_pipeline.ingestion.routing import parse_events
     from lambda_pipeline.ingestion.sources import kafka_lines
     from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 
@@ -185,8 +185,8 @@ def seed_coverage(phase: Phase, loc: Locations) -> tuple[int, int]:
     """One second of the rate, ingested once, and one published batch: (coverage master version, seed messages)."""
     from lambda_pipeline.batch_layer.job import run_batch
     from lambda_pipeline.cli.kafka_producer import KafkaEventProducer
-    from lambda_pipeline.ingestion.job import start_ingest
     from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
+    from lambda_pipeline.pipelines.ingest import start_ingest
 
     args = phase.args
     t0 = time.perf_counter()
@@ -210,8 +210,8 @@ def seed_coverage(phase: Phase, loc: Locations) -> tuple[int, int]:
 def run_pipeline(phase: Phase) -> dict[str, Any]:
     """The real jobs: seed + batch first, then ingest (master + speed, one hop) streaming while the producer runs."""
     from lambda_pipeline.core.tables import Locations, latest_version
-    from lambda_pipeline.ingestion.job import start_ingest
     from lambda_pipeline.pipelines.clickstream import CLICKSTREAM, PAGE_ACTIVITY
+    from lambda_pipeline.pipelines.ingest import start_ingest
 
     spark, settings, args = phase.spark, phase.settings, phase.args
     loc = Locations.create(settings, phase.workdir)

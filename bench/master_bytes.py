@@ -20,9 +20,9 @@ from lambda_pipeline.core.config import load_settings
 from lambda_pipeline.core.session import get_spark
 from lambda_pipeline.core.tables import Locations
 from lambda_pipeline.core.views import RAW
-from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
+from lambda_pipeline.pipelines.ingest import start_ingest
 
 NAME = "master_bytes"
 

@@ -95,8 +95,8 @@ def run_size(spark: Any, broker: Any, size: int, workdir: Path, args: argparse.N
     """Ingest a pre-filled topic in micro-batches of ``size`` messages; the per-batch records and medians."""
     from lambda_pipeline.core.config import load_settings
     from lambda_pipeline.core.tables import Locations
-    from lambda_pipeline.ingestion.job import start_ingest
     from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
+    from lambda_pipeline.pipelines.ingest import start_ingest
 
     topic = f"cost-{size}"
     broker.create_topic(topic, partitions=2)

@@ -45,9 +45,9 @@ from lambda_pipeline.batch_layer.job import run_batch
 from lambda_pipeline.core.config import Settings, load_settings
 from lambda_pipeline.core.session import get_spark
 from lambda_pipeline.core.tables import Locations, latest_version, sql_path
-from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM, PAGE_ACTIVITY
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
+from lambda_pipeline.pipelines.ingest import start_ingest
 from lambda_pipeline.serving_layer.catalog import ServingLayer
 
 if TYPE_CHECKING:

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
+    from lambda_pipeline.core.tables import Locations
+
 __all__ = ["Answer", "Client", "ServerError", "running_server"]
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
@@ -136,3 +138,28 @@ def running_server(record: Path, *, timeout: float = 2.0) -> Client | None:
         return None
     client.timeout = 600.0  # found: the query itself may take longer than the probe
     return client
+
+
+def query_running_server(
+    locations: Locations, sql: str, *, as_of: str | None = None, max_rows: int | None = None
+) -> ServedAnswer | None:
+    """The answer of the query server running for ``locations``' work directory, or None when none answers.
+
+    ``lambda-pipeline query`` asks it first: the server's warm session answers in milliseconds where a new
+    driver takes seconds to start.
+    """
+    from lambda_pipeline.serving_layer.server import server_file
+
+    record = server_file(locations)
+    client = running_server(record) if record is not None and record.exists() else None
+    if client is None:
+        return None
+    return ServedAnswer(client.url, client.query(sql, as_of=as_of, max_rows=max_rows))
+
+
+@dataclass(frozen=True)
+class ServedAnswer:
+    """An answer and the server that gave it."""
+
+    url: str
+    answer: Answer

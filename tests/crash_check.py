@@ -18,10 +18,10 @@ from lambda_pipeline.batch_layer.job import run_batch
 from lambda_pipeline.cli.kafka_producer import KafkaEventProducer
 from lambda_pipeline.core.config import load_settings
 from lambda_pipeline.core.tables import Locations
-from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.local_services.kafka_broker import offsets
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM, PAGE_ACTIVITY
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator, GeneratedMessages
+from lambda_pipeline.pipelines.ingest import start_ingest
 from lambda_pipeline.serving_layer.catalog import ServingLayer
 from tests.chaos import ChaosReport, run_chaos
 
@@ -187,7 +187,7 @@ def crash_run(
     stored = {r.event_id for r in master.select("event_id").distinct().collect()}
     run.missing_ids, run.unexpected_ids = len(generated - stored), len(stored - generated)
 
-    from lambda_pipeline.batch_layer.job import deduplicate
+    from lambda_pipeline.batch_layer.recompute import deduplicate
     from lambda_pipeline.pipelines.clickstream import CLICKS
 
     def recomputed() -> dict:

@@ -14,15 +14,16 @@ from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lambda_pipeline.batch_layer.job import deduplicate, run_batch
+from lambda_pipeline.batch_layer.job import run_batch
+from lambda_pipeline.batch_layer.recompute import deduplicate
 from lambda_pipeline.cli.main import main
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.tables import add_missing_columns, ensure_table
 from lambda_pipeline.core.views import EventSource, View, count, sum_of
-from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.maintenance.refresh import refresh
 from lambda_pipeline.pipelines.clickstream import CLICKS, PAGE_ACTIVITY
+from lambda_pipeline.pipelines.ingest import start_ingest
 from lambda_pipeline.serving_layer.catalog import ServingLayer
 
 pytestmark = pytest.mark.integration

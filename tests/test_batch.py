@@ -7,7 +7,7 @@ from datetime import datetime
 import pytest
 from chispa import assert_df_equality
 
-from lambda_pipeline.batch_layer.job import deduplicate, repeated_ids
+from lambda_pipeline.batch_layer.recompute import deduplicate, repeated_ids
 from lambda_pipeline.pipelines.clickstream import CLICKS
 
 T0 = datetime(2026, 1, 1, 9, 0)

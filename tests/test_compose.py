@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from lambda_pipeline.cli.main import build_parser
+from lambda_pipeline.cli.parser import build_parser
 from lambda_pipeline.core.config import ENVIRONMENT_VARIABLES, load_settings
 from lambda_pipeline.core.errors import ConfigError
 from lambda_pipeline.core.tables import Locations

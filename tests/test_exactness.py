@@ -15,9 +15,9 @@ import pytest
 
 from lambda_pipeline.batch_layer.job import run_batch
 from lambda_pipeline.core.streaming import stop_between_batches
-from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
+from lambda_pipeline.pipelines.ingest import start_ingest
 from lambda_pipeline.serving_layer.catalog import ServingLayer
 from tests.helpers import assert_same_view, by_key, recompute
 

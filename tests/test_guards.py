@@ -21,9 +21,9 @@ from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.leases import Holder, Lease, LeaseHeld, LeaseLost
 from lambda_pipeline.core.streaming import stop_between_batches
 from lambda_pipeline.core.tables import Locations, table_version
-from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
+from lambda_pipeline.pipelines.ingest import start_ingest
 from lambda_pipeline.serving_layer.catalog import ServingLayer
 from tests.helpers import ingest_once
 

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 from pyspark.sql import functions as F
 
 from lambda_pipeline.core.config import EventTimePolicy
-from lambda_pipeline.ingestion.job import parse_events
+from lambda_pipeline.ingestion.routing import parse_events
 from lambda_pipeline.ingestion.sources import decode_messages
 from lambda_pipeline.pipelines.clickstream import CLICKS
 from lambda_pipeline.pipelines.generator import HOSTILE_KINDS, ClickstreamGenerator

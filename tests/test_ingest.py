@@ -10,9 +10,10 @@ from chispa import assert_df_equality
 from pyspark.sql import types as T
 
 from lambda_pipeline.core.tables import latest_version
-from lambda_pipeline.ingestion.job import parse_events, start_ingest
+from lambda_pipeline.ingestion.routing import parse_events
 from lambda_pipeline.pipelines.clickstream import CLICKS, CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
+from lambda_pipeline.pipelines.ingest import start_ingest
 
 GOOD = {"event_id": "e1", "user_id": "u1", "page": "/a", "event_time": "2026-01-01T10:00:00Z", "duration_ms": 5}
 

@@ -15,11 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RANKS = {
     "core": 0,
     "conf": 0,
-    "ingestion": 2,  # the ingest job feeds the speed layer in the same micro-batch (the one hop)
+    "ingestion": 1,  # the master dataset's layer: it feeds the others through core/tag_writers.py
     "batch_layer": 1,
     "speed_layer": 1,
     "serving_layer": 1,
-    "pipelines": 2,
+    "pipelines": 2,  # composes the layers (pipelines/ingest.py: ingestion with the speed layer's writer)
     "local_services": 2,
     "maintenance": 2,  # operates on every layer's tables, through core's locations
     "deploy": 3,

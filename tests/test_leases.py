@@ -28,9 +28,9 @@ from lambda_pipeline.core import deltalog
 from lambda_pipeline.core.config import load_settings
 from lambda_pipeline.core.leases import Lease, LeaseHeld
 from lambda_pipeline.core.tables import Locations, table_version
-from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
+from lambda_pipeline.pipelines.ingest import start_ingest
 from tests.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.integration

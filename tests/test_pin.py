@@ -11,9 +11,9 @@ import pytest
 from lambda_pipeline.batch_layer.job import publish, run_batch, stage_batch
 from lambda_pipeline.cli.main import main
 from lambda_pipeline.core.pipeline import Pipeline
-from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.pipelines.clickstream import CLICKS, CLICKSTREAM, PAGE_ACTIVITY
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
+from lambda_pipeline.pipelines.ingest import start_ingest
 from lambda_pipeline.serving_layer.catalog import Pin, ServingLayer
 from tests.helpers import PAGE_VISITS, events_at
 

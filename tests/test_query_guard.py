@@ -24,9 +24,9 @@ from lambda_pipeline.cli.main import main
 from lambda_pipeline.core.config import load_settings
 from lambda_pipeline.core.errors import ReadOnlyViolation
 from lambda_pipeline.core.tables import Locations, table_version
-from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
+from lambda_pipeline.pipelines.ingest import start_ingest
 from lambda_pipeline.serving_layer.catalog import ServingLayer, check_read_only
 from lambda_pipeline.serving_layer.guard import ACCEPTED, FUNCTIONS
 

@@ -8,15 +8,17 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.errors import StreamingQueryException
 
-from lambda_pipeline.batch_layer.job import deduplicate, publish, run_batch, stage_batch
+from lambda_pipeline.batch_layer.job import publish, run_batch, stage_batch
+from lambda_pipeline.batch_layer.recompute import deduplicate
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.tables import latest_coverage, latest_version, table_version
 from lambda_pipeline.core.views import TumblingWindow, View, count, max_of
-from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.pipelines.clickstream import CLICKS, CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
+from lambda_pipeline.pipelines.ingest import start_ingest
 from lambda_pipeline.serving_layer.catalog import ServingLayer
-from lambda_pipeline.speed_layer.job import SpeedWriter, present_tags
+from lambda_pipeline.speed_layer.catch_up import present_tags
+from lambda_pipeline.speed_layer.writer import SpeedWriter
 from tests.helpers import assert_same_view, by_key, recompute
 
 pytestmark = pytest.mark.integration

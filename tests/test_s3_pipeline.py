@@ -121,8 +121,8 @@ def test_pipeline_on_s3_is_exact_and_stays_in_the_bucket(
     spark, s3_server: S3Server, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from lambda_pipeline.batch_layer.job import run_batch
-    from lambda_pipeline.ingestion.job import start_ingest
     from lambda_pipeline.pipelines.generator import ClickstreamGenerator
+    from lambda_pipeline.pipelines.ingest import start_ingest
     from lambda_pipeline.serving_layer.catalog import ServingLayer
 
     monkeypatch.chdir(tmp_path)  # anything written to local disk by mistake would show up here

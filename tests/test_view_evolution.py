@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from lambda_pipeline.batch_layer.job import deduplicate, run_batch
+from lambda_pipeline.batch_layer.job import run_batch
+from lambda_pipeline.batch_layer.recompute import deduplicate
 from lambda_pipeline.cli.main import main
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.views import TumblingWindow, View, count, max_of
-from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.maintenance.refresh import refresh
 from lambda_pipeline.pipelines.clickstream import CLICKS, PAGE_ACTIVITY
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
+from lambda_pipeline.pipelines.ingest import start_ingest
 from lambda_pipeline.serving_layer.catalog import ServingLayer
 from tests.helpers import PAGE_VISITS
 

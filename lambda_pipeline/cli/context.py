@@ -29,6 +29,8 @@ class Context:
     short_lived: bool = False
     """The verb answers one request and exits: Spark starts tuned for that (``get_spark(short_lived=...)``)."""
     _spark: SparkSession | None = None
+    _started_spark: bool = False
+    """Whether this context started the session (not spark-submit, not a caller that had one running)."""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Context:
@@ -58,7 +60,20 @@ class Context:
             # spark.conf entry of the same name wins.
             derived = {**self.settings.maintenance.table_defaults(), **self.settings.s3.spark_conf()}
             extra = {k: v for k, v in derived.items() if k not in self.settings.spark.conf}
+            from pyspark.sql import SparkSession
+
+            self._started_spark = SparkSession.getActiveSession() is None
             self._spark = get_spark(
                 self.settings.spark, packages=self.jvm_packages, extra_conf=extra, short_lived=self.short_lived
             )
         return self._spark
+
+    def close(self) -> None:
+        """Stop the session this context started, cleanly, while this process can still answer the JVM.
+
+        Spark's listener bus delivers the streaming listeners' last events (a query's termination) to Python;
+        a JVM left running as Python exits would print their connection errors.
+        """
+        if self._spark is not None and self._started_spark:
+            self._spark.stop()
+        self._spark = None

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 
 if TYPE_CHECKING:
@@ -27,7 +28,9 @@ if TYPE_CHECKING:
     from lambda_pipeline.local_services.kafka_broker import KafkaBroker
     from lambda_pipeline.serving_layer.catalog import ServingLayer
 
-__all__ = ["Live", "run_demo"]
+__all__ = ["DEMO_MIN_EVENTS", "Live", "run_demo"]
+
+DEMO_MIN_EVENTS = 10
 
 
 @dataclass(frozen=True)
@@ -53,11 +56,14 @@ class _Steps:
 
 def run_demo(ctx: Context, *, events: int, seed: int | None = None, live: Live | None = None) -> None:
     from lambda_pipeline.batch_layer.job import run_batch
-    from lambda_pipeline.ingestion.job import start_ingest
+    from lambda_pipeline.pipelines.ingest import start_ingest
     from lambda_pipeline.serving_layer.catalog import ServingLayer
 
-    if events < 10:
-        raise ValueError("--events must be at least 10")
+    if events < DEMO_MIN_EVENTS:
+        raise LambdaError(
+            f"demo --events {events}: the demo needs at least {DEMO_MIN_EVENTS} events (four fifths go to the batch "
+            "layer, the rest to the speed layer only); try the default, --events 20000"
+        )
     kafka = ctx.settings.ingest.source == "kafka"
     step = _Steps(8 if kafka else 7)
     loc = ctx.locations
@@ -104,8 +110,8 @@ def _keep_live(ctx: Context, generator: ClickstreamGenerator, live: Live) -> Non
     ``live.batch_every`` seconds, all in this process, until Ctrl-C (or ``live.seconds``)."""
     from lambda_pipeline.batch_layer.job import run_batch
     from lambda_pipeline.cli.generate import make_sink
-    from lambda_pipeline.core.streaming import stop_between_batches
-    from lambda_pipeline.ingestion.job import start_ingest
+    from lambda_pipeline.core.streaming import raise_failure, stop_between_batches, wait_for_a_stop
+    from lambda_pipeline.pipelines.ingest import start_ingest
     from lambda_pipeline.serving_layer.server import QueryServer
 
     spark, loc = ctx.spark, ctx.locations
@@ -136,19 +142,15 @@ def _keep_live(ctx: Context, generator: ClickstreamGenerator, live: Live) -> Non
         flush=True,
     )
     try:
-        deadline = None if live.seconds is None else time.monotonic() + live.seconds
-        while query.isActive and (deadline is None or time.monotonic() < deadline):
-            query.awaitTermination(1)  # bounded: returns after a second while the query runs
-    except KeyboardInterrupt:
-        print("live: stopping", flush=True)
+        if wait_for_a_stop([query], seconds=live.seconds):
+            print("live: stopping", flush=True)
     finally:
         stop.set()
         for worker in workers:
             worker.join(timeout=max(60.0, live.batch_every))
         stop_between_batches(query)
         server.stop()
-    if query.exception() is not None:
-        raise RuntimeError(f"ingest stopped: {query.exception()}")
+    raise_failure([query])
 
 
 def _local_broker(ctx: Context) -> KafkaBroker | None:

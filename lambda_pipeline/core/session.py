@@ -30,6 +30,7 @@ __all__ = [
     "KAFKA_COORDINATE",
     "ClassArchive",
     "check_java",
+    "enable_verbose",
     "get_spark",
     "hadoop_aws_coordinate",
     "hadoop_version",
@@ -219,6 +220,11 @@ def _remember_jars(spark: SparkSession, packages: tuple[str, ...]) -> None:
 RESOLVE_TIMEOUT_SECONDS = 1800
 """How long a first resolution (and a process waiting for another's) may take: the AWS SDK is 690 MB."""
 _RESOLVER_CONF = ("spark.jars.ivy", "spark.jars.repositories", "spark.jars.ivySettings", "spark.jars.excludes")
+
+
+def enable_verbose() -> None:
+    """``--verbose``: this process and the jobs it starts (the jar resolver, the JVM) print everything."""
+    os.environ["LAMBDA_PIPELINE_VERBOSE"] = "1"
 
 
 def verbose() -> bool:

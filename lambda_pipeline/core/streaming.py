@@ -25,12 +25,16 @@ __all__ = [
     "CheckpointAppId",
     "OnceAppender",
     "PhaseTimer",
+    "StoppedMidBatch",
     "json_lines",
     "last_marked_batch",
     "marked_version",
+    "raise_failure",
     "read_text",
     "run_until_stopped",
     "stop_between_batches",
+    "stopping",
+    "wait_for_a_stop",
     "with_trigger",
 ]
 
@@ -197,17 +201,36 @@ def _marks(spark: SparkSession, path: str, writer_id: str, scan: int) -> Iterato
                 yield version, int(batch)
 
 
+_stopping: set[str] = set()
+"""Names of the queries this process is stopping on purpose (:func:`stop_between_batches`)."""
+
+
+class StoppedMidBatch(LambdaError):
+    """A micro-batch cut short because its query was being stopped: the checkpoint replays it at the next start."""
+
+
+def stopping(query_name: str) -> bool:
+    """Whether this process is stopping the query named ``query_name`` (its micro-batch may be interrupted)."""
+    return query_name in _stopping
+
+
 def stop_between_batches(query: StreamingQuery, timeout: float = 60.0) -> None:
     """Stop a query when no micro-batch is running (bounded wait), then stop it regardless.
 
     Interrupting a running micro-batch is safe for the data (the checkpoint and
-    idempotent commits replay it), but Spark can fail noisily while unwinding it.
+    idempotent commits replay it), but Spark can fail noisily while unwinding it: a body that sees
+    :func:`stopping` raises the short :class:`StoppedMidBatch` instead of the cancelled job's whole trace.
     """
-    deadline = time.monotonic() + timeout
-    while query.isActive and query.status.get("isTriggerActive") and time.monotonic() < deadline:
-        time.sleep(0.05)  # polling the query's own status, bounded by the deadline
-    if query.isActive:
-        query.stop()
+    name = str(query.name or query.id)
+    _stopping.add(name)
+    try:
+        deadline = time.monotonic() + timeout
+        while query.isActive and query.status.get("isTriggerActive") and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling the query's own status, bounded by the deadline
+        if query.isActive:
+            query.stop()
+    finally:
+        _stopping.discard(name)
 
 
 _STREAM_LOGGER = "org.apache.spark.sql.execution.streaming.runtime.MicroBatchExecution"
@@ -221,9 +244,8 @@ def fail_quietly(spark: SparkSession) -> None:
     """
     from lambda_pipeline.core.session import verbose
 
-    if verbose():
-        return
-    set_log_level(spark, _STREAM_LOGGER, "OFF")
+    if not verbose():
+        set_log_level(spark, _STREAM_LOGGER, "OFF")
 
 
 def run_until_stopped(queries: list[StreamingQuery], *, once: bool) -> None:
@@ -253,17 +275,38 @@ def run_until_stopped(queries: list[StreamingQuery], *, once: bool) -> None:
 
 
 def _wait_for_a_stop(queries: list[StreamingQuery], lost: Callable[[], bool]) -> None:
+    wait_for_a_stop(queries, until=lost)
+    raise_failure(queries)
+
+
+def raise_failure(queries: list[StreamingQuery]) -> None:
+    """Raise the error a query failed with, unless it is the micro-batch this process's stop cut short."""
+    for query in queries:
+        error = query.exception()
+        if error is not None and StoppedMidBatch.__name__ not in str(error):
+            raise error
+
+
+def wait_for_a_stop(
+    queries: list[StreamingQuery], *, until: Callable[[], bool] = lambda: False, seconds: float | None = None
+) -> bool:
+    """Wait until SIGINT/SIGTERM, a query ends, ``until()`` holds or ``seconds`` pass; then stop the queries
+    between micro-batches. True when a signal asked for the stop.
+
+    The signals only set a flag while this waits: PySpark's own SIGINT handler would raise KeyboardInterrupt
+    inside whatever py4j call is under way, which leaves the gateway talking to a half-read answer.
+    """
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    deadline = None if seconds is None else time.monotonic() + seconds
     try:
-        while not stop.is_set() and all(q.isActive for q in queries) and not lost():
+        while not stop.is_set() and all(q.isActive for q in queries) and not until():
+            if deadline is not None and time.monotonic() >= deadline:
+                break
             stop.wait(0.5)
         for query in queries:
             stop_between_batches(query)
-        for query in queries:
-            error = query.exception()
-            if error is not None:
-                raise error
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    return stop.is_set()

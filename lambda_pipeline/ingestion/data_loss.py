@@ -19,14 +19,17 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from lambda_pipeline.core.config import KafkaSettings
-from lambda_pipeline.core.errors import DataLossError
-from lambda_pipeline.core.jvm import HadoopPath, kafka_offsets
+from lambda_pipeline.core.errors import DataLossError, EnvironmentProblem
+from lambda_pipeline.core.jvm import HadoopPath, java_exception_names, kafka_offsets
 from lambda_pipeline.core.streaming import CheckpointAppId, OnceAppender, json_lines, read_text
 from lambda_pipeline.core.tables import QUARANTINE_SCHEMA
 from lambda_pipeline.ingestion.sources import kafka_source_options
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
+
+OFFSETS_TIMEOUT_MS = 30_000
+"""How long the check waits for the brokers (``default.api.timeout.ms``; a Kafka option of the config wins)."""
 
 __all__ = ["LostRange", "check_data_loss", "find_data_loss", "is_data_loss_failure", "record_data_loss"]
 
@@ -79,8 +82,18 @@ def topic_offsets(
     properties = {
         key[len("kafka.") :]: value for key, value in kafka_source_options(kafka).items() if key.startswith("kafka.")
     }
-    properties["default.api.timeout.ms"] = "30000"
-    return kafka_offsets(spark, properties, partitions)
+    properties.setdefault("default.api.timeout.ms", str(OFFSETS_TIMEOUT_MS))
+    try:
+        return kafka_offsets(spark, properties, partitions)
+    except Exception as error:
+        if "TimeoutException" not in java_exception_names(error):
+            raise
+        seconds = int(properties["default.api.timeout.ms"]) / 1000
+        raise EnvironmentProblem(
+            f"ingest: the Kafka brokers {kafka.bootstrap_servers} did not answer within {seconds:g}s, so the offsets "
+            "ingest still needs could not be checked against the topic; is Kafka up and reachable from here "
+            "(lambda-pipeline kafka status, for the project's own broker)? Start ingest again once it answers"
+        ) from None
 
 
 def find_data_loss(spark: SparkSession, kafka: KafkaSettings, checkpoint: str) -> list[LostRange]:

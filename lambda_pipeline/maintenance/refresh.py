@@ -24,7 +24,7 @@ from lambda_pipeline.core.leases import Lease
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.tables import Coverage, Locations, require_table
 from lambda_pipeline.maintenance.backfill import BackfillReport, check_fields, fill_fields
-from lambda_pipeline.speed_layer.job import catch_up
+from lambda_pipeline.speed_layer.catch_up import catch_up
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

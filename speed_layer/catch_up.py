@@ -1,74 +1,46 @@
-"""Speed layer: partial states, per ingest tag, for the master commits no batch covers yet.
+"""Catching the speed tables up with master: the partials of the uncovered tags a speed table lacks.
 
-**One hop.** The ingest micro-batch that appends events to master as tag ``t``
-aggregates the same rows into every view's partials, keyed by (keys, window,
-``t``), and commits them right after the master commit (:class:`SpeedWriter`).
-No second streaming query sits between master and serving. The order is what
-keeps the Lambda invariants at every instant:
-
-1. master first: an event is in the master dataset before any layer counts it;
-2. then the partials of tag ``t``: until they land, serving simply does not show
-   the micro-batch yet (no double count: batch only covers tags it read);
-3. a crash between the two replays the micro-batch; the master append is skipped
-   (its commit carries the batch id), ``t`` is read back from that commit, and the
-   partials are computed from what master holds for ``t``, unless a catch-up wrote
-   them already.
-
-**Catch-up** (:func:`catch_up`) recomputes, from master, the partials of the
-uncovered tags a speed table lacks: a view added after data exists, or a new
-speed table. Ingest runs it before its stream starts; ``lambda-pipeline speed``
-runs it (or a full ``--rebuild``) while ingest is stopped.
-
-Speed tables are partitioned by ``ingest_tag``: purging covered tags removes
-whole partitions (no file rewritten), and appending a new tag never conflicts
-with a purge. No state is kept across micro-batches: a late event is just an
-old window in a new tag, counted immediately and absorbed by the next batch.
+A view added after data exists, a view whose definition changed, or a speed table that lost a tag (a crash
+between the master commit and the speed commit, with the catch-up run before the replay) gets its partials
+recomputed from master. Ingest runs this before its stream starts (:class:`.writer.SpeedWriter.prepare`);
+``lambda-pipeline speed`` runs it, or a full ``--rebuild``, while ingest is stopped.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pyspark.sql import functions as F
 
 from lambda_pipeline.core.deltalog import commits
+from lambda_pipeline.core.leases import Lease
 from lambda_pipeline.core.pipeline import Pipeline
-from lambda_pipeline.core.streaming import OnceAppender, PhaseTimer
 from lambda_pipeline.core.tables import (
     FINGERPRINT_PROPERTY,
     Coverage,
     Locations,
     ensure_table,
     latest_coverage,
-    partition_columns,
     require_table,
     set_table_property,
     table_property,
     table_version,
 )
-from lambda_pipeline.core.views import INGEST_TAG, View
+from lambda_pipeline.core.views import INGEST_TAG
+from lambda_pipeline.speed_layer.partials import SPEED_PARTITIONING, uncovered
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import SparkSession
 
 __all__ = [
-    "SpeedWriter",
     "catch_up",
     "changed_views",
     "needs_catch_up",
     "present_tags",
     "purge_covered",
+    "run_catch_up",
     "setup_speed_tables",
 ]
-
-SPEED_PARTITIONING = (INGEST_TAG,)
-
-
-def _partials(view: View, events: DataFrame) -> DataFrame:
-    # One file per tag and view: a tag's partials are small, and serving reads every uncovered file.
-    return view.partials(events, by_tag=True).coalesce(1)
 
 
 def setup_speed_tables(spark: SparkSession, pipeline: Pipeline, locations: Locations) -> None:
@@ -93,66 +65,6 @@ def present_tags(spark: SparkSession, path: str, above: int) -> set[int]:
     """The tags above ``above`` that the speed table at ``path`` holds partials for."""
     rows = spark.read.format("delta").load(path).filter(F.col(INGEST_TAG) > above).select(INGEST_TAG).distinct()
     return {int(row[0]) for row in rows.collect()}
-
-
-@dataclass
-class SpeedWriter:
-    """The speed half of an ingest micro-batch: partials for its tag, then the purge of covered tags."""
-
-    spark: SparkSession
-    pipeline: Pipeline
-    locations: Locations
-    appender: OnceAppender
-    compact_every: int
-    purged_through: int = field(default=0)
-    """Tags start at 1 (version 0 creates the master table), so nothing is at or below 0."""
-    _legacy: list[str] | None = field(default=None, repr=False)
-
-    def coverage(self) -> Coverage:
-        return latest_coverage(self.spark, self.locations.coverage)
-
-    def write(self, events: DataFrame, tag: int, batch_id: int, timer: PhaseTimer, *, replay: bool) -> None:
-        """Append every view's partials of ``events`` (all of tag ``tag``), once per micro-batch.
-
-        ``replay``: the master commit of this micro-batch was already there, so a catch-up may have
-        written the tag's partials too; a view that holds the tag is left alone.
-        """
-        with timer.phase("coverage"):
-            coverage = self.coverage()
-
-        def one(view: View) -> None:
-            if tag <= coverage.covered_for(view.name):  # a batch covered the tag first: serving needs none
-                return
-            path = self.locations.speed_partials(view.name)
-            with timer.phase(f"commit_{view.name}"):
-                if replay and tag in present_tags(self.spark, path, tag - 1):
-                    return
-                self.appender.append(self.spark, _partials(view, events), path, batch_id)
-
-        with ThreadPoolExecutor(max_workers=len(self.pipeline.views)) as pool:
-            for future in [pool.submit(one, view) for view in self.pipeline.views]:
-                future.result()
-
-    def maintain(self, batch_id: int, timer: PhaseTimer) -> None:
-        """Purge once a newer coverage makes partials redundant; compact tables of the old layout."""
-        coverage = self.coverage()
-        if coverage.master_version > self.purged_through:
-            with timer.phase("purge"):
-                purge_covered(self.spark, self.pipeline, self.locations, coverage)
-            self.purged_through = coverage.master_version
-        if self.compact_every and batch_id > 0 and batch_id % self.compact_every == 0 and self.legacy():
-            from delta.tables import DeltaTable
-
-            with timer.phase("compact"):
-                for path in self.legacy():
-                    DeltaTable.forPath(self.spark, path).optimize().executeCompaction()
-
-    def legacy(self) -> list[str]:
-        """Speed tables laid out before partitioning by tag: their small files need compaction."""
-        if self._legacy is None:
-            paths = [self.locations.speed_partials(v.name) for v in self.pipeline.views]
-            self._legacy = [p for p in paths if partition_columns(self.spark, p) != list(SPEED_PARTITIONING)]
-        return self._legacy
 
 
 def _has_newest_tag(spark: SparkSession, path: str, tag: int, *, scan: int = 20) -> bool:
@@ -213,11 +125,11 @@ def catch_up(
         if only is not None and view.name not in only:
             continue
         covered = coverage.covered_for(view.name)
-        uncovered = master.filter(F.col(INGEST_TAG) > covered)
+        events = uncovered(master, covered)
         path = locations.speed_partials(view.name)
         stamp = {FINGERPRINT_PROPERTY: view.fingerprint}
         if rebuild and table_version(spark, path) is not None:
-            partials = view.partials(uncovered, by_tag=True)
+            partials = view.partials(events, by_tag=True)
             (
                 partials.write.format("delta")
                 .mode("overwrite")
@@ -231,7 +143,7 @@ def catch_up(
             continue
         ensure_table(spark, path, view.partial_schema(by_tag=True), SPEED_PARTITIONING, stamp)
         have = present_tags(spark, path, covered)
-        missing = uncovered.filter(~F.col(INGEST_TAG).isin(sorted(have))) if have else uncovered
+        missing = events.filter(~F.col(INGEST_TAG).isin(sorted(have))) if have else events
         partials = view.partials(missing, by_tag=True).persist()
         try:
             tags = {int(row[0]) for row in partials.select(INGEST_TAG).distinct().collect()}
@@ -252,3 +164,18 @@ def changed_views(spark: SparkSession, pipeline: Pipeline, locations: Locations)
         if stamped is not None and stamped != view.fingerprint:
             changed.append(view.name)
     return changed
+
+
+def run_catch_up(
+    spark: SparkSession, pipeline: Pipeline, locations: Locations, *, rebuild: bool = False
+) -> dict[str, int]:
+    """:func:`catch_up` (or a ``rebuild``) as the ``speed`` verb runs it: holding ingest's lease.
+
+    The speed tables are ingest's: a catch-up beside a running ingest could compute a tag in flight, so it
+    refuses to start while ingest runs, naming it.
+    """
+    lease = Lease(spark, locations, "ingest", locations.master).acquire()
+    try:
+        return catch_up(spark, pipeline, locations, rebuild=rebuild)
+    finally:
+        lease.release()
