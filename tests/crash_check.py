@@ -19,7 +19,7 @@ from lambda_pipeline.cli.kafka_producer import KafkaEventProducer
 from lambda_pipeline.core.config import load_settings
 from lambda_pipeline.core.tables import Locations
 from lambda_pipeline.ingestion.job import start_ingest
-from lambda_pipeline.local_services.kafka_broker import offsets
+from lambda_pipeline.local_services.kafka_admin import offsets
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM, PAGE_ACTIVITY
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator, GeneratedMessages
 from lambda_pipeline.serving_layer.catalog import ServingLayer

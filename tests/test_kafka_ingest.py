@@ -16,7 +16,7 @@ from lambda_pipeline.core.errors import DataLossError
 from lambda_pipeline.core.streaming import stop_between_batches
 from lambda_pipeline.core.tables import Locations
 from lambda_pipeline.ingestion.job import start_ingest
-from lambda_pipeline.local_services.kafka_broker import delete_records, offsets
+from lambda_pipeline.local_services.kafka_admin import delete_records, offsets
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import HOSTILE_KINDS, ClickstreamGenerator
 from lambda_pipeline.serving_layer.catalog import ServingLayer
