@@ -170,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate = add_generate_parser(verbs)
     add_package_parser(verbs)  # no --config: one artifact serves every config
     add_init_parser(verbs)  # writes the configs: needs none
-    emr_steps = add_emr_steps_parser(verbs)
-    for sub in (ingest, speed, batch, query, serve, maintain, refresh, audit, demo, kafka, emr_steps, generate, s3):
+    add_emr_steps_parser(verbs)  # its own --config and --set: the jobs' work directory is the config's, on S3
+    for sub in (ingest, speed, batch, query, serve, maintain, refresh, audit, demo, kafka, generate, s3):
         _common(sub)
     return parser
 
@@ -484,7 +484,6 @@ COMMANDS: dict[str, Callable[[Context, argparse.Namespace], int]] = {
     "kafka": run_kafka,
     "s3": run_s3,
     "generate": run_generate,
-    "emr-steps": lambda ctx, args: run_emr_steps(ctx.settings, args),
 }
 
 
@@ -499,6 +498,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_package(args)
         if args.verb == "init":
             return run_init(args)
+        if args.verb == "emr-steps":
+            return run_emr_steps(args)
         ctx = Context.from_args(args)
         return COMMANDS[args.verb](ctx, args)
     except LambdaError as exc:
