@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def shipped_sources() -> list[BuildSource]:
     """Every module of every package in [tool.setuptools] packages, under its installed name; the folders
     follow package-dir as the artifact builder reads it (``ProjectInfo.folder``)."""
-    from lambda_pipeline.deploy.artifact import read_project
+    from lambda_pipeline.deploy.project import read_project
 
     info = read_project(ROOT)
     sources = []

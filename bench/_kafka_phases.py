@@ -67,7 +67,7 @@ class Phase:
 
 def topic_lag(phase: Phase, checkpoint: Checkpoint) -> tuple[int, int]:
     """(topic latest offsets summed, messages the query committed); latest is -1 if the broker did not answer."""
-    from lambda_pipeline.local_services.kafka_broker import offsets
+    from lambda_pipeline.local_services.kafka_admin import offsets
 
     try:
         latest = sum(hi for _, hi in offsets(phase.kafka.bootstrap_servers, phase.topic, timeout=5).values())

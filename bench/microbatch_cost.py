@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from lambda_pipeline.core.config import load_settings
     from lambda_pipeline.core.session import KAFKA_COORDINATE, get_spark
-    from lambda_pipeline.local_services.kafka_broker import KafkaBroker, free_port
+    from lambda_pipeline.local_services.kafka_broker import KafkaBroker
+    from lambda_pipeline.local_services.process import free_port
 
     own = args.workdir is None
     root = Path(tempfile.mkdtemp(prefix="bench-cost-")) if own else Path(args.workdir).resolve()

@@ -18,7 +18,7 @@ from lambda_pipeline.batch_layer.job import run_batch
 from lambda_pipeline.cli.kafka_producer import KafkaEventProducer
 from lambda_pipeline.core.config import load_settings
 from lambda_pipeline.core.tables import Locations
-from lambda_pipeline.local_services.kafka_broker import offsets
+from lambda_pipeline.local_services.kafka_admin import offsets
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM, PAGE_ACTIVITY
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator, GeneratedMessages
 from lambda_pipeline.pipelines.ingest import start_ingest

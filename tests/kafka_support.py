@@ -21,7 +21,8 @@ from collections.abc import Iterator
 import pytest
 
 from lambda_pipeline.core.errors import LambdaError
-from lambda_pipeline.local_services.kafka_broker import KafkaBroker, free_port
+from lambda_pipeline.local_services.kafka_broker import KafkaBroker
+from lambda_pipeline.local_services.process import free_port
 
 __all__ = ["kafka_broker", "kafka_topic"]
 

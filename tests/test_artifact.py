@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from lambda_pipeline.core.config import load_settings
-from lambda_pipeline.deploy.artifact import MANIFEST, build_artifact, read_project
+from lambda_pipeline.deploy.artifact import MANIFEST, build_artifact
+from lambda_pipeline.deploy.project import read_project
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE_PACKAGES = next(Path(p) for p in sys.path if p.endswith("site-packages") and Path(p).is_dir())

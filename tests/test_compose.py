@@ -24,7 +24,7 @@ from lambda_pipeline.cli.parser import build_parser
 from lambda_pipeline.core.config import ENVIRONMENT_VARIABLES, load_settings
 from lambda_pipeline.core.errors import ConfigError
 from lambda_pipeline.core.tables import Locations
-from lambda_pipeline.deploy.artifact import read_project
+from lambda_pipeline.deploy.project import read_project
 from lambda_pipeline.pipelines.registry import get_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -285,6 +285,19 @@ def test_every_variable_set_for_the_containers_is_read_by_someone() -> None:
     assert unexplained == []
     kafka_vars = _environment(compose["services"]["kafka"])
     assert [name for name in kafka_vars if not KAFKA_IMAGE_VARIABLES.match(name)] == []
+
+
+def test_what_the_compose_comments_point_at_exists() -> None:
+    """A comment naming a file that moved, or a name that left it, sends the reader nowhere."""
+    lines = COMPOSE_FILE.read_text(encoding="utf-8").splitlines()
+    comments = "\n".join(line.split("#", 1)[1] for line in lines if "#" in line)
+    named = set(re.findall(r"[\w.-]+(?:/[\w.-]+)+\.(?:py|ya?ml|md)\b", comments))
+    assert {"docs/docker-compose.md", "conf/docker.yaml"} <= named
+    assert sorted(path for path in named if not (ROOT / path).is_file()) == []
+    defined_in = re.findall(r"\b([A-Z][A-Z0-9_]+) in ([\w/.-]+\.py)\b", comments)
+    assert defined_in, "the header says where the environment variables are declared"
+    for name, path in defined_in:
+        assert re.search(rf"^{name}\b", (ROOT / path).read_text(encoding="utf-8"), re.MULTILINE), (name, path)
 
 
 def _env_names(args: str) -> list[str]:

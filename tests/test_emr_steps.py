@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -20,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EMR_CONF = ROOT / "conf" / "emr.yaml"
 BUCKET = ["--set", "emr.bucket=lambda-test-bucket"]
 ON_NODES = ["--set", "emr.python=/usr/bin/python3.11"]
+RELEASE = ["--set", "emr.release_label=emr-8.0.0"]  # cluster.json, written with --out, needs one
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +137,7 @@ def test_out_folder_holds_cluster_description_and_glue(dist: Path, tmp_path: Pat
 def test_schedule_mode_moves_the_batch_into_an_eventbridge_schedule(dist: Path, tmp_path: Path) -> None:
     out = tmp_path / "emr"
     mode = ["--set", "emr.batch_trigger=schedule", "--set", "batch.interval=2 hours", "--cluster-id", "j-ABC123"]
-    result = emr_steps("--config", str(EMR_CONF), *BUCKET, *ON_NODES, *mode, "--out", str(out), dist=dist)
+    result = emr_steps("--config", str(EMR_CONF), *BUCKET, *ON_NODES, *RELEASE, *mode, "--out", str(out), dist=dist)
     assert result.returncode == 0, result.stderr
     steps = json.loads(result.stdout)
     assert [s["Name"] for s in steps] == ["lambda-pipeline ingest (streaming)", "lambda-pipeline maintain every 1 hour"]
@@ -172,6 +174,41 @@ def test_missing_bucket_is_one_line_naming_the_key(dist: Path) -> None:
         f"error: {EMR_CONF}: key 'emr.bucket': required by emr-steps: the S3 bucket name; "
         "set it in the file or --set emr.bucket=NAME"
     )
+
+
+def test_cluster_description_without_a_release_label_is_refused(dist: Path, tmp_path: Path) -> None:
+    out = tmp_path / "emr"
+    result = emr_steps("--config", str(EMR_CONF), *BUCKET, *ON_NODES, "--out", str(out), dist=dist)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip() == (
+        f"error: {EMR_CONF}: key 'emr.release_label': required by emr-steps --out for cluster.json: an EMR release "
+        "whose Spark is 4.2 (list them with: aws emr list-release-labels --filters Application=Spark@4.2); "
+        "set it in the file or --set emr.release_label=emr-X.Y.Z"
+    )
+    assert not out.exists()  # no cluster.json with "ReleaseLabel": null, nor anything beside it
+
+
+COMMON_OPTIONS = {"--config", "--workdir", "--set", "--verbose"}
+
+
+def _options(verb: str) -> set[str]:
+    verbs = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {option for action in verbs.choices[verb]._actions for option in action.option_strings}
+
+
+@pytest.mark.parametrize(
+    ("verb", "common"),
+    [("emr-steps", {"--config", "--set"}), ("package", set()), ("init", set()), ("ingest", COMMON_OPTIONS)],
+)
+def test_verbs_take_only_the_common_options_they_use(verb: str, common: set[str]) -> None:
+    assert _options(verb) & COMMON_OPTIONS == common
+
+
+@pytest.mark.parametrize("option", [["--workdir", "s3://lambda-test-bucket/elsewhere"], ["--verbose"]])
+def test_emr_steps_does_not_accept_an_option_it_would_ignore_or_refuse(dist: Path, option: list[str]) -> None:
+    result = emr_steps("--config", str(EMR_CONF), *BUCKET, *ON_NODES, *option, dist=dist)
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"unrecognized arguments: {' '.join(option)}" in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,10 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from lambda_pipeline.core.errors import EnvironmentProblem
-from lambda_pipeline.local_services.kafka_broker import MESSAGE_MAX_BYTES, KafkaBroker, free_port, offsets
+from lambda_pipeline.local_services.kafka_admin import offsets
+from lambda_pipeline.local_services.kafka_broker import KafkaBroker
+from lambda_pipeline.local_services.kafka_broker_config import MESSAGE_MAX_BYTES
+from lambda_pipeline.local_services.process import free_port
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["tests.kafka_support"]  # harmless if conftest registers it too

@@ -15,7 +15,7 @@ from lambda_pipeline.core.config import Settings, load_settings
 from lambda_pipeline.core.errors import DataLossError
 from lambda_pipeline.core.streaming import stop_between_batches
 from lambda_pipeline.core.tables import Locations
-from lambda_pipeline.local_services.kafka_broker import delete_records, offsets
+from lambda_pipeline.local_services.kafka_admin import delete_records, offsets
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import HOSTILE_KINDS, ClickstreamGenerator
 from lambda_pipeline.pipelines.ingest import start_ingest

@@ -6,7 +6,7 @@ import ast
 import re
 from pathlib import Path
 
-from lambda_pipeline.deploy.artifact import read_project
+from lambda_pipeline.deploy.project import read_project
 
 ROOT = Path(__file__).resolve().parents[1]
 

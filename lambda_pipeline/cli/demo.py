@@ -155,7 +155,8 @@ def _keep_live(ctx: Context, generator: ClickstreamGenerator, live: Live) -> Non
 
 def _local_broker(ctx: Context) -> KafkaBroker | None:
     """Start the project's broker for the demo when the config points at loopback and none answers."""
-    from lambda_pipeline.local_services.kafka_broker import KafkaBroker, create_topic
+    from lambda_pipeline.local_services.kafka_admin import create_topic
+    from lambda_pipeline.local_services.kafka_broker import KafkaBroker
 
     kafka = ctx.settings.ingest.kafka
     host, _, port = kafka.bootstrap_servers.split(",")[0].rpartition(":")

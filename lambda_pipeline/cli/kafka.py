@@ -93,7 +93,7 @@ def _describe(status: BrokerStatus) -> str:
 def _create_topic(ctx: Context, args: argparse.Namespace) -> int:
     """The configured topic on the configured cluster: deployments whose broker the project did not start
     (the compose demo's init step) get the partitions the config asks for, not the broker's default."""
-    from lambda_pipeline.local_services.kafka_broker import create_topic
+    from lambda_pipeline.local_services.kafka_admin import create_topic
 
     kafka = ctx.settings.ingest.kafka
     if kafka.topic is None:

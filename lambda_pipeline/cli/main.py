@@ -14,7 +14,8 @@ from lambda_pipeline.cli.init import run_init
 from lambda_pipeline.cli.parser import build_parser
 from lambda_pipeline.cli.verbs import COMMANDS
 from lambda_pipeline.core.errors import LambdaError
-from lambda_pipeline.deploy.artifact import run_package
+from lambda_pipeline.deploy.emr_steps import run_emr_steps
+from lambda_pipeline.deploy.package_verb import run_package
 
 __all__ = ["main"]
 
@@ -32,6 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_package(args)
         if args.verb == "init":
             return run_init(args)
+        if args.verb == "emr-steps":
+            return run_emr_steps(args)
         ctx = Context.from_args(args)
         try:
             return COMMANDS[args.verb](ctx, args)

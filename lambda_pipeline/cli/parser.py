@@ -11,8 +11,8 @@ from lambda_pipeline.cli.generate import add_generate_parser
 from lambda_pipeline.cli.init import add_init_parser
 from lambda_pipeline.cli.kafka import add_kafka_parser
 from lambda_pipeline.cli.s3 import add_s3_parser
-from lambda_pipeline.deploy.artifact import add_package_parser
 from lambda_pipeline.deploy.emr_steps import add_emr_steps_parser
+from lambda_pipeline.deploy.package_verb import add_package_parser
 
 __all__ = ["DESCRIPTION", "build_parser"]
 
@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate = add_generate_parser(verbs)
     add_package_parser(verbs)  # no --config: one artifact serves every config
     add_init_parser(verbs)  # writes the configs: needs none
-    emr_steps = add_emr_steps_parser(verbs)
-    for sub in (ingest, speed, batch, query, serve, maintain, refresh, audit, demo, kafka, emr_steps, generate, s3):
+    add_emr_steps_parser(verbs)  # its own --config and --set: the jobs' work directory is the config's, on S3
+    for sub in (ingest, speed, batch, query, serve, maintain, refresh, audit, demo, kafka, generate, s3):
         common_options(sub)
     return parser

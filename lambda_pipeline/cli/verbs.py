@@ -19,7 +19,6 @@ from lambda_pipeline.cli.output import print_audits, print_frame, print_rows
 from lambda_pipeline.cli.s3 import run_s3
 from lambda_pipeline.core.config import duration_seconds
 from lambda_pipeline.core.errors import LambdaError
-from lambda_pipeline.deploy.emr_steps import run_emr_steps
 
 __all__ = ["AUDIT_ALERT", "COMMANDS"]
 
@@ -239,5 +238,4 @@ COMMANDS: dict[str, Callable[[Context, argparse.Namespace], int]] = {
     "kafka": run_kafka,
     "s3": run_s3,
     "generate": run_generate,
-    "emr-steps": lambda ctx, args: run_emr_steps(ctx.settings, args),
 }

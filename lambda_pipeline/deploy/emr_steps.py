@@ -1,10 +1,10 @@
 """``lambda-pipeline emr-steps``: the EMR steps (AddJobFlowSteps ``Steps``) that run the jobs on a cluster.
 
 Generated, not hand-written, so that the steps can only name what exists: files listed in the
-artifact's manifest (``lambda-pipeline package``) and a config that validates. The two jobs are
+artifact's manifest (``lambda-pipeline package``) and a config that validates. The jobs are
 long-running YARN applications submitted in cluster mode: ingest streams (writing master and the speed
 partials in each micro-batch), the batch job runs ``batch --every`` (or is added by an EventBridge
-schedule, ``emr.batch_trigger: schedule``).
+schedule, ``emr.batch_trigger: schedule``) and maintenance runs ``maintain --every``.
 
 Printed on stdout: the JSON list for ``aws emr add-steps --steps file://steps.json``. With ``--out``,
 also written there: ``steps.json``, ``configurations.json`` (cluster classifications), ``cluster.json``
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lambda_pipeline.core.config import DEFAULT_CONFIG, Settings, duration_seconds
+from lambda_pipeline.core.config import DEFAULT_CONFIG, Settings, duration_seconds, load_settings
 from lambda_pipeline.core.errors import ConfigError
 
 __all__ = ["EmrPlan", "add_emr_steps_parser", "glue_spark_conf", "plan_emr", "rate_expression", "run_emr_steps"]
@@ -282,11 +282,28 @@ def _glue_tables_sql(settings: Settings, workdir: str) -> str:
 
 
 def add_emr_steps_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    """Register ``emr-steps``; the caller adds the common options (--config, --workdir, --set)."""
+    """Register ``emr-steps`` with the options it uses: of the verbs' common ones, --config and --set only.
+
+    No --workdir: the jobs' work directory is the config's ``workdir``, on S3. No --verbose: nothing here
+    starts Spark or resolves jars.
+    """
     parser = verbs.add_parser(
         "emr-steps",
-        help="print the EMR steps (aws emr add-steps --steps file://...) that run ingest and batch",
+        help="print the EMR steps (aws emr add-steps --steps file://...) that run ingest, batch and maintain",
         description=__doc__.split("\n\n")[2] if __doc__ else None,
+    )
+    parser.add_argument(
+        "--config",
+        help="the config the jobs read; it must ship in the artifact (default: $LAMBDA_PIPELINE_CONFIG, else the "
+        "shipped local.yaml)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (repeatable); passed on to every job as the same --set, except emr.*",
     )
     parser.add_argument(
         "--artifact-uri",
@@ -299,11 +316,13 @@ def add_emr_steps_parser(verbs: argparse._SubParsersAction[argparse.ArgumentPars
     return parser
 
 
-def run_emr_steps(settings: Settings, args: argparse.Namespace) -> int:
+def run_emr_steps(args: argparse.Namespace) -> int:
+    """Load the config, plan, print the steps; with ``--out`` also write the cluster description and the rest."""
     from lambda_pipeline.deploy.artifact import load_manifest
+    from lambda_pipeline.pipelines.registry import get_pipeline
 
-    if args.workdir:
-        raise ConfigError("--workdir", None, "emr-steps puts the work directory on S3: set 'workdir' in the config")
+    settings = load_settings(args.config, args.overrides)
+    get_pipeline(settings.pipeline, str(args.config or "config"))  # refused as by every other verb
     dist = Path(args.dist)
     # The same file load_settings read: --config, else $LAMBDA_PIPELINE_CONFIG, else the default.
     configured = os.environ.get("LAMBDA_PIPELINE_CONFIG", "").strip()
@@ -318,6 +337,14 @@ def run_emr_steps(settings: Settings, args: argparse.Namespace) -> int:
         cluster_id=args.cluster_id,
         scheduler_role_arn=args.scheduler_role_arn,
     )
+    if args.out and settings.emr.release_label is None:
+        raise ConfigError(
+            str(config),
+            "emr.release_label",
+            "required by emr-steps --out for cluster.json: an EMR release whose Spark is 4.2 (list them with: "
+            "aws emr list-release-labels --filters Application=Spark@4.2); set it in the file or "
+            "--set emr.release_label=emr-X.Y.Z",
+        )
     print(json.dumps(plan.steps, indent=2))
     if args.out:
         out = Path(args.out)

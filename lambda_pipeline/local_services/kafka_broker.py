@@ -1,246 +1,51 @@
-"""A real single-node Apache Kafka broker (KRaft, broker+controller in one JVM) on 127.0.0.1.
+"""A real single-node Apache Kafka broker (KRaft, broker+controller in one JVM) on 127.0.0.1: its life cycle.
 
 Local runs, the demo and the tests need a Kafka that behaves like production (retention,
 log start offsets, message size limits), not a mock. The jars come from Maven Central through
 ``lambda_pipeline.local_services.maven`` on first use, so a machine with Java, Maven and network access needs
 nothing else. Everything lives under one ``base_dir``: storage, config, log, pid and cluster id;
-the pid file lets one process start the broker and another one query or stop it.
+the pid file lets one process start the broker and another one query or stop it. What the broker is
+configured with is in ``kafka_broker_config``; topics and offsets, on any cluster, in ``kafka_admin``.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from lambda_pipeline.core.errors import EnvironmentProblem, LambdaError
+from lambda_pipeline.core.errors import EnvironmentProblem
+from lambda_pipeline.local_services.kafka_admin import (
+    admin_client,
+    create_topic,
+    delete_records,
+    delete_topic,
+    offsets,
+    wait_for_broker,
+)
+from lambda_pipeline.local_services.kafka_broker_config import (
+    KAFKA_VERSION,
+    LOG4J2_PROPERTIES,
+    broker_coordinates,
+    new_cluster_id,
+    render_server_properties,
+)
 from lambda_pipeline.local_services.maven import resolve
 from lambda_pipeline.local_services.process import HOST, ManagedProcess, free_port, port_in_use
 
 if TYPE_CHECKING:
     from confluent_kafka.admin import AdminClient
 
-__all__ = [
-    "KAFKA_VERSION",
-    "BrokerStatus",
-    "KafkaBroker",
-    "broker_coordinates",
-    "create_topic",
-    "delete_records",
-    "delete_topic",
-    "free_port",
-    "offsets",
-    "port_in_use",
-    "wait_for_broker",
-]
+__all__ = ["BrokerStatus", "KafkaBroker"]
 
-KAFKA_VERSION = "4.1.1"
-SCALA_BINARY = "2.13"
-# kafka_2.13 depends on log4j-core but not on an SLF4J binding: without one the broker logs nothing.
-LOG4J_VERSION = "2.24.3"
-NODE_ID = 1
-MESSAGE_MAX_BYTES = 2 * 1024 * 1024
 FORMAT_TIMEOUT_SECONDS = 120.0
 _POLL_SECONDS = 0.2
-
-# Kafka's own Uuid.METADATA_TOPIC_ID (AAAAAAAAAAAAAAAAAAAAAQ) and ZERO_UUID may not be cluster ids.
-_RESERVED_IDS = {bytes(16), bytes(15) + b"\x01"}
-
-
-def broker_coordinates(version: str = KAFKA_VERSION) -> list[str]:
-    """Maven coordinates of a broker runtime: the server and a log4j2 binding for its SLF4J logging."""
-    return [
-        f"org.apache.kafka:kafka_{SCALA_BINARY}:{version}",
-        f"org.apache.logging.log4j:log4j-slf4j-impl:{LOG4J_VERSION}",
-    ]
-
-
-def _new_cluster_id() -> str:
-    """A Kafka ``Uuid`` in its base64url form, as ``kafka-storage random-uuid`` prints it."""
-    while True:
-        raw = uuid.uuid4().bytes
-        text = base64.urlsafe_b64encode(raw).decode().rstrip("=")
-        if raw not in _RESERVED_IDS and not text.startswith("-"):
-            return text
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Admin helpers: module-level so they work against any broker, not only one this module started.
-
-
-def _admin(bootstrap_servers: str, quiet: bool = False) -> AdminClient:
-    from confluent_kafka.admin import AdminClient
-
-    conf: dict[str, Any] = {
-        "bootstrap.servers": bootstrap_servers,
-        "socket.connection.setup.timeout.ms": 5000,
-        "log_level": 4,  # warnings and errors, not librdkafka's informational lines
-    }
-    if quiet:  # while probing a broker that is still starting, "connection refused" is expected, not news
-        conf.update({"log_level": 0, "error_cb": lambda _err: None})
-    return AdminClient(conf)
-
-
-def _kafka_error(exc: BaseException) -> Any:
-    return exc.args[0] if exc.args and hasattr(exc.args[0], "code") else None
-
-
-def _unreachable(bootstrap_servers: str, action: str, exc: BaseException) -> EnvironmentProblem:
-    err = _kafka_error(exc)
-    reason = err.str() if err is not None else str(exc)
-    return EnvironmentProblem(
-        f"could not {action} on Kafka {bootstrap_servers} ({reason}); is the broker running? "
-        "(check with: lambda-pipeline kafka status)"
-    )
-
-
-def wait_for_broker(bootstrap_servers: str, timeout: float = 30.0) -> None:
-    """Return once a broker at ``bootstrap_servers`` answers a metadata request; bounded by ``timeout``."""
-    deadline = time.monotonic() + timeout
-    admin = _admin(bootstrap_servers, quiet=True)
-    last: BaseException | None = None
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise _unreachable(bootstrap_servers, f"get metadata within {timeout:.0f}s", last or TimeoutError())
-        try:
-            if admin.list_topics(timeout=max(0.5, min(2.0, remaining))).brokers:
-                return
-        except Exception as exc:  # KafkaException: not up yet
-            last = exc
-        time.sleep(_POLL_SECONDS)
-
-
-def _partitions(admin: AdminClient, bootstrap_servers: str, topic: str, timeout: float) -> dict[int, Any]:
-    try:
-        metadata = admin.list_topics(topic=topic, timeout=timeout)
-    except Exception as exc:
-        raise _unreachable(bootstrap_servers, f"read metadata of topic {topic!r}", exc) from None
-    info = metadata.topics.get(topic)
-    if info is None or info.error is not None or not info.partitions:
-        raise LambdaError(
-            f"Kafka topic {topic!r} does not exist on {bootstrap_servers}; create it first "
-            "(lambda-pipeline kafka start creates the configured topic)"
-        )
-    return dict(info.partitions)
-
-
-def create_topic(
-    bootstrap_servers: str,
-    name: str,
-    partitions: int = 2,
-    config: Mapping[str, str] | None = None,
-    exist_ok: bool = True,
-    replication_factor: int = -1,
-    timeout: float = 30.0,
-) -> bool:
-    """Create ``name`` and wait until every partition has a leader; False if it already existed.
-
-    ``replication_factor=-1`` takes the broker's default (1 on the local broker).
-    """
-    from confluent_kafka import KafkaError
-    from confluent_kafka.admin import NewTopic
-
-    admin = _admin(bootstrap_servers)
-    topic = NewTopic(
-        name,
-        num_partitions=partitions,
-        replication_factor=replication_factor,
-        config={k: str(v) for k, v in (config or {}).items()},
-    )
-    created = True
-    try:
-        admin.create_topics([topic], operation_timeout=timeout, request_timeout=timeout)[name].result(timeout)
-    except Exception as exc:
-        err = _kafka_error(exc)
-        if err is None or err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
-            if err is not None and err.code() in (KafkaError._TRANSPORT, KafkaError._TIMED_OUT):
-                raise _unreachable(bootstrap_servers, f"create topic {name!r}", exc) from None
-            raise LambdaError(f"Kafka refused to create topic {name!r}: {err.str() if err else exc}") from None
-        if not exist_ok:
-            raise LambdaError(f"Kafka topic {name!r} already exists on {bootstrap_servers}") from None
-        created = False
-    # The controller has the topic; wait until this broker's metadata shows a leader for each partition.
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(LambdaError):
-            found = _partitions(admin, bootstrap_servers, name, timeout=min(5.0, timeout))
-            if len(found) >= partitions and all(p.leader >= 0 and p.error is None for p in found.values()):
-                return created
-        if time.monotonic() > deadline:
-            raise LambdaError(f"Kafka topic {name!r} has no leader for every partition after {timeout:.0f}s")
-        time.sleep(_POLL_SECONDS)
-
-
-def delete_topic(bootstrap_servers: str, name: str, timeout: float = 30.0) -> None:
-    """Delete ``name``; a topic that does not exist is not an error."""
-    from confluent_kafka import KafkaError
-
-    admin = _admin(bootstrap_servers)
-    try:
-        admin.delete_topics([name], operation_timeout=timeout, request_timeout=timeout)[name].result(timeout)
-    except Exception as exc:
-        err = _kafka_error(exc)
-        if err is None or err.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-            raise _unreachable(bootstrap_servers, f"delete topic {name!r}", exc) from None
-
-
-def delete_records(
-    bootstrap_servers: str, topic: str, before: Mapping[int, int], timeout: float = 30.0
-) -> dict[int, int]:
-    """Delete the records of each partition below the given offset: the log start offset moves there.
-
-    This is what retention does to old segments, on demand: tests use it to make data "age out".
-    Returns the new earliest offset (low watermark) per partition.
-    """
-    from confluent_kafka import TopicPartition
-
-    admin = _admin(bootstrap_servers)
-    wanted = [TopicPartition(topic, int(p), int(o)) for p, o in before.items()]
-    if not wanted:
-        return {}
-    try:
-        futures = admin.delete_records(wanted, request_timeout=timeout, operation_timeout=timeout)
-        return {tp.partition: int(f.result(timeout).low_watermark) for tp, f in futures.items()}
-    except Exception as exc:
-        err = _kafka_error(exc)
-        raise LambdaError(
-            f"Kafka could not delete records of {topic!r} below {dict(before)} on {bootstrap_servers}: "
-            f"{err.str() if err is not None else exc}"
-        ) from None
-
-
-def offsets(bootstrap_servers: str, topic: str, timeout: float = 30.0) -> dict[int, tuple[int, int]]:
-    """``{partition: (earliest, latest)}``: the log start offset and the next offset to be written."""
-    from confluent_kafka import TopicPartition
-    from confluent_kafka.admin import OffsetSpec
-
-    admin = _admin(bootstrap_servers)
-    partitions = sorted(_partitions(admin, bootstrap_servers, topic, timeout))
-
-    def query(spec: OffsetSpec) -> dict[int, int]:
-        request = {TopicPartition(topic, p): spec for p in partitions}
-        futures = admin.list_offsets(request, request_timeout=timeout)
-        return {tp.partition: int(f.result(timeout).offset) for tp, f in futures.items()}
-
-    try:
-        earliest, latest = query(OffsetSpec.earliest()), query(OffsetSpec.latest())
-    except Exception as exc:
-        raise _unreachable(bootstrap_servers, f"list offsets of topic {topic!r}", exc) from None
-    return {p: (earliest[p], latest[p]) for p in partitions}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The broker process.
 
 
 @dataclass(frozen=True)
@@ -355,7 +160,7 @@ class KafkaBroker(ManagedProcess):
         self.base_dir.mkdir(parents=True, exist_ok=True)
         jars = resolve(broker_coordinates(self.version), f"kafka-{self.version}")
         classpath = os.pathsep.join(str(j) for j in jars)
-        cluster_id = self._state().get("cluster_id") or _new_cluster_id()
+        cluster_id = self._state().get("cluster_id") or new_cluster_id()
         self._save_state(cluster_id=cluster_id, port=self.port, controller_port=controller_port, version=self.version)
         self._write_config(controller_port)
         self._format_once(java, classpath, cluster_id)
@@ -376,45 +181,9 @@ class KafkaBroker(ManagedProcess):
                 return candidate
 
     def _write_config(self, controller_port: int) -> None:
-        settings = {
-            "process.roles": "broker,controller",
-            "node.id": NODE_ID,
-            "controller.quorum.voters": f"{NODE_ID}@{HOST}:{controller_port}",
-            "listeners": f"PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{HOST}:{self.port}",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "log.dirs": str(self.data_dir),
-            "num.partitions": 2,
-            "default.replication.factor": 1,
-            "min.insync.replicas": 1,
-            "offsets.topic.replication.factor": 1,
-            "offsets.topic.num.partitions": 4,  # default 50: slow to create on a laptop, pointless on one node
-            "transaction.state.log.replication.factor": 1,
-            "transaction.state.log.min.isr": 1,
-            "transaction.state.log.num.partitions": 4,
-            "share.coordinator.state.topic.replication.factor": 1,
-            "share.coordinator.state.topic.min.isr": 1,
-            "group.initial.rebalance.delay.ms": 0,
-            "auto.create.topics.enable": "false",
-            "log.retention.check.interval.ms": 5000,
-            # Far above a normal event, so a test can send a message over the project's own limit and see
-            # the project (not the broker) handle it.
-            "message.max.bytes": MESSAGE_MAX_BYTES,
-            "replica.fetch.max.bytes": MESSAGE_MAX_BYTES,
-            # After a crash (kill) the new incarnation cannot register until the old one's session expires
-            # (default 9 s); 4 s still rides out a long GC pause or a CPU-starved laptop.
-            "broker.heartbeat.interval.ms": 1000,
-            "broker.session.timeout.ms": 4000,
-            "num.network.threads": 2,
-            "num.io.threads": 4,
-            "log.cleaner.dedupe.buffer.size": 16 * 1024 * 1024,  # default 128 MB of a small heap
-        }
-        text = "# Written by lambda-pipeline (local_services/kafka_broker.py) at every start; edits are lost.\n"
-        text += "".join(f"{key}={value}\n" for key, value in settings.items())
+        text = render_server_properties(self.port, controller_port, self.data_dir)
         self.server_properties.write_text(text, encoding="utf-8")
-        (self.base_dir / "log4j2.properties").write_text(_LOG4J2, encoding="utf-8")
+        (self.base_dir / "log4j2.properties").write_text(LOG4J2_PROPERTIES, encoding="utf-8")
 
     def _java_command(self, java: str, classpath: str, heap: str) -> list[str]:
         return [
@@ -470,7 +239,7 @@ class KafkaBroker(ManagedProcess):
     def _answers(self, remaining: float) -> bool:
         """A metadata answer; the admin client only once the port accepts connections, then kept for the retries."""
         if self._probe_admin is None and _accepts(self.port):
-            self._probe_admin = _admin(self.bootstrap_servers, quiet=True)
+            self._probe_admin = admin_client(self.bootstrap_servers, quiet=True)
         if self._probe_admin is None:
             return False
         return bool(self._probe_admin.list_topics(timeout=max(0.5, min(2.0, remaining))).brokers)
@@ -515,18 +284,3 @@ def _accepts(port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-# Quiet: warnings and errors only, plus the broker's "started"/"shut down" lines.
-_LOG4J2 = """\
-status = error
-name = lambda-pipeline-kafka
-appender.out.type = Console
-appender.out.name = OUT
-appender.out.layout.type = PatternLayout
-appender.out.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = WARN
-rootLogger.appenderRef.out.ref = OUT
-logger.server.name = kafka.server.KafkaRaftServer
-logger.server.level = INFO
-"""

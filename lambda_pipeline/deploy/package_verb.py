@@ -1,0 +1,52 @@
+"""``lambda-pipeline package``: the verb that builds the artifact, and its options.
+
+It takes none of the common options (--config, --workdir, --set, --verbose): one artifact serves every
+config, and the configs to ship besides ``conf/*.yaml`` are named with ``--add-config``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lambda_pipeline.deploy.artifact import MANIFEST, build_artifact
+
+__all__ = ["add_package_parser", "run_package"]
+
+
+def add_package_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """Register the ``package`` verb (it takes no --config/--workdir: the artifact serves every config)."""
+    package = verbs.add_parser(
+        "package",
+        help="build the deployable artifact for spark-submit (zip, job entry files, conf, manifest)",
+        description="Builds in --out: the project's zip for --py-files, the jobs' entry files, conf/*.yaml, "
+        "manifest.json and, with --with-env, a packed virtual environment for --archives.",
+    )
+    package.add_argument("--out", default="dist", help="output folder (default: dist)")
+    package.add_argument(
+        "--with-env", action="store_true", help="also pack a virtual environment with the dependencies (slow)"
+    )
+    package.add_argument(
+        "--env-python",
+        metavar="PATH",
+        help="interpreter the packed env runs on the cluster nodes (default: /usr/bin/python3.<this minor>)",
+    )
+    package.add_argument(
+        "--add-config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="ship this config too, as conf/<name> (conf/*.yaml always ship); repeatable",
+    )
+    return package
+
+
+def run_package(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    manifest = build_artifact(
+        out, with_env=args.with_env, env_python=args.env_python, extra_configs=[Path(p) for p in args.add_config]
+    )
+    for entry in manifest["files"]:
+        print(f"{out / entry['path']}  ({entry['bytes']:,} bytes)")
+    print(f"{out / MANIFEST}  (version {manifest['version']})")
+    return 0
