@@ -176,7 +176,7 @@ def phase_overrides(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from lambda_pipeline.core.config import load_settings
+    from lambda_pipeline.core.config_loader import load_settings
     from lambda_pipeline.core.session import KAFKA_COORDINATE, get_spark
     from lambda_pipeline.local_services.kafka_broker import KafkaBroker, free_port
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lambda_pipeline.core.config import duration_seconds
+from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.jvm import analyzed_plan, dataset_of_plan, frame_of_dataset
 from lambda_pipeline.core.pipeline import Pipeline

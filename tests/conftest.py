@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lambda_pipeline.core.config import Settings, SparkSettings, load_settings
+from lambda_pipeline.core.config import Settings, SparkSettings
+from lambda_pipeline.core.config_loader import load_settings
 from lambda_pipeline.core.tables import Locations
 
 pytest_plugins = [

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from lambda_pipeline.core.config import load_settings
+from lambda_pipeline.core.config_loader import load_settings
 from lambda_pipeline.deploy.artifact import MANIFEST, build_artifact, read_project
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,7 +113,7 @@ def test_rebuild_is_byte_identical_and_removes_stale_files(artifact: tuple[Path,
 def test_default_config_loads_from_inside_the_zip(artifact: tuple[Path, dict], isolated_python: Path) -> None:
     dist, manifest = artifact
     code = (
-        "import lambda_pipeline.core.config as c; s = c.load_settings(); "
+        "import lambda_pipeline.core.config_loader as c; s = c.load_settings(); "
         "print(c.__file__); print(s.pipeline, s.spark.master, s.batch.interval)"
     )
     result = subprocess.run(
@@ -125,7 +125,7 @@ def test_default_config_loads_from_inside_the_zip(artifact: tuple[Path, dict], i
     )
     assert result.returncode == 0, result.stderr
     where, values = result.stdout.splitlines()
-    assert where == str(dist / manifest["zip"] / "lambda_pipeline" / "core" / "config.py")
+    assert where == str(dist / manifest["zip"] / "lambda_pipeline" / "core" / "config_loader.py")
     expected = load_settings(ROOT / "conf" / "local.yaml")
     assert values == f"{expected.pipeline} {expected.spark.master} {expected.batch.interval}"
 

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from lambda_pipeline.core.config import DEFAULT_CONFIG, duration_seconds, load_settings
+from lambda_pipeline.core.config_loader import DEFAULT_CONFIG, load_settings
+from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.errors import ConfigError
 
 

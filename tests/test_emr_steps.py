@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lambda_pipeline.cli.main import build_parser
-from lambda_pipeline.core.config import load_settings
+from lambda_pipeline.core.config_loader import load_settings
 from lambda_pipeline.deploy.artifact import build_artifact
 from lambda_pipeline.deploy.emr_steps import GLUE_FACTORY, rate_expression
 

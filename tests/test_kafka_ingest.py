@@ -11,7 +11,8 @@ from pyspark.sql import functions as F
 
 from lambda_pipeline.batch_layer.job import run_batch
 from lambda_pipeline.cli.kafka_producer import KafkaEventProducer
-from lambda_pipeline.core.config import Settings, load_settings
+from lambda_pipeline.core.config import Settings
+from lambda_pipeline.core.config_loader import load_settings
 from lambda_pipeline.core.errors import DataLossError
 from lambda_pipeline.core.streaming import stop_between_batches
 from lambda_pipeline.core.tables import Locations

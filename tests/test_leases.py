@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from lambda_pipeline.core import deltalog
-from lambda_pipeline.core.config import load_settings
+from lambda_pipeline.core.config_loader import load_settings
 from lambda_pipeline.core.leases import Lease, LeaseHeld
 from lambda_pipeline.core.tables import Locations, table_version
 from lambda_pipeline.ingestion.job import start_ingest

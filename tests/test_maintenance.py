@@ -9,7 +9,8 @@ from pydantic import ValidationError
 
 from lambda_pipeline.batch_layer.job import run_batch
 from lambda_pipeline.cli.main import main
-from lambda_pipeline.core.config import MaintenanceSettings, load_settings
+from lambda_pipeline.core.config import MaintenanceSettings
+from lambda_pipeline.core.config_loader import load_settings
 from lambda_pipeline.core.errors import ConfigError
 from lambda_pipeline.core.maintenance import maintain, table_files
 from lambda_pipeline.core.tables import Locations

@@ -9,7 +9,8 @@ import argparse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lambda_pipeline.core.config import Settings, load_settings
+from lambda_pipeline.core.config import Settings
+from lambda_pipeline.core.config_loader import load_settings
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.tables import Locations
 

@@ -19,7 +19,7 @@ from lambda_pipeline.cli.generate import add_generate_parser, run_generate
 from lambda_pipeline.cli.init import add_init_parser, run_init
 from lambda_pipeline.cli.kafka import add_kafka_parser, run_kafka
 from lambda_pipeline.cli.s3 import add_s3_parser, run_s3
-from lambda_pipeline.core.config import duration_seconds
+from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.deploy.artifact import add_package_parser, run_package
 from lambda_pipeline.deploy.emr_steps import add_emr_steps_parser, run_emr_steps

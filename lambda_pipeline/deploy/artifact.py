@@ -359,7 +359,7 @@ def build_artifact(
         extra = Path(extra)
         if not extra.is_file():
             raise ConfigError(str(extra), None, "file not found; pass the path of a YAML config file")
-        from lambda_pipeline.core.config import load_settings
+        from lambda_pipeline.core.config_loader import load_settings
 
         load_settings(extra)  # a config that would stop every job is refused here already
         name = f"conf/{extra.name}"

@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lambda_pipeline.core.config import DEFAULT_CONFIG, Settings, duration_seconds
+from lambda_pipeline.core.config import Settings
+from lambda_pipeline.core.config_loader import DEFAULT_CONFIG
+from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.errors import ConfigError
 
 __all__ = ["EmrPlan", "add_emr_steps_parser", "glue_spark_conf", "plan_emr", "rate_expression", "run_emr_steps"]

@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 
-from lambda_pipeline.core.config import EventTimePolicy, Settings, duration_seconds
+from lambda_pipeline.core.config import EventTimePolicy, Settings
 from lambda_pipeline.core.deltalog import read_text
+from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.leases import Lease, LeaseLost, release_with
 from lambda_pipeline.core.maintenance import INGESTS, maintain
