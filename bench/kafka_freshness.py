@@ -209,7 +209,6 @@ def main(argv: list[str] | None = None) -> int:
         k = base_settings.ingest.kafka
         print(
             f"settings: ingest.trigger {base_settings.ingest.trigger!r}, "
-            f"speed.trigger {base_settings.speed.trigger!r}, "
             f"topic partitions {args.partitions}, max_offsets_per_trigger {k.max_offsets_per_trigger}, "
             f"min_partitions {k.min_partitions}, shuffle partitions {spark.conf.get('spark.sql.shuffle.partitions')}, "
             f"speed.compact_every {base_settings.speed.compact_every}, spark.master {base_settings.spark.master}; "

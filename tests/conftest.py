@@ -39,9 +39,7 @@ def spark(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture()
 def settings() -> Settings:
     """The shipped default config, with fast triggers for tests."""
-    return load_settings(
-        None, ["ingest.trigger=200 milliseconds", "speed.trigger=200 milliseconds", "speed.compact_every=5"]
-    )
+    return load_settings(None, ["ingest.trigger=200 milliseconds", "speed.compact_every=5"])
 
 
 @pytest.fixture()

@@ -25,11 +25,11 @@ def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
 
 def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
     conf = tmp_path / "bad.yaml"
-    conf.write_text("speed:\n  trigger: fast\n")
+    conf.write_text("ingest:\n  trigger: fast\n")
     result = run_cli("batch", "--config", str(conf), timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        f"error: {conf}: key 'speed.trigger': expected a duration like '1 second', '500 ms' or '5 minutes', got 'fast'"
+        f"error: {conf}: key 'ingest.trigger': expected a duration like '1 second', '500 ms' or '5 minutes', got 'fast'"
     )
 
 

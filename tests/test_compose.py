@@ -293,7 +293,7 @@ def _env_names(args: str) -> list[str]:
 
 def test_settings_come_from_the_environment(tmp_path: Path) -> None:
     config = tmp_path / "site.yaml"
-    config.write_text("speed:\n  trigger: 4 seconds\n", encoding="utf-8")
+    config.write_text("ingest:\n  trigger: 4 seconds\n", encoding="utf-8")
     environ = {
         "LAMBDA_PIPELINE_CONFIG": str(config),
         "LAMBDA_PIPELINE_WORKDIR": str(tmp_path / "work"),
@@ -301,7 +301,7 @@ def test_settings_come_from_the_environment(tmp_path: Path) -> None:
         "spark.conf.spark.cores.max=1 ingest.kafka.partitions=3",
     }
     settings = load_settings(None, environ=environ)
-    assert settings.speed.trigger == "4 seconds"  # from the file the variable names
+    assert settings.ingest.trigger == "4 seconds"  # from the file the variable names
     assert settings.workdir == str(tmp_path / "work")
     assert settings.spark.master == "spark://spark-master:7077"
     assert settings.batch.interval == "90 seconds"
@@ -309,7 +309,7 @@ def test_settings_come_from_the_environment(tmp_path: Path) -> None:
     assert settings.ingest.kafka.partitions == 3  # typed like --set: YAML 3 is an int
     # The command line wins: an explicit config file and --set beat the environment.
     explicit = load_settings(ROOT / "conf" / "local.yaml", ["batch.interval=1 minute"], environ=environ)
-    assert explicit.speed.trigger == "1 second"
+    assert explicit.ingest.trigger == "1 second"
     assert explicit.batch.interval == "1 minute"
     assert load_settings(None, environ={}).workdir == "lambda-work"
 
@@ -331,10 +331,10 @@ def test_the_cli_takes_its_defaults_from_the_environment(tmp_path: Path, monkeyp
 @pytest.mark.parametrize(
     ("environ", "expected"),
     [
-        ({"LAMBDA_PIPELINE_SET": "speed.trigger=fast"}, r"LAMBDA_PIPELINE_SET.*'speed\.trigger'.*'fast'"),
+        ({"LAMBDA_PIPELINE_SET": "ingest.trigger=fast"}, r"LAMBDA_PIPELINE_SET.*'ingest\.trigger'.*'fast'"),
         ({"LAMBDA_PIPELINE_SET": "speed.nope=1"}, r"LAMBDA_PIPELINE_SET.*'speed\.nope': unknown key"),
         ({"LAMBDA_PIPELINE_SET": "spark.master"}, r"LAMBDA_PIPELINE_SET: key 'spark\.master': expected KEY=VALUE"),
-        ({"LAMBDA_PIPELINE_SET": "speed.trigger='2 seconds"}, r"LAMBDA_PIPELINE_SET: not valid shell-style"),
+        ({"LAMBDA_PIPELINE_SET": "ingest.trigger='2 seconds"}, r"LAMBDA_PIPELINE_SET: not valid shell-style"),
         ({"LAMBDA_PIPELINE_SET": "ingest.kafka.topic=null"}, r"LAMBDA_PIPELINE_SET.*exactly one of"),
         ({"LAMBDA_PIPELINE_WORKDIR": "/w", "LAMBDA_PIPELINE_SET": "workdir=[1]"}, r"LAMBDA_PIPELINE_SET.*'workdir'"),
         ({"LAMBDA_PIPELINE_CONFIG": "/nowhere/site.yaml"}, r"/nowhere/site\.yaml \(from environment variable "),
@@ -347,7 +347,7 @@ def test_a_bad_environment_names_the_variable(environ: dict[str, str], expected:
 
 def test_a_bad_value_in_the_file_still_names_the_file(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
-    config.write_text("speed:\n  trigger: soon\n", encoding="utf-8")
+    config.write_text("ingest:\n  trigger: soon\n", encoding="utf-8")
     with pytest.raises(ConfigError) as err:
         load_settings(config, environ={"LAMBDA_PIPELINE_SET": "batch.interval='1 minute'"})
     assert err.value.source == str(config)

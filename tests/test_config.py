@@ -47,8 +47,8 @@ def test_bad_number_and_bad_table_name(tmp_path: Path) -> None:
 
 
 def test_overrides_apply_and_are_validated_like_the_file() -> None:
-    settings = load_settings(None, ["speed.trigger=3 seconds", "spark.conf.spark.sql.ansi.enabled=false"])
-    assert settings.speed.trigger == "3 seconds"
+    settings = load_settings(None, ["ingest.trigger=3 seconds", "spark.conf.spark.sql.ansi.enabled=false"])
+    assert settings.ingest.trigger == "3 seconds"
     assert settings.spark.conf == {"spark.sql.ansi.enabled": "false"}
     with pytest.raises(ConfigError) as err:
         load_settings(None, ["speed.nope=1"])
@@ -63,6 +63,12 @@ def test_missing_file_and_invalid_yaml(tmp_path: Path) -> None:
         load_settings(tmp_path / "absent.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_settings(write(tmp_path, "speed: [unclosed\n"))
+
+
+@pytest.mark.parametrize("key", ["speed.trigger", "speed.max_files_per_trigger"])
+def test_the_keys_no_job_read_are_gone(key: str) -> None:
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_settings(None, [f"{key}=1"])
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("500 ms", 0.5), ("1 second", 1), ("2 minutes", 120), ("1h", 3600)])

@@ -35,7 +35,6 @@ def kafka_settings(bootstrap: str, topic: str, *extra: str) -> Settings:
             f"ingest.kafka.topic={topic}",
             "ingest.kafka.max_offsets_per_trigger=700",
             "ingest.trigger=200 milliseconds",
-            "speed.trigger=200 milliseconds",
             *extra,
         ],
     )

@@ -210,7 +210,7 @@ ALLOWED = [
 @pytest.fixture(scope="module")
 def workdir(spark, tmp_path_factory: pytest.TempPathFactory) -> Locations:
     """A work directory with every layer written: master, quarantine, a batch, speed partials."""
-    settings = load_settings(None, ["ingest.trigger=200 milliseconds", "speed.trigger=200 milliseconds"])
+    settings = load_settings(None, ["ingest.trigger=200 milliseconds"])
     loc = Locations.create(settings, tmp_path_factory.mktemp("guard") / "work")
     loc.ensure_local_dirs()
     generator = ClickstreamGenerator(21, malformed_fraction=0.05)

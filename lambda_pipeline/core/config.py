@@ -139,12 +139,9 @@ class IngestSettings(_Strict):
 class SpeedSettings(_Strict):
     """The speed partials are written by ingest's micro-batches (the one hop): no speed stream runs."""
 
-    trigger: str = Field(default="1 second", description="unused since the one hop; accepted so old configs load")
-    max_files_per_trigger: int = Field(default=1000, gt=0, description="unused since the one hop")
     compact_every: int = Field(
         default=50, ge=0, description="OPTIMIZE speed tables of the old unpartitioned layout every N micro-batches"
     )
-    _durations = field_validator("trigger")(positive_duration)
 
 
 class BatchSettings(_Strict):

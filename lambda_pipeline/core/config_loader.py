@@ -77,7 +77,7 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> N
 def _parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError("--set", text, "expected KEY=VALUE, for example --set speed.trigger='2 seconds'")
+        raise ConfigError("--set", text, "expected KEY=VALUE, for example --set ingest.trigger='2 seconds'")
     # spark.conf keys contain dots themselves: everything after 'spark.conf.' is one key.
     return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
 
@@ -123,7 +123,7 @@ def _environment_overrides(environ: Mapping[str, str]) -> list[tuple[str, str, A
                 _env_source(variable),
                 word,
                 "expected KEY=VALUE pairs separated by spaces, e.g. "
-                "\"spark.master=spark://spark-master:7077 speed.trigger='2 seconds'\"",
+                "\"spark.master=spark://spark-master:7077 ingest.trigger='2 seconds'\"",
             ) from None
         out.append((variable, key, value))
     return out
