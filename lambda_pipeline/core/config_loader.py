@@ -1,12 +1,13 @@
 """Loading the settings: the config file, the environment's overrides, ``--set``, and errors that say where.
 
 Every job loads its settings here, so a typo stops all of them the same way: unknown keys and bad values
-fail with the file (or the environment variable that set them), the dotted key and the form that was
-expected. Overrides apply before validation, so they are checked exactly like the file.
+fail with the input that holds them (the file, an environment variable or ``--set``), the dotted key and
+the form that was expected. Overrides apply before validation, so they are checked exactly like the file.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import shlex
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from lambda_pipeline.core.config import Settings
 from lambda_pipeline.core.errors import ConfigError
@@ -136,18 +137,44 @@ def _apply_override(tree: dict[str, Any], key: str, value: Any, source: str) -> 
         _set_dotted(tree, key, value, source)
 
 
-def _blame(source: str, key: str | None, from_env: Mapping[str, str]) -> str:
-    """Name the environment variable that set a failing key: the file does not hold the bad value."""
-    for set_key, variable in from_env.items():
-        if key is not None and (key == set_key or set_key.startswith(f"{key}.") or key.startswith(f"{set_key}.")):
-            return f"{_env_source(variable)} (over {source})"
+def _blame(source: str, key: str | None, origins: Mapping[str, str]) -> str:
+    """Who set a failing key: the override that set it (the newest first), else the file.
+
+    ``origins`` maps each overridden dotted key to its override, in the order they applied. An override
+    of a section's key is blamed for an error of the section (``ingest.kafka.topic`` for ``ingest.kafka``),
+    and an override of a whole section for an error inside it.
+    """
+    if key is None:
+        return source
+    if key in origins:
+        return origins[key]
+    for set_key, origin in reversed(list(origins.items())):
+        if set_key.startswith(f"{key}.") or key.startswith(f"{set_key}."):
+            return origin
     return source
+
+
+def _unknown_key(loc: tuple[int | str, ...]) -> str:
+    """Why a key is refused: the closest valid key at its level, if one is close, and the valid keys there."""
+    *parents, name = (str(part) for part in loc)
+    model: type[BaseModel] = Settings
+    for part in parents:
+        field = model.model_fields.get(part)
+        section = field.annotation if field is not None else None
+        if not (isinstance(section, type) and issubclass(section, BaseModel)):
+            return "unknown key"
+        model = section
+    valid = list(model.model_fields)
+    close = difflib.get_close_matches(name, valid, n=1)
+    guess = f" (did you mean '{close[0]}'?)" if close else ""
+    where = f"in '{'.'.join(parents)}'" if parents else "at the top level"
+    return f"unknown key{guess}; the valid keys {where} are: {', '.join(valid)}"
 
 
 def _message(error: ErrorDetails, loc: str | None) -> str:
     """What is wrong with the value at ``loc``, and what was given unless it may be a credential."""
     if error["type"] == "extra_forbidden":
-        return "unknown key; check its spelling against conf/local.yaml"
+        return _unknown_key(error["loc"])
     message = error["msg"].removeprefix("Value error, ")
     # Never echo what was given for Kafka options, S3 or Spark settings: it may be a credential.
     # A check across keys (loc empty) names its keys in its message: its input is the whole config.
@@ -163,6 +190,7 @@ def load_settings(
 
     ``environ`` (default: this process's environment) supplies the variables of ENVIRONMENT_VARIABLES: the
     config file when ``path`` is None, the work directory and overrides. ``overrides`` (--set) apply last.
+    An error names the input that set the failing key: the file, the environment variable or ``--set``.
     """
     environ = os.environ if environ is None else environ
     configured = environ.get("LAMBDA_PIPELINE_CONFIG", "").strip() if path is None else ""
@@ -183,17 +211,19 @@ def load_settings(
         raise ConfigError(source, None, f"not valid YAML: {exc}") from None
     if not isinstance(tree, dict):
         raise ConfigError(source, None, "expected a mapping of sections at the top level")
-    from_env: dict[str, str] = {}
+    origins: dict[str, str] = {}  # dotted key -> the override that set it last, in the order applied
     for variable, key, value in _environment_overrides(environ):
         _apply_override(tree, key, value, _env_source(variable))
-        from_env[key] = variable
+        origins.pop(key, None)
+        origins[key] = f"{_env_source(variable)} (over {source})"
     for text in overrides:
         key, value = _parse_override(text)
         _apply_override(tree, key, value, "--set")
-        from_env.pop(key, None)
+        origins.pop(key, None)
+        origins[key] = "--set"
     try:
         return Settings.model_validate(tree)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or None
-        raise ConfigError(_blame(source, loc, from_env), loc, _message(first, loc)) from None
+        raise ConfigError(_blame(source, loc, origins), loc, _message(first, loc)) from None
