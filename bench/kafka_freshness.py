@@ -177,7 +177,8 @@ def phase_overrides(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from lambda_pipeline.core.config_loader import load_settings
-    from lambda_pipeline.core.session import KAFKA_COORDINATE, get_spark
+    from lambda_pipeline.core.jvm_packages import KAFKA_COORDINATE
+    from lambda_pipeline.core.session import get_spark
     from lambda_pipeline.local_services.kafka_broker import KafkaBroker, free_port
 
     own_workdir = args.workdir is None

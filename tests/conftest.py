@@ -18,7 +18,8 @@ pytest_plugins = [
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory):
-    from lambda_pipeline.core.session import KAFKA_COORDINATE, get_spark, hadoop_aws_coordinate
+    from lambda_pipeline.core.jvm_packages import KAFKA_COORDINATE, hadoop_aws_coordinate
+    from lambda_pipeline.core.session import get_spark
 
     warehouse = tmp_path_factory.mktemp("spark-warehouse")
     session = get_spark(

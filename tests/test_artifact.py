@@ -134,7 +134,7 @@ def _delta_jars(coordinate: str) -> list[str]:
     """``--jars`` with the jar paths the session factory resolved before (no Ivy run per submit), else
     ``--packages``, as on a cluster."""
     try:
-        from lambda_pipeline.core.session import _cached_jars, required_packages
+        from lambda_pipeline.core.jvm_packages import _cached_jars, required_packages
 
         jars = _cached_jars(required_packages())
     except ImportError:  # the factory's cache changed shape: resolve like a cluster does
@@ -145,7 +145,7 @@ def _delta_jars(coordinate: str) -> list[str]:
 def _spark_submit(dist: Path, python: Path, job: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     import pyspark
 
-    from lambda_pipeline.core.session import DELTA_COORDINATE
+    from lambda_pipeline.core.jvm_packages import DELTA_COORDINATE
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYSPARK_SUBMIT_ARGS")}
     env.update(SPARK_HOME=str(Path(pyspark.__file__).parent), PYSPARK_PYTHON=str(python))

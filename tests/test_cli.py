@@ -60,7 +60,7 @@ def test_demo_runs_end_to_end_and_reruns(tmp_path: Path) -> None:
 def test_spark_submit_entry_file_reads_what_the_cli_wrote(tmp_path: Path) -> None:
     import pyspark
 
-    from lambda_pipeline.core.session import DELTA_COORDINATE
+    from lambda_pipeline.core.jvm_packages import DELTA_COORDINATE
 
     workdir = tmp_path / "demo"
     assert run_cli("demo", "--events", "200", "--seed", "8", "--workdir", str(workdir)).returncode == 0

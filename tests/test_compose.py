@@ -38,7 +38,7 @@ SOURCE_DIRS = ("lambda_pipeline", "batch_layer", "speed_layer", "serving_layer",
 # Variables set for the application's containers that the project does not read itself: each one is read
 # by a documented third-party program, named here with the reason.
 THIRD_PARTY_VARIABLES = {
-    "JAVA_HOME": "Spark's launch scripts and lambda_pipeline.core.session.check_java find Java through it",
+    "JAVA_HOME": "Spark's launch scripts and lambda_pipeline.core.java.check_java find Java through it",
     "PYSPARK_PYTHON": "PySpark: the Python that executors on the Spark worker start for Python code",
     "PYTHONUNBUFFERED": "CPython: progress lines reach 'docker compose logs' at once",
     "PIP_NO_CACHE_DIR": "pip, at build time only: no wheel cache left in the image",
@@ -442,8 +442,12 @@ def test_the_jar_prefetch_calls_the_session_factory_that_exists(monkeypatch: pyt
     (call,) = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "get_spark"]
     (packages,) = [k.value for k in call.keywords if k.arg == "packages"]
     assert isinstance(packages, ast.Tuple)
-    session = importlib.import_module("lambda_pipeline.core.session")
-    prefetched = tuple(getattr(session, element.id) for element in packages.elts if isinstance(element, ast.Name))
+    source = {name: str(module) for module, name in imported}
+    prefetched = tuple(
+        getattr(importlib.import_module(source[element.id]), element.id)
+        for element in packages.elts
+        if isinstance(element, ast.Name)
+    )
 
     from lambda_pipeline.cli.context import Context
 

@@ -45,7 +45,7 @@ class Context:
     @property
     def jvm_packages(self) -> tuple[str, ...]:
         """Maven packages beyond Delta: the Kafka connector for a Kafka source, hadoop-aws for ``s3a://``."""
-        from lambda_pipeline.core.session import KAFKA_COORDINATE, hadoop_aws_coordinate
+        from lambda_pipeline.core.jvm_packages import KAFKA_COORDINATE, hadoop_aws_coordinate
 
         kafka = (KAFKA_COORDINATE,) if self.settings.ingest.source == "kafka" else ()
         return kafka + ((hadoop_aws_coordinate(),) if self.locations.needs_s3a else ())

@@ -126,12 +126,17 @@ def read_project(root: Path = ROOT) -> ProjectInfo:
 
 def maven_coordinates() -> dict[str, str]:
     """The JVM packages the jobs may need, by purpose; the step generator picks per job and config."""
-    from lambda_pipeline.core.session import DELTA_COORDINATE, KAFKA_COORDINATE, TOKEN_PROVIDER, hadoop_aws_coordinate
+    from lambda_pipeline.core.jvm_packages import (
+        DELTA_COORDINATE,
+        KAFKA_COORDINATE,
+        TOKEN_PROVIDER,
+        hadoop_aws_coordinate,
+    )
 
     return {
         "delta": DELTA_COORDINATE,
         "kafka": KAFKA_COORDINATE,
-        # Not on Maven Central at pyspark's version: excluded, and shipped as a jar (see session.py).
+        # Not on Maven Central at pyspark's version: excluded, and shipped as a jar (see core/jvm_packages.py).
         "kafka_exclude": ":".join(TOKEN_PROVIDER),
         "hadoop_aws": hadoop_aws_coordinate(),
         "msk_iam": MSK_IAM_COORDINATE,
@@ -336,7 +341,7 @@ def build_artifact(
     ``conf/*.yaml`` (for ``--files``), the Kafka token-provider jar, a bootstrap script and, with
     ``with_env``, the packed environment (for ``--archives ...#env``).
     """
-    from lambda_pipeline.core.session import token_provider_jar
+    from lambda_pipeline.core.jvm_packages import token_provider_jar
 
     info = read_project(root)
     out.mkdir(parents=True, exist_ok=True)
