@@ -30,6 +30,7 @@ __all__ = [
     "TOKEN_PROVIDER",
     "hadoop_aws_coordinate",
     "hadoop_version",
+    "ivy_jar_name",
     "required_packages",
     "resolve_jars",
     "token_provider_jar",
@@ -139,6 +140,13 @@ def token_provider_jar() -> Path:
 def required_packages(extra: tuple[str, ...] = ()) -> tuple[str, ...]:
     """Delta Lake, then ``extra``: the packages a session of this project is started with."""
     return (DELTA_COORDINATE, *extra)
+
+
+def ivy_jar_name(coordinate: str) -> str:
+    """The file name Spark's resolver gives the jar of ``group:artifact:version`` (``group_artifact-version.jar``):
+    how ``spark.jars`` of a running session shows which packages it holds."""
+    group, artifact, version = coordinate.split(":")[:3]
+    return f"{group}_{artifact}-{version}.jar"
 
 
 def _manifest(packages: tuple[str, ...]) -> Path:

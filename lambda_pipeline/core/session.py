@@ -8,16 +8,19 @@ checkpoints, the state store) is never chosen twice.
 from __future__ import annotations
 
 import os
+import sys
 from typing import TYPE_CHECKING
 
 from lambda_pipeline.core.class_archive import note_recording_jvm, quick_start_options
 from lambda_pipeline.core.config import SparkSettings
 from lambda_pipeline.core.errors import EnvironmentProblem
 from lambda_pipeline.core.java import check_java
+from lambda_pipeline.core.jvm import hadoop_setting
 from lambda_pipeline.core.jvm_packages import (
     DELTA_COORDINATE,
     KAFKA_COORDINATE,
     TOKEN_PROVIDER,
+    ivy_jar_name,
     required_packages,
     resolve_jars,
     token_provider_jar,
@@ -28,6 +31,9 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 __all__ = ["get_spark"]
+
+_RUNTIME_PREFIXES = ("spark.databricks.delta.",)
+"""Settings Spark does not register but reads from the session while it runs (Delta's, its table defaults)."""
 
 
 def _session_conf(settings: SparkSettings, extra_conf: dict[str, str] | None) -> dict[str, str]:
@@ -57,6 +63,48 @@ def _session_conf(settings: SparkSettings, extra_conf: dict[str, str] | None) ->
     }
 
 
+def _running_value(spark: SparkSession, key: str) -> str | None:
+    """The value a setting has in the running session (Spark's default if not set), or None if it has none."""
+    from pyspark.errors import SparkNoSuchElementException
+
+    if key.startswith("spark.hadoop."):  # copied into Hadoop's configuration when the context started
+        return hadoop_setting(spark, key.removeprefix("spark.hadoop."))
+    try:
+        return spark.conf.get(key)
+    except SparkNoSuchElementException:
+        return None
+
+
+def _reuse(spark: SparkSession, settings: SparkSettings, conf: dict[str, str], packages: tuple[str, ...]) -> None:
+    """Apply to a running session the settings it can take while it runs, and say which it cannot.
+
+    Runtime SQL settings (shuffle partitions, the time zone, Delta's) are set on the session. The master,
+    the packages, driver and other JVM options, static SQL and Hadoop settings were fixed when its JVM
+    started: when one of them differs, one line on stderr names it, rather than ignoring it silently.
+    """
+    fixed = []
+    master = spark.sparkContext.master
+    if master != settings.master:
+        fixed.append(f"spark.master ({settings.master}; it runs {master})")
+    loaded = f"{_running_value(spark, 'spark.jars') or ''},{_running_value(spark, 'spark.jars.packages') or ''}"
+    fixed += [f"package {p}" for p in packages if ivy_jar_name(p) not in loaded and p not in loaded]
+    for key, value in conf.items():
+        if _running_value(spark, key) == value:
+            continue
+        if not key.startswith("spark.hadoop.") and (spark.conf.isModifiable(key) or key.startswith(_RUNTIME_PREFIXES)):
+            spark.conf.set(key, value)
+        else:
+            fixed.append(key)  # the key alone: a value may be a credential
+    if fixed:
+        origin = "that spark-submit started" if "PYSPARK_GATEWAY_PORT" in os.environ else "already running here"
+        print(
+            f"lambda-pipeline: reusing the Spark session {origin}; these settings need a new session and are "
+            f"not applied: {', '.join(fixed)}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def get_spark(
     settings: SparkSettings | None = None,
     *,
@@ -65,7 +113,11 @@ def get_spark(
     packages: tuple[str, ...] = (),
     short_lived: bool = False,
 ) -> SparkSession:
-    """Create (or return the running) Spark session with Delta enabled.
+    """Create the Spark session with Delta enabled, or return the one already running in this process.
+
+    A running session (a test's, the demo's earlier job, or one spark-submit's driver started) is returned
+    with the runtime settings applied; the settings its JVM fixed at start are kept, and named on stderr
+    when they differ (:func:`_reuse`).
 
     ``short_lived``: a driver that answers one request and exits (a cold ``query``) starts with the quick-start
     options of :func:`~lambda_pipeline.core.class_archive.quick_start_options`: about half the start and
@@ -80,15 +132,16 @@ def get_spark(
     from pyspark.sql import SparkSession
 
     settings = settings or SparkSettings()
+    wanted = required_packages(packages)
+    conf = _session_conf(settings, extra_conf)
     active = SparkSession.getActiveSession()
     if active is not None:
+        _reuse(active, settings, conf, wanted)
         return active
     check_java()
     if settings.master.startswith("local"):
         # Local runs talk to loopback only (and skip the "hostname resolves to a loopback address" warning).
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    wanted = required_packages(packages)
-    conf = _session_conf(settings, extra_conf)
     extra_jars = []
     if KAFKA_COORDINATE in wanted:
         conf = {"spark.jars.excludes": ":".join(TOKEN_PROVIDER), **conf}
