@@ -20,18 +20,12 @@ from typing import TYPE_CHECKING
 
 from pyspark.sql import functions as F
 
+from lambda_pipeline.core.coverage import COVERAGE_SCHEMA, Coverage, latest_coverage
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.leases import Lease
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.pipeline import Pipeline
-from lambda_pipeline.core.tables import (
-    COVERAGE_SCHEMA,
-    Coverage,
-    Locations,
-    ensure_table,
-    latest_coverage,
-    latest_version,
-    require_table,
-)
+from lambda_pipeline.core.tables import ensure_table, latest_version, require_table
 from lambda_pipeline.core.views import INGEST_TAG, EventSource, View
 
 if TYPE_CHECKING:

@@ -94,7 +94,7 @@ def median(values: list[float]) -> float:
 def run_size(spark: Any, broker: Any, size: int, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Ingest a pre-filled topic in micro-batches of ``size`` messages; the per-batch records and medians."""
     from lambda_pipeline.core.config_loader import load_settings
-    from lambda_pipeline.core.tables import Locations
+    from lambda_pipeline.core.locations import Locations
     from lambda_pipeline.ingestion.job import start_ingest
     from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 

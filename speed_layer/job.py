@@ -33,15 +33,14 @@ from typing import TYPE_CHECKING
 
 from pyspark.sql import functions as F
 
+from lambda_pipeline.core.coverage import Coverage, latest_coverage
 from lambda_pipeline.core.deltalog import commits
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.streaming import OnceAppender, PhaseTimer
 from lambda_pipeline.core.tables import (
     FINGERPRINT_PROPERTY,
-    Coverage,
-    Locations,
     ensure_table,
-    latest_coverage,
     partition_columns,
     require_table,
     set_table_property,

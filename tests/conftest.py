@@ -8,7 +8,7 @@ import pytest
 
 from lambda_pipeline.core.config import Settings, SparkSettings
 from lambda_pipeline.core.config_loader import load_settings
-from lambda_pipeline.core.tables import Locations
+from lambda_pipeline.core.locations import Locations
 
 pytest_plugins = [
     "tests.kafka_support",  # kafka_broker (real broker on loopback) and kafka_topic

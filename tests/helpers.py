@@ -7,7 +7,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from lambda_pipeline.batch_layer.job import deduplicate, run_batch
 from lambda_pipeline.core.config import Settings
-from lambda_pipeline.core.tables import Locations
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.views import TumblingWindow, View, count, max_of
 from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.pipelines.clickstream import CLICKS, CLICKSTREAM, PAGE_ACTIVITY

@@ -177,7 +177,7 @@ def test_spark_submit_runs_the_pipeline_from_the_artifact_alone(
     dist, manifest = artifact
     workdir = tmp_path / "work"
     settings = load_settings(None)
-    from lambda_pipeline.core.tables import Locations
+    from lambda_pipeline.core.locations import Locations
 
     locations = Locations.create(settings, workdir)
     locations.ensure_local_dirs()

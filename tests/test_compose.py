@@ -23,7 +23,7 @@ import yaml
 from lambda_pipeline.cli.main import build_parser
 from lambda_pipeline.core.config_loader import ENVIRONMENT_VARIABLES, load_settings
 from lambda_pipeline.core.errors import ConfigError
-from lambda_pipeline.core.tables import Locations
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.deploy.artifact import read_project
 from lambda_pipeline.pipelines.registry import get_pipeline
 

@@ -14,8 +14,8 @@ from lambda_pipeline.cli.kafka_producer import KafkaEventProducer
 from lambda_pipeline.core.config import Settings
 from lambda_pipeline.core.config_loader import load_settings
 from lambda_pipeline.core.errors import DataLossError
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.streaming import stop_between_batches
-from lambda_pipeline.core.tables import Locations
 from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.local_services.kafka_broker import delete_records, offsets
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM

@@ -27,7 +27,8 @@ import pytest
 from lambda_pipeline.core import deltalog
 from lambda_pipeline.core.config_loader import load_settings
 from lambda_pipeline.core.leases import Lease, LeaseHeld
-from lambda_pipeline.core.tables import Locations, table_version
+from lambda_pipeline.core.locations import Locations
+from lambda_pipeline.core.tables import table_version
 from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator

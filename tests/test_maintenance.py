@@ -12,8 +12,8 @@ from lambda_pipeline.cli.main import main
 from lambda_pipeline.core.config import MaintenanceSettings
 from lambda_pipeline.core.config_loader import load_settings
 from lambda_pipeline.core.errors import ConfigError
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.maintenance import maintain, table_files
-from lambda_pipeline.core.tables import Locations
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 from lambda_pipeline.serving_layer.catalog import ServingLayer

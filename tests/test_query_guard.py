@@ -23,7 +23,8 @@ from lambda_pipeline.batch_layer.job import run_batch
 from lambda_pipeline.cli.main import main
 from lambda_pipeline.core.config_loader import load_settings
 from lambda_pipeline.core.errors import ReadOnlyViolation
-from lambda_pipeline.core.tables import Locations, table_version
+from lambda_pipeline.core.locations import Locations
+from lambda_pipeline.core.tables import table_version
 from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 from lambda_pipeline.core.config import Settings
 from lambda_pipeline.core.config_loader import load_settings
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.pipeline import Pipeline
-from lambda_pipeline.core.tables import Locations
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
     from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
-    from lambda_pipeline.core.tables import Locations
+    from lambda_pipeline.core.locations import Locations
 
 __all__ = [
     "RENEW_FRACTION",

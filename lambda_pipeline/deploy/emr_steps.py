@@ -265,7 +265,7 @@ def plan_emr(
 
 def _glue_tables_sql(settings: Settings, workdir: str) -> str:
     """Register the published tables in the Glue database (path-based Delta tables stay the source of truth)."""
-    from lambda_pipeline.core.tables import Locations
+    from lambda_pipeline.core.locations import Locations
     from lambda_pipeline.pipelines.registry import get_pipeline
 
     locations = Locations.create(settings, workdir)

@@ -36,6 +36,7 @@ from lambda_pipeline.core.deltalog import read_text
 from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.leases import Lease, LeaseLost, release_with
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.maintenance import INGESTS, maintain
 from lambda_pipeline.core.parsing import CORRUPT, text_schema, typed_value
 from lambda_pipeline.core.pipeline import Pipeline
@@ -47,13 +48,7 @@ from lambda_pipeline.core.streaming import (
     other_writers,
     with_trigger,
 )
-from lambda_pipeline.core.tables import (
-    QUARANTINE_SCHEMA,
-    Locations,
-    add_missing_columns,
-    ensure_table,
-    latest_version,
-)
+from lambda_pipeline.core.tables import QUARANTINE_SCHEMA, add_missing_columns, ensure_table, latest_version
 from lambda_pipeline.core.views import INGEST_TAG, INGESTED_AT, RAW, SOURCE_FILE, EventSource
 from lambda_pipeline.ingestion.data_loss import check_data_loss, record_data_loss
 from lambda_pipeline.ingestion.sources import PRE_REASON, file_lines, kafka_lines
