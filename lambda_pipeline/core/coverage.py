@@ -7,6 +7,8 @@ that commit); speed and serving read the newest to know which ingest tags the ba
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -89,7 +91,37 @@ COVERAGE_SCAN = 100
 """Commits of the coverage table read back for the newest record before reading the table with Spark."""
 
 
-_coverage_cache: dict[tuple[str, str, int], Coverage] = {}
+class _RecordCache:
+    """The newest coverage record per ``(table path, table id, table version)``, the least recently used
+    dropped past ``size`` entries.
+
+    The record at a version never changes, so an entry never goes stale; the table id is in the key because
+    a coverage table deleted and created again at the same path counts its versions from 0 again. Speed and
+    serving ask at every micro-batch and query, mostly for the newest version of one or two tables: a few
+    hundred entries cover any process, where an unbounded dict grew by one per publication read.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._records: OrderedDict[tuple[str, str, int], Coverage] = OrderedDict()
+        self._lock = threading.Lock()  # the demo runs its jobs in threads of one process
+
+    def get(self, key: tuple[str, str, int]) -> Coverage | None:
+        with self._lock:
+            record = self._records.get(key)
+            if record is not None:
+                self._records.move_to_end(key)
+            return record
+
+    def put(self, key: tuple[str, str, int], record: Coverage) -> None:
+        with self._lock:
+            self._records[key] = record
+            self._records.move_to_end(key)
+            while len(self._records) > self._size:
+                self._records.popitem(last=False)
+
+
+_coverage_cache = _RecordCache(size=256)
 
 
 def _coverage_from_log(spark: SparkSession, path: str, version: int) -> Coverage | None:
@@ -130,12 +162,13 @@ def latest_coverage(spark: SparkSession, path: str, version: int | None = None) 
         return Coverage.none()
     newest, table_id = identity
     version = newest if version is None else version
-    cached = _coverage_cache.get((path, table_id, version))
+    key = (path, table_id, version)
+    cached = _coverage_cache.get(key)
     if cached is not None:
         return cached
     result = _coverage_from_log(spark, path, version)
     if result is not None:
-        _coverage_cache[(path, table_id, version)] = result
+        _coverage_cache.put(key, result)
         return result
     coverage: DataFrame = spark.read.format("delta").option("versionAsOf", version).load(path)
     # The newest publication is the newest row: one batch publishes at a time, and a rollback re-publishes an
@@ -148,5 +181,5 @@ def latest_coverage(spark: SparkSession, path: str, version: int | None = None) 
             row.run_id, int(row.master_version), dict(row.view_versions), int(row.master_events), row.published_at
         )
     )
-    _coverage_cache[(path, table_id, version)] = result
+    _coverage_cache.put(key, result)
     return result
