@@ -6,6 +6,7 @@ Also the quarantine table's schema, which ingest writes and the operators' verbs
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -57,6 +58,13 @@ def sql_path(path: str) -> str:
     return "delta.`" + path.replace("`", "``") + "`"
 
 
+CREATION_RACE_WAIT = 5.0
+"""Seconds a job that lost the race to create a table waits to see the winner's version 0: the winner has
+committed it when the loser's commit fails, so this only covers a slow listing of the log."""
+
+_log = logging.getLogger(__name__)
+
+
 def ensure_table(
     spark: SparkSession,
     path: str,
@@ -66,11 +74,13 @@ def ensure_table(
 ) -> None:
     """Create the Delta table at ``path`` if absent (version 0, empty, with ``properties``).
 
-    Two jobs starting together (ingest and speed both ensure master) race to write version 0; the
-    loser's ``ProtocolChangedException`` is harmless once the winner's version 0 is there. The wait asks
-    the log itself: ``DeltaTable.isDeltaTable`` answers from the snapshot this JVM cached before the
-    winner committed, so it would stay false.
+    Two jobs starting together (ingest and speed both ensure master) race to write version 0: the loser's
+    commit fails with Delta's ``ProtocolChangedException`` (version 0 carries the protocol), harmless once
+    the winner's version 0 is there, which the loser waits for, briefly (:data:`CREATION_RACE_WAIT`). Any
+    other error is raised at once. The wait asks the log itself: ``DeltaTable.isDeltaTable`` answers from
+    the snapshot this JVM cached before the winner committed, so it would stay false.
     """
+    from delta.exceptions import ProtocolChangedException
     from delta.tables import DeltaTable
 
     if table_version(spark, path) is not None:
@@ -82,12 +92,13 @@ def ensure_table(
         builder = builder.property(key, value)
     try:
         builder.execute()
-    except Exception:
-        deadline = time.monotonic() + 60
+    except ProtocolChangedException:
+        deadline = time.monotonic() + CREATION_RACE_WAIT
         while table_version(spark, path) is None:
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.2)  # waiting for the other writer's version 0, bounded by the deadline
+            time.sleep(0.1)  # the winner's version 0, bounded by the deadline
+        _log.info("another job created the Delta table at %s first; using its version 0", path)
 
 
 def table_version(spark: SparkSession, path: str) -> int | None:
