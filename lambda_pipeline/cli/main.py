@@ -367,8 +367,8 @@ def _cmd_audit(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def _cmd_maintain(ctx: Context, args: argparse.Namespace) -> int:
+    from lambda_pipeline.core.compact_vacuum import INGESTS, Maintained, maintain
     from lambda_pipeline.core.leases import Lease, LeaseHeld
-    from lambda_pipeline.core.maintenance import INGESTS, Maintained, maintain
 
     interval = _interval(args.every, ctx.settings.maintenance.interval)
 

@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 
+from lambda_pipeline.core.compact_vacuum import INGESTS, maintain
 from lambda_pipeline.core.config import EventTimePolicy, Settings
 from lambda_pipeline.core.deltalog import read_text
 from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.leases import Lease, LeaseLost, release_with
 from lambda_pipeline.core.locations import Locations
-from lambda_pipeline.core.maintenance import INGESTS, maintain
 from lambda_pipeline.core.parsing import CORRUPT, text_schema, typed_value
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.streaming import (
@@ -207,10 +207,10 @@ class IngestBatch:
     """Checked before the micro-batch's commits and before its maintenance: an instance that lost it stops."""
     maintain_every: float | None = None
     """Seconds between this job's own vacuums of master and quarantine (``maintenance.interval``), in a thread
-    beside its micro-batches: no other process may commit to them while it runs (core/maintenance.py)."""
+    beside its micro-batches: no other process may commit to them while it runs (core/compact_vacuum.py)."""
     compact_every: float | None = None
     """Seconds between its compactions of them (``maintenance.ingest_compact_every``): the micro-batch waits
-    for one, so it is kept short by running often (each rewrites what came since, core/maintenance.py)."""
+    for one, so it is kept short by running often (each rewrites what came since, core/compact_vacuum.py)."""
     keep_raw: bool = True
     """Whether master keeps each event's raw text (``ingest.keep_raw``): what a backfill reads."""
     _maintained_at: float = dataclasses.field(default_factory=time.monotonic)
