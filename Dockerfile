@@ -40,7 +40,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 USER app
 COPY --chown=app:app lambda_pipeline/__init__.py lambda_pipeline/
 COPY --chown=app:app lambda_pipeline/core/ lambda_pipeline/core/
-RUN python -c "from lambda_pipeline.core.session import KAFKA_COORDINATE, get_spark; get_spark(packages=(KAFKA_COORDINATE,)).stop()"
+RUN python -c "from lambda_pipeline.core.jvm_packages import KAFKA_COORDINATE; from lambda_pipeline.core.session import get_spark; get_spark(packages=(KAFKA_COORDINATE,)).stop()"
 
 # 3. The project itself: the 'lambda-pipeline' command and the configs in /app/conf.
 USER root

@@ -20,19 +20,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from lambda_pipeline.batch_layer.recompute import BROADCAST_REPEATS, deduplicate, repeated_ids, require_columns
+from lambda_pipeline.core.coverage import COVERAGE_SCHEMA, Coverage, latest_coverage
 from lambda_pipeline.core.leases import Lease
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.schedule import repeat
-from lambda_pipeline.core.tables import (
-    COVERAGE_SCHEMA,
-    Coverage,
-    Locations,
-    ensure_table,
-    latest_coverage,
-    latest_version,
-    require_table,
-    wait_for_table,
-)
+from lambda_pipeline.core.tables import ensure_table, latest_version, require_table, wait_for_table
 from lambda_pipeline.core.views import View
 
 if TYPE_CHECKING:

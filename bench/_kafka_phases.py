@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from pyspark.sql.streaming import StreamingQuery
 
     from lambda_pipeline.core.config import KafkaSettings, Settings
-    from lambda_pipeline.core.tables import Locations
+    from lambda_pipeline.core.locations import Locations
 
 BUCKET = 1000  # offsets per bucket of the range join (noop freshness)
 
@@ -209,7 +209,8 @@ def seed_coverage(phase: Phase, loc: Locations) -> tuple[int, int]:
 
 def run_pipeline(phase: Phase) -> dict[str, Any]:
     """The real jobs: seed + batch first, then ingest (master + speed, one hop) streaming while the producer runs."""
-    from lambda_pipeline.core.tables import Locations, latest_version
+    from lambda_pipeline.core.locations import Locations
+    from lambda_pipeline.core.tables import latest_version
     from lambda_pipeline.pipelines.clickstream import CLICKSTREAM, PAGE_ACTIVITY
     from lambda_pipeline.pipelines.ingest import start_ingest
 

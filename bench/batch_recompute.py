@@ -47,9 +47,10 @@ from typing import TYPE_CHECKING, Any
 from _common import add_common_args, environment, write_results
 
 from lambda_pipeline.batch_layer.job import stage_batch
-from lambda_pipeline.core.config import load_settings
+from lambda_pipeline.core.config_loader import load_settings
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.session import get_spark
-from lambda_pipeline.core.tables import Locations, ensure_table, latest_version
+from lambda_pipeline.core.tables import ensure_table, latest_version
 from lambda_pipeline.pipelines.clickstream import CLICKS, CLICKSTREAM, PAGE_ACTIVITY
 from lambda_pipeline.pipelines.generator import PAGES
 

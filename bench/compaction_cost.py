@@ -21,10 +21,10 @@ from typing import Any
 
 from _common import add_common_args, work_directory, write_results
 
-from lambda_pipeline.core.config import load_settings
-from lambda_pipeline.core.maintenance import maintain
+from lambda_pipeline.core.compact_vacuum import maintain
+from lambda_pipeline.core.config_loader import load_settings
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.session import get_spark
-from lambda_pipeline.core.tables import Locations
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 
 NAME = "compaction_cost"

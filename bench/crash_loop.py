@@ -21,8 +21,9 @@ from pathlib import Path
 
 from _common import environment, write_results
 
-from lambda_pipeline.core.config import load_settings
-from lambda_pipeline.core.session import KAFKA_COORDINATE, get_spark
+from lambda_pipeline.core.config_loader import load_settings
+from lambda_pipeline.core.jvm_packages import KAFKA_COORDINATE
+from lambda_pipeline.core.session import get_spark
 from lambda_pipeline.local_services.kafka_broker import KafkaBroker
 from lambda_pipeline.local_services.process import free_port
 from tests.crash_check import crash_run

@@ -60,9 +60,10 @@ from _observer import (
 )
 
 from lambda_pipeline.batch_layer.job import run_batch
-from lambda_pipeline.core.config import load_settings
+from lambda_pipeline.core.config_loader import load_settings
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.session import get_spark
-from lambda_pipeline.core.tables import Locations, sql_path
+from lambda_pipeline.core.tables import sql_path
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM, PAGE_ACTIVITY
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 from lambda_pipeline.pipelines.ingest import start_ingest

@@ -176,8 +176,9 @@ def phase_overrides(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from lambda_pipeline.core.config import load_settings
-    from lambda_pipeline.core.session import KAFKA_COORDINATE, get_spark
+    from lambda_pipeline.core.config_loader import load_settings
+    from lambda_pipeline.core.jvm_packages import KAFKA_COORDINATE
+    from lambda_pipeline.core.session import get_spark
     from lambda_pipeline.local_services.kafka_broker import KafkaBroker
     from lambda_pipeline.local_services.process import free_port
 
@@ -210,7 +211,6 @@ def main(argv: list[str] | None = None) -> int:
         k = base_settings.ingest.kafka
         print(
             f"settings: ingest.trigger {base_settings.ingest.trigger!r}, "
-            f"speed.trigger {base_settings.speed.trigger!r}, "
             f"topic partitions {args.partitions}, max_offsets_per_trigger {k.max_offsets_per_trigger}, "
             f"min_partitions {k.min_partitions}, shuffle partitions {spark.conf.get('spark.sql.shuffle.partitions')}, "
             f"speed.compact_every {base_settings.speed.compact_every}, spark.master {base_settings.spark.master}; "

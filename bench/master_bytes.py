@@ -16,9 +16,9 @@ from pathlib import Path
 
 from _common import add_common_args, work_directory, write_results
 
-from lambda_pipeline.core.config import load_settings
+from lambda_pipeline.core.config_loader import load_settings
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.session import get_spark
-from lambda_pipeline.core.tables import Locations
 from lambda_pipeline.core.views import RAW
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator

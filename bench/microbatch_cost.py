@@ -93,8 +93,8 @@ def median(values: list[float]) -> float:
 
 def run_size(spark: Any, broker: Any, size: int, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Ingest a pre-filled topic in micro-batches of ``size`` messages; the per-batch records and medians."""
-    from lambda_pipeline.core.config import load_settings
-    from lambda_pipeline.core.tables import Locations
+    from lambda_pipeline.core.config_loader import load_settings
+    from lambda_pipeline.core.locations import Locations
     from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
     from lambda_pipeline.pipelines.ingest import start_ingest
 
@@ -185,8 +185,9 @@ def print_size(result: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from lambda_pipeline.core.config import load_settings
-    from lambda_pipeline.core.session import KAFKA_COORDINATE, get_spark
+    from lambda_pipeline.core.config_loader import load_settings
+    from lambda_pipeline.core.jvm_packages import KAFKA_COORDINATE
+    from lambda_pipeline.core.session import get_spark
     from lambda_pipeline.local_services.kafka_broker import KafkaBroker
     from lambda_pipeline.local_services.process import free_port
 

@@ -42,9 +42,11 @@ from typing import TYPE_CHECKING, Any
 from _common import add_common_args, environment, summary, write_results
 
 from lambda_pipeline.batch_layer.job import run_batch
-from lambda_pipeline.core.config import Settings, load_settings
+from lambda_pipeline.core.config import Settings
+from lambda_pipeline.core.config_loader import load_settings
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.session import get_spark
-from lambda_pipeline.core.tables import Locations, latest_version, sql_path
+from lambda_pipeline.core.tables import latest_version, sql_path
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM, PAGE_ACTIVITY
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 from lambda_pipeline.pipelines.ingest import start_ingest

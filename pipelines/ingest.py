@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 
 from lambda_pipeline.core.config import Settings
 from lambda_pipeline.core.errors import LambdaError
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.streaming import run_until_stopped
-from lambda_pipeline.core.tables import Locations
 from lambda_pipeline.ingestion import job
 from lambda_pipeline.ingestion.data_loss import check_data_loss, is_data_loss_failure
 from lambda_pipeline.speed_layer.writer import SpeedWriter

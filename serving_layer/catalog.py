@@ -32,17 +32,16 @@ from typing import TYPE_CHECKING, Any
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lambda_pipeline.core.config import duration_seconds
+from lambda_pipeline.core.coverage import Coverage, latest_coverage
+from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.jvm import analyzed_plan, dataset_of_plan, frame_of_dataset
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.tables import (
     FINGERPRINT_PROPERTY,
     NOTHING_INGESTED,
     QUARANTINE_SCHEMA,
-    Coverage,
-    Locations,
-    latest_coverage,
     table_property,
     table_version,
 )

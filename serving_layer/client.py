@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-    from lambda_pipeline.core.tables import Locations
+    from lambda_pipeline.core.locations import Locations
 
 __all__ = ["Answer", "Client", "ServerError", "running_server"]
 

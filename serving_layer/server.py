@@ -30,10 +30,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lambda_pipeline.core.config import ServeSettings, duration_seconds
+from lambda_pipeline.core.config import ServeSettings
+from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.errors import LambdaError
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.pipeline import Pipeline
-from lambda_pipeline.core.tables import Locations
 from lambda_pipeline.serving_layer.catalog import ServingLayer
 from lambda_pipeline.serving_layer.client import ANSWER_HEADER, ARROW_STREAM, Answer
 

@@ -12,15 +12,14 @@ from typing import TYPE_CHECKING
 
 from pyspark.sql import functions as F
 
+from lambda_pipeline.core.coverage import Coverage, latest_coverage
 from lambda_pipeline.core.deltalog import commits
 from lambda_pipeline.core.leases import Lease
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.tables import (
     FINGERPRINT_PROPERTY,
-    Coverage,
-    Locations,
     ensure_table,
-    latest_coverage,
     require_table,
     set_table_property,
     table_property,

@@ -31,9 +31,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from lambda_pipeline.core.coverage import Coverage, latest_coverage
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.streaming import OnceAppender, PhaseTimer
-from lambda_pipeline.core.tables import Coverage, Locations, latest_coverage, partition_columns
+from lambda_pipeline.core.tables import partition_columns
 from lambda_pipeline.core.tag_writers import IngestContext
 from lambda_pipeline.core.views import View
 from lambda_pipeline.speed_layer.catch_up import (

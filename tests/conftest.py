@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from lambda_pipeline.core.config import Settings, SparkSettings, load_settings
-from lambda_pipeline.core.tables import Locations
+from lambda_pipeline.core.config import Settings, SparkSettings
+from lambda_pipeline.core.config_loader import load_settings
+from lambda_pipeline.core.locations import Locations
 
 pytest_plugins = [
     "tests.kafka_support",  # kafka_broker (real broker on loopback) and kafka_topic
@@ -17,7 +18,8 @@ pytest_plugins = [
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory):
-    from lambda_pipeline.core.session import KAFKA_COORDINATE, get_spark, hadoop_aws_coordinate
+    from lambda_pipeline.core.jvm_packages import KAFKA_COORDINATE, hadoop_aws_coordinate
+    from lambda_pipeline.core.session import get_spark
 
     warehouse = tmp_path_factory.mktemp("spark-warehouse")
     session = get_spark(
@@ -38,9 +40,7 @@ def spark(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture()
 def settings() -> Settings:
     """The shipped default config, with fast triggers for tests."""
-    return load_settings(
-        None, ["ingest.trigger=200 milliseconds", "speed.trigger=200 milliseconds", "speed.compact_every=5"]
-    )
+    return load_settings(None, ["ingest.trigger=200 milliseconds", "speed.compact_every=5"])
 
 
 @pytest.fixture()

@@ -16,8 +16,8 @@ from pyspark.sql import functions as F
 
 from lambda_pipeline.batch_layer.job import run_batch
 from lambda_pipeline.cli.kafka_producer import KafkaEventProducer
-from lambda_pipeline.core.config import load_settings
-from lambda_pipeline.core.tables import Locations
+from lambda_pipeline.core.config_loader import load_settings
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.local_services.kafka_admin import offsets
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM, PAGE_ACTIVITY
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator, GeneratedMessages

@@ -8,7 +8,7 @@ from pyspark.sql import DataFrame, SparkSession
 from lambda_pipeline.batch_layer.job import run_batch
 from lambda_pipeline.batch_layer.recompute import deduplicate
 from lambda_pipeline.core.config import Settings
-from lambda_pipeline.core.tables import Locations
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.views import TumblingWindow, View, count, max_of
 from lambda_pipeline.pipelines.clickstream import CLICKS, CLICKSTREAM, PAGE_ACTIVITY
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator

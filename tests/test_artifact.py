@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from lambda_pipeline.core.config import load_settings
+from lambda_pipeline.core.config_loader import load_settings
 from lambda_pipeline.deploy.artifact import MANIFEST, build_artifact
 from lambda_pipeline.deploy.project import read_project
 
@@ -114,7 +114,7 @@ def test_rebuild_is_byte_identical_and_removes_stale_files(artifact: tuple[Path,
 def test_default_config_loads_from_inside_the_zip(artifact: tuple[Path, dict], isolated_python: Path) -> None:
     dist, manifest = artifact
     code = (
-        "import lambda_pipeline.core.config as c; s = c.load_settings(); "
+        "import lambda_pipeline.core.config_loader as c; s = c.load_settings(); "
         "print(c.__file__); print(s.pipeline, s.spark.master, s.batch.interval)"
     )
     result = subprocess.run(
@@ -126,7 +126,7 @@ def test_default_config_loads_from_inside_the_zip(artifact: tuple[Path, dict], i
     )
     assert result.returncode == 0, result.stderr
     where, values = result.stdout.splitlines()
-    assert where == str(dist / manifest["zip"] / "lambda_pipeline" / "core" / "config.py")
+    assert where == str(dist / manifest["zip"] / "lambda_pipeline" / "core" / "config_loader.py")
     expected = load_settings(ROOT / "conf" / "local.yaml")
     assert values == f"{expected.pipeline} {expected.spark.master} {expected.batch.interval}"
 
@@ -135,7 +135,7 @@ def _delta_jars(coordinate: str) -> list[str]:
     """``--jars`` with the jar paths the session factory resolved before (no Ivy run per submit), else
     ``--packages``, as on a cluster."""
     try:
-        from lambda_pipeline.core.session import _cached_jars, required_packages
+        from lambda_pipeline.core.jvm_packages import _cached_jars, required_packages
 
         jars = _cached_jars(required_packages())
     except ImportError:  # the factory's cache changed shape: resolve like a cluster does
@@ -146,7 +146,7 @@ def _delta_jars(coordinate: str) -> list[str]:
 def _spark_submit(dist: Path, python: Path, job: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     import pyspark
 
-    from lambda_pipeline.core.session import DELTA_COORDINATE
+    from lambda_pipeline.core.jvm_packages import DELTA_COORDINATE
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYSPARK_SUBMIT_ARGS")}
     env.update(SPARK_HOME=str(Path(pyspark.__file__).parent), PYSPARK_PYTHON=str(python))
@@ -178,7 +178,7 @@ def test_spark_submit_runs_the_pipeline_from_the_artifact_alone(
     dist, manifest = artifact
     workdir = tmp_path / "work"
     settings = load_settings(None)
-    from lambda_pipeline.core.tables import Locations
+    from lambda_pipeline.core.locations import Locations
 
     locations = Locations.create(settings, workdir)
     locations.ensure_local_dirs()

@@ -9,8 +9,8 @@ import pytest
 
 from lambda_pipeline.batch_layer.job import run_batch
 from lambda_pipeline.cli.main import main
-from lambda_pipeline.core.config import load_settings
-from lambda_pipeline.core.tables import Locations
+from lambda_pipeline.core.config_loader import load_settings
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.maintenance.audit import audit
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator

@@ -25,11 +25,11 @@ def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
 
 def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
     conf = tmp_path / "bad.yaml"
-    conf.write_text("speed:\n  trigger: fast\n")
+    conf.write_text("ingest:\n  trigger: fast\n")
     result = run_cli("batch", "--config", str(conf), timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        f"error: {conf}: key 'speed.trigger': expected a duration like '1 second', '500 ms' or '5 minutes', got 'fast'"
+        f"error: {conf}: key 'ingest.trigger': expected a duration like '1 second', '500 ms' or '5 minutes', got 'fast'"
     )
 
 
@@ -60,7 +60,7 @@ def test_demo_runs_end_to_end_and_reruns(tmp_path: Path) -> None:
 def test_spark_submit_entry_file_reads_what_the_cli_wrote(tmp_path: Path) -> None:
     import pyspark
 
-    from lambda_pipeline.core.session import DELTA_COORDINATE
+    from lambda_pipeline.core.jvm_packages import DELTA_COORDINATE
 
     workdir = tmp_path / "demo"
     assert run_cli("demo", "--events", "200", "--seed", "8", "--workdir", str(workdir)).returncode == 0

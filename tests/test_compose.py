@@ -21,9 +21,9 @@ import pytest
 import yaml
 
 from lambda_pipeline.cli.parser import build_parser
-from lambda_pipeline.core.config import ENVIRONMENT_VARIABLES, load_settings
+from lambda_pipeline.core.config_loader import ENVIRONMENT_VARIABLES, load_settings
 from lambda_pipeline.core.errors import ConfigError
-from lambda_pipeline.core.tables import Locations
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.deploy.project import read_project
 from lambda_pipeline.pipelines.registry import get_pipeline
 
@@ -38,7 +38,7 @@ SOURCE_DIRS = ("lambda_pipeline", "batch_layer", "speed_layer", "serving_layer",
 # Variables set for the application's containers that the project does not read itself: each one is read
 # by a documented third-party program, named here with the reason.
 THIRD_PARTY_VARIABLES = {
-    "JAVA_HOME": "Spark's launch scripts and lambda_pipeline.core.session.check_java find Java through it",
+    "JAVA_HOME": "Spark's launch scripts and lambda_pipeline.core.java.check_java find Java through it",
     "PYSPARK_PYTHON": "PySpark: the Python that executors on the Spark worker start for Python code",
     "PYTHONUNBUFFERED": "CPython: progress lines reach 'docker compose logs' at once",
     "PIP_NO_CACHE_DIR": "pip, at build time only: no wheel cache left in the image",
@@ -306,7 +306,7 @@ def _env_names(args: str) -> list[str]:
 
 def test_settings_come_from_the_environment(tmp_path: Path) -> None:
     config = tmp_path / "site.yaml"
-    config.write_text("speed:\n  trigger: 4 seconds\n", encoding="utf-8")
+    config.write_text("ingest:\n  trigger: 4 seconds\n", encoding="utf-8")
     environ = {
         "LAMBDA_PIPELINE_CONFIG": str(config),
         "LAMBDA_PIPELINE_WORKDIR": str(tmp_path / "work"),
@@ -314,7 +314,7 @@ def test_settings_come_from_the_environment(tmp_path: Path) -> None:
         "spark.conf.spark.cores.max=1 ingest.kafka.partitions=3",
     }
     settings = load_settings(None, environ=environ)
-    assert settings.speed.trigger == "4 seconds"  # from the file the variable names
+    assert settings.ingest.trigger == "4 seconds"  # from the file the variable names
     assert settings.workdir == str(tmp_path / "work")
     assert settings.spark.master == "spark://spark-master:7077"
     assert settings.batch.interval == "90 seconds"
@@ -322,7 +322,7 @@ def test_settings_come_from_the_environment(tmp_path: Path) -> None:
     assert settings.ingest.kafka.partitions == 3  # typed like --set: YAML 3 is an int
     # The command line wins: an explicit config file and --set beat the environment.
     explicit = load_settings(ROOT / "conf" / "local.yaml", ["batch.interval=1 minute"], environ=environ)
-    assert explicit.speed.trigger == "1 second"
+    assert explicit.ingest.trigger == "1 second"
     assert explicit.batch.interval == "1 minute"
     assert load_settings(None, environ={}).workdir == "lambda-work"
 
@@ -344,10 +344,10 @@ def test_the_cli_takes_its_defaults_from_the_environment(tmp_path: Path, monkeyp
 @pytest.mark.parametrize(
     ("environ", "expected"),
     [
-        ({"LAMBDA_PIPELINE_SET": "speed.trigger=fast"}, r"LAMBDA_PIPELINE_SET.*'speed\.trigger'.*'fast'"),
+        ({"LAMBDA_PIPELINE_SET": "ingest.trigger=fast"}, r"LAMBDA_PIPELINE_SET.*'ingest\.trigger'.*'fast'"),
         ({"LAMBDA_PIPELINE_SET": "speed.nope=1"}, r"LAMBDA_PIPELINE_SET.*'speed\.nope': unknown key"),
         ({"LAMBDA_PIPELINE_SET": "spark.master"}, r"LAMBDA_PIPELINE_SET: key 'spark\.master': expected KEY=VALUE"),
-        ({"LAMBDA_PIPELINE_SET": "speed.trigger='2 seconds"}, r"LAMBDA_PIPELINE_SET: not valid shell-style"),
+        ({"LAMBDA_PIPELINE_SET": "ingest.trigger='2 seconds"}, r"LAMBDA_PIPELINE_SET: not valid shell-style"),
         ({"LAMBDA_PIPELINE_SET": "ingest.kafka.topic=null"}, r"LAMBDA_PIPELINE_SET.*exactly one of"),
         ({"LAMBDA_PIPELINE_WORKDIR": "/w", "LAMBDA_PIPELINE_SET": "workdir=[1]"}, r"LAMBDA_PIPELINE_SET.*'workdir'"),
         ({"LAMBDA_PIPELINE_CONFIG": "/nowhere/site.yaml"}, r"/nowhere/site\.yaml \(from environment variable "),
@@ -360,7 +360,7 @@ def test_a_bad_environment_names_the_variable(environ: dict[str, str], expected:
 
 def test_a_bad_value_in_the_file_still_names_the_file(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
-    config.write_text("speed:\n  trigger: soon\n", encoding="utf-8")
+    config.write_text("ingest:\n  trigger: soon\n", encoding="utf-8")
     with pytest.raises(ConfigError) as err:
         load_settings(config, environ={"LAMBDA_PIPELINE_SET": "batch.interval='1 minute'"})
     assert err.value.source == str(config)
@@ -455,8 +455,12 @@ def test_the_jar_prefetch_calls_the_session_factory_that_exists(monkeypatch: pyt
     (call,) = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "get_spark"]
     (packages,) = [k.value for k in call.keywords if k.arg == "packages"]
     assert isinstance(packages, ast.Tuple)
-    session = importlib.import_module("lambda_pipeline.core.session")
-    prefetched = tuple(getattr(session, element.id) for element in packages.elts if isinstance(element, ast.Name))
+    source = {name: str(module) for module, name in imported}
+    prefetched = tuple(
+        getattr(importlib.import_module(source[element.id]), element.id)
+        for element in packages.elts
+        if isinstance(element, ast.Name)
+    )
 
     from lambda_pipeline.cli.context import Context
 

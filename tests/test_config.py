@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from lambda_pipeline.core.config import DEFAULT_CONFIG, duration_seconds, load_settings
+from lambda_pipeline.core.config_loader import DEFAULT_CONFIG, load_settings
+from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.errors import ConfigError
 
 
@@ -46,15 +47,71 @@ def test_bad_number_and_bad_table_name(tmp_path: Path) -> None:
 
 
 def test_overrides_apply_and_are_validated_like_the_file() -> None:
-    settings = load_settings(None, ["speed.trigger=3 seconds", "spark.conf.spark.sql.ansi.enabled=false"])
-    assert settings.speed.trigger == "3 seconds"
+    settings = load_settings(None, ["ingest.trigger=3 seconds", "spark.conf.spark.sql.ansi.enabled=false"])
+    assert settings.ingest.trigger == "3 seconds"
     assert settings.spark.conf == {"spark.sql.ansi.enabled": "false"}
     with pytest.raises(ConfigError) as err:
         load_settings(None, ["speed.nope=1"])
-    assert err.value.key == "speed.nope" and err.value.source == str(DEFAULT_CONFIG)
+    assert err.value.key == "speed.nope" and err.value.source == "--set"
     with pytest.raises(ConfigError) as err:
         load_settings(None, ["no-equals-sign"])
     assert err.value.source == "--set"
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "expected"),
+    [
+        ("ingest.trigger=soon", "ingest.trigger", "expected a duration like '1 second', '500 ms' or '5 minutes'"),
+        ("serve.port=99999", "serve.port", "less than or equal to 65535 (got 99999)"),
+        ("ingest.kafka.topic=null", "ingest.kafka", "set exactly one of ingest.kafka.topic and"),
+        ("serve.prot=1", "serve.prot", "unknown key (did you mean 'port'?)"),
+    ],
+)
+def test_a_bad_set_value_is_blamed_on_set_not_on_the_file(override: str, key: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(DEFAULT_CONFIG, ["batch.interval=1 minute", override])
+    assert (err.value.source, err.value.key) == ("--set", key)
+    assert str(err.value).startswith(f"--set: key '{key}': ") and expected in str(err.value)
+    assert str(DEFAULT_CONFIG) not in str(err.value)
+
+
+def test_set_wins_over_the_environment_in_the_blame_too(tmp_path: Path) -> None:
+    environ = {"LAMBDA_PIPELINE_SET": "serve.port=8000 batch.interval='2 minutes'"}
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, ["serve.port=-1"], environ=environ)
+    assert (err.value.source, err.value.key) == ("--set", "serve.port")
+    # A bad value in the file is still the file's, whatever the overrides set elsewhere.
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, "batch:\n  interval: soon\n"), ["serve.port=8000"], environ={})
+    assert (err.value.source, err.value.key) == (str(tmp_path / "conf.yaml"), "batch.interval")
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "guess", "valid"),
+    [
+        ("emr:\n  log_prefixx: logs\n", "emr.log_prefixx", "log_prefix", "in 'emr' are: bucket, artifact_prefix, "),
+        ("ingest:\n  kafka:\n    topik: t\n", "ingest.kafka.topik", "topic", "in 'ingest.kafka' are: "),
+        ("spak:\n  master: local[1]\n", "spak", "spark", "at the top level are: pipeline, workdir, "),
+        ("batch:\n  cadence: 1 minute\n", "batch.cadence", None, "in 'batch' are: interval"),
+    ],
+)
+def test_an_unknown_key_suggests_the_closest_and_lists_the_valid_ones(
+    tmp_path: Path, text: str, key: str, guess: str | None, valid: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    message = str(err.value)
+    assert err.value.key == key and message.startswith(f"{path}: key '{key}': unknown key")
+    assert (f"did you mean '{guess}'?" in message) if guess else ("did you mean" not in message)
+    assert f"the valid keys {valid}" in message
+    assert "local.yaml" not in message and "conf/" not in message  # pip users have no repository files
+
+
+@pytest.mark.parametrize("key", ["speed.trigger", "speed.max_files_per_trigger"])
+def test_the_keys_no_job_read_are_gone(key: str) -> None:
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_settings(None, [f"{key}=1"])
 
 
 def test_missing_file_and_invalid_yaml(tmp_path: Path) -> None:

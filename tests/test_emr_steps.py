@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lambda_pipeline.cli.parser import build_parser
-from lambda_pipeline.core.config import load_settings
+from lambda_pipeline.core.config_loader import load_settings
 from lambda_pipeline.deploy.artifact import build_artifact
 from lambda_pipeline.deploy.emr_steps import GLUE_FACTORY, rate_expression
 
@@ -212,20 +212,20 @@ def test_emr_steps_does_not_accept_an_option_it_would_ignore_or_refuse(dist: Pat
 
 
 @pytest.mark.parametrize(
-    ("override", "key", "message"),
+    ("override", "source", "key", "message"),
     [
-        ("emr.buckt=x", "emr.buckt", "unknown key"),
-        ("emr.glue.databse=x", "emr.glue.databse", "unknown key"),
-        ("emr.bucket=s3://my-bucket", "emr.bucket", "expected an S3 bucket name"),
-        ("emr.step_concurrency=1", "emr.step_concurrency", "the 3 long-running steps run at once"),
-        ("workdir=/data/lambda", "workdir", "on EMR the work directory must be on S3"),
+        ("emr.buckt=x", "--set", "emr.buckt", "unknown key"),
+        ("emr.glue.databse=x", "--set", "emr.glue.databse", "unknown key"),
+        ("emr.bucket=s3://my-bucket", "--set", "emr.bucket", "expected an S3 bucket name"),
+        ("emr.step_concurrency=1", str(EMR_CONF), "emr.step_concurrency", "the 3 long-running steps run at once"),
+        ("workdir=/data/lambda", str(EMR_CONF), "workdir", "on EMR the work directory must be on S3"),
     ],
 )
-def test_bad_config_is_one_clear_line(dist: Path, override: str, key: str, message: str) -> None:
+def test_bad_config_is_one_clear_line(dist: Path, override: str, source: str, key: str, message: str) -> None:
     result = emr_steps("--config", str(EMR_CONF), *BUCKET, *ON_NODES, "--set", override, dist=dist)
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith(f"error: {EMR_CONF}: key '{key}': ") and message in line, line
+    assert line.startswith(f"error: {source}: key '{key}': ") and message in line, line
 
 
 def test_unknown_key_in_the_file_is_refused(dist: Path, tmp_path: Path) -> None:
@@ -235,7 +235,9 @@ def test_unknown_key_in_the_file_is_refused(dist: Path, tmp_path: Path) -> None:
     assert result.returncode == 2
     assert (
         result.stderr.strip()
-        == f"error: {config}: key 'emr.log_prefixx': unknown key; check its spelling against conf/local.yaml"
+        == f"error: {config}: key 'emr.log_prefixx': unknown key (did you mean 'log_prefix'?); the valid keys in "
+        "'emr' are: bucket, artifact_prefix, log_prefix, release_label, step_concurrency, batch_trigger, python, "
+        "submit_conf, spark_submit_args, glue"
     )
 
 

@@ -19,8 +19,9 @@ from lambda_pipeline.cli.main import main
 from lambda_pipeline.core.config import LeaseSettings
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.leases import Holder, Lease, LeaseHeld, LeaseLost
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.streaming import stop_between_batches
-from lambda_pipeline.core.tables import Locations, table_version
+from lambda_pipeline.core.tables import table_version
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 from lambda_pipeline.pipelines.ingest import start_ingest

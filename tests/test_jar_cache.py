@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from lambda_pipeline.core import session
+from lambda_pipeline.core import class_archive, jvm_packages
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _manifest(cache: Path, packages: tuple[str, ...], lines: list[str]) -> None:
-    path = session._manifest(packages)
+    path = jvm_packages._manifest(packages)
     assert str(path).startswith(str(cache))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{line}\n" for line in lines))
@@ -28,21 +28,22 @@ def test_a_manifest_is_trusted_only_while_every_jar_has_its_recorded_size(tmp_pa
     jar = tmp_path / "a.jar"
     jar.write_bytes(b"x" * 100)
     _manifest(tmp_path, packages, [f"{jar}\t100"])
-    assert session._cached_jars(packages) == [str(jar)]
+    assert jvm_packages._cached_jars(packages) == [str(jar)]
     jar.write_bytes(b"x" * 40)  # truncated, or still being written by another process
-    assert session._cached_jars(packages) is None
+    assert jvm_packages._cached_jars(packages) is None
     jar.unlink()
-    assert session._cached_jars(packages) is None
+    assert jvm_packages._cached_jars(packages) is None
     jar.write_bytes(b"x" * 100)
     _manifest(tmp_path, packages, [str(jar)])  # an older release's manifest, without sizes
-    assert session._cached_jars(packages) is None
+    assert jvm_packages._cached_jars(packages) is None
 
 
 _PROBE = textwrap.dedent(
     """
     import sys
     from lambda_pipeline.core.config import SparkSettings
-    from lambda_pipeline.core.session import KAFKA_COORDINATE, get_spark
+    from lambda_pipeline.core.jvm_packages import KAFKA_COORDINATE
+    from lambda_pipeline.core.session import get_spark
     spark = get_spark(
         SparkSettings(master="local[1]", shuffle_partitions=1, conf={"spark.ui.enabled": "false",
                       "spark.jars.ivy": sys.argv[1]}),
@@ -94,10 +95,10 @@ def test_processes_started_together_on_an_empty_cache_all_get_delta_and_kafka(tm
     assert "resolving dependencies" in (cache / "lambda-pipeline" / "resolve.log").read_text()  # Ivy, kept aside
 
 
-def _archive_files(archive: session.ClassArchive, pid: int, *, magic: bool, jvm: int | None) -> Path:
+def _archive_files(archive: class_archive.ClassArchive, pid: int, *, magic: bool, jvm: int | None) -> Path:
     dump = archive.path.with_name(f"{archive.path.name}.{pid}.part")
     dump.parent.mkdir(parents=True, exist_ok=True)
-    dump.write_bytes((session._ARCHIVE_MAGIC if magic else b"\0\0\0\0") + b"x" * 100)
+    dump.write_bytes((class_archive._ARCHIVE_MAGIC if magic else b"\0\0\0\0") + b"x" * 100)
     if jvm is not None:
         dump.with_suffix(".jvm").write_text(str(jvm))
     return dump
@@ -105,15 +106,15 @@ def _archive_files(archive: session.ClassArchive, pid: int, *, magic: bool, jvm:
 
 def test_a_class_archive_is_recorded_once_and_adopted_only_whole_and_finished(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("LAMBDA_PIPELINE_CACHE", str(tmp_path))
-    archive = session.ClassArchive.for_jars("/jars/a.jar,/jars/b.jar")
-    assert archive != session.ClassArchive.for_jars("/jars/a.jar")  # other jars, another archive
+    archive = class_archive.ClassArchive.for_jars("/jars/a.jar,/jars/b.jar")
+    assert archive != class_archive.ClassArchive.for_jars("/jars/a.jar")  # other jars, another archive
     recording = archive.options()
     assert any(o.startswith("-XX:ArchiveClassesAtExit=") for o in recording)
-    session._recording.clear()
+    class_archive._recording.clear()
 
     # A recording whose JVM still runs (this test's own process) is left alone, and none is started beside it.
     dump = next(archive.path.parent.glob("*.part"), None) or _archive_files(archive, 1, magic=True, jvm=None)
-    dump.write_bytes(session._ARCHIVE_MAGIC)
+    dump.write_bytes(class_archive._ARCHIVE_MAGIC)
     dump.with_suffix(".jvm").write_text(str(os.getpid()))
     assert archive.options() == [] and not archive.path.exists()
 
@@ -124,7 +125,7 @@ def test_a_class_archive_is_recorded_once_and_adopted_only_whole_and_finished(tm
     dump.with_suffix(".jvm").write_text(str(dead_pid))
     assert any(o.startswith("-XX:ArchiveClassesAtExit=") for o in archive.options())
     assert not dump.exists() and not archive.path.exists()
-    session._recording.clear()
+    class_archive._recording.clear()
 
     # A whole recording of a JVM that has exited: moved into place and mapped from then on.
     _archive_files(archive, 2, magic=True, jvm=dead_pid)

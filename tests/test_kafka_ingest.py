@@ -11,10 +11,11 @@ from pyspark.sql import functions as F
 
 from lambda_pipeline.batch_layer.job import run_batch
 from lambda_pipeline.cli.kafka_producer import KafkaEventProducer
-from lambda_pipeline.core.config import Settings, load_settings
+from lambda_pipeline.core.config import Settings
+from lambda_pipeline.core.config_loader import load_settings
 from lambda_pipeline.core.errors import DataLossError
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.streaming import stop_between_batches
-from lambda_pipeline.core.tables import Locations
 from lambda_pipeline.local_services.kafka_admin import delete_records, offsets
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import HOSTILE_KINDS, ClickstreamGenerator
@@ -34,7 +35,6 @@ def kafka_settings(bootstrap: str, topic: str, *extra: str) -> Settings:
             f"ingest.kafka.topic={topic}",
             "ingest.kafka.max_offsets_per_trigger=700",
             "ingest.trigger=200 milliseconds",
-            "speed.trigger=200 milliseconds",
             *extra,
         ],
     )

@@ -25,9 +25,10 @@ from pathlib import Path
 import pytest
 
 from lambda_pipeline.core import deltalog
-from lambda_pipeline.core.config import load_settings
+from lambda_pipeline.core.config_loader import load_settings
 from lambda_pipeline.core.leases import Lease, LeaseHeld
-from lambda_pipeline.core.tables import Locations, table_version
+from lambda_pipeline.core.locations import Locations
+from lambda_pipeline.core.tables import table_version
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 from lambda_pipeline.pipelines.ingest import start_ingest

@@ -9,10 +9,11 @@ from pydantic import ValidationError
 
 from lambda_pipeline.batch_layer.job import run_batch
 from lambda_pipeline.cli.main import main
-from lambda_pipeline.core.config import MaintenanceSettings, load_settings
+from lambda_pipeline.core.compact_vacuum import maintain, table_files
+from lambda_pipeline.core.config import MaintenanceSettings
+from lambda_pipeline.core.config_loader import load_settings
 from lambda_pipeline.core.errors import ConfigError
-from lambda_pipeline.core.maintenance import maintain, table_files
-from lambda_pipeline.core.tables import Locations
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 from lambda_pipeline.serving_layer.catalog import ServingLayer
@@ -118,7 +119,7 @@ def test_compaction_leaves_files_of_the_target_size_alone_and_packs_the_small_on
 @pytest.mark.integration
 def test_the_vacuum_of_master_commits_nothing_and_deletes_what_expired(spark, tmp_path) -> None:
     """Ingest vacuums master beside its micro-batches, which predict master's versions: no commit may slip in."""
-    from lambda_pipeline.core.maintenance import _without_vacuum_log
+    from lambda_pipeline.core.compact_vacuum import _without_vacuum_log
     from lambda_pipeline.core.tables import table_version
 
     settings = load_settings(None, ["maintenance.compact_min_files=3"])

@@ -108,7 +108,8 @@ def test_as_of_an_earlier_publication_reanswers_what_was_served_then(spark, sett
 def test_a_pin_reads_the_coverage_from_the_publishing_commit_and_only_the_views_a_statement_reads(
     spark, settings, locations
 ) -> None:
-    from lambda_pipeline.core.tables import _coverage_from_log, table_version
+    from lambda_pipeline.core.coverage import _coverage_from_log
+    from lambda_pipeline.core.tables import table_version
 
     generator = ClickstreamGenerator(41, malformed_fraction=0.0, duplicate_fraction=0.0, late_fraction=0.0)
     for events in (120, 80):

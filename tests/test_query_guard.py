@@ -21,9 +21,10 @@ from hypothesis import strategies as st
 
 from lambda_pipeline.batch_layer.job import run_batch
 from lambda_pipeline.cli.main import main
-from lambda_pipeline.core.config import load_settings
+from lambda_pipeline.core.config_loader import load_settings
 from lambda_pipeline.core.errors import ReadOnlyViolation
-from lambda_pipeline.core.tables import Locations, table_version
+from lambda_pipeline.core.locations import Locations
+from lambda_pipeline.core.tables import table_version
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 from lambda_pipeline.pipelines.ingest import start_ingest
@@ -210,7 +211,7 @@ ALLOWED = [
 @pytest.fixture(scope="module")
 def workdir(spark, tmp_path_factory: pytest.TempPathFactory) -> Locations:
     """A work directory with every layer written: master, quarantine, a batch, speed partials."""
-    settings = load_settings(None, ["ingest.trigger=200 milliseconds", "speed.trigger=200 milliseconds"])
+    settings = load_settings(None, ["ingest.trigger=200 milliseconds"])
     loc = Locations.create(settings, tmp_path_factory.mktemp("guard") / "work")
     loc.ensure_local_dirs()
     generator = ClickstreamGenerator(21, malformed_fraction=0.05)

@@ -10,8 +10,9 @@ from pyspark.errors import StreamingQueryException
 
 from lambda_pipeline.batch_layer.job import publish, run_batch, stage_batch
 from lambda_pipeline.batch_layer.recompute import deduplicate
+from lambda_pipeline.core.coverage import latest_coverage
 from lambda_pipeline.core.pipeline import Pipeline
-from lambda_pipeline.core.tables import latest_coverage, latest_version, table_version
+from lambda_pipeline.core.tables import latest_version, table_version
 from lambda_pipeline.core.views import TumblingWindow, View, count, max_of
 from lambda_pipeline.pipelines.clickstream import CLICKS, CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator

@@ -8,8 +8,8 @@ import pytest
 
 from lambda_pipeline.batch_layer.job import run_batch
 from lambda_pipeline.cli.main import main
+from lambda_pipeline.core.coverage import latest_coverage
 from lambda_pipeline.core.errors import LambdaError
-from lambda_pipeline.core.tables import latest_coverage
 from lambda_pipeline.maintenance.rollback import rollback
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from lambda_pipeline.cli.context import Context
-from lambda_pipeline.core.config import S3Settings, load_settings
+from lambda_pipeline.core.config import S3Settings
+from lambda_pipeline.core.config_loader import load_settings
 from lambda_pipeline.core.errors import ConfigError, EnvironmentProblem
-from lambda_pipeline.core.tables import Locations
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.local_services.s3_server import S3Server, free_port
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from tests.helpers import assert_same_view, by_key, recompute

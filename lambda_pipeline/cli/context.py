@@ -9,9 +9,10 @@ import argparse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lambda_pipeline.core.config import Settings, load_settings
+from lambda_pipeline.core.config import Settings
+from lambda_pipeline.core.config_loader import load_settings
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.pipeline import Pipeline
-from lambda_pipeline.core.tables import Locations
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -46,7 +47,7 @@ class Context:
     @property
     def jvm_packages(self) -> tuple[str, ...]:
         """Maven packages beyond Delta: the Kafka connector for a Kafka source, hadoop-aws for ``s3a://``."""
-        from lambda_pipeline.core.session import KAFKA_COORDINATE, hadoop_aws_coordinate
+        from lambda_pipeline.core.jvm_packages import KAFKA_COORDINATE, hadoop_aws_coordinate
 
         kafka = (KAFKA_COORDINATE,) if self.settings.ingest.source == "kafka" else ()
         return kafka + ((hadoop_aws_coordinate(),) if self.locations.needs_s3a else ())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lambda_pipeline.core.config import shipped_configs
+from lambda_pipeline.core.config_loader import shipped_configs
 from lambda_pipeline.core.errors import LambdaError
 
 __all__ = ["add_init_parser", "run_init", "write_configs"]

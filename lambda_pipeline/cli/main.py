@@ -23,7 +23,7 @@ __all__ = ["main"]
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "verbose", False):
-        from lambda_pipeline.core.session import enable_verbose
+        from lambda_pipeline.core.verbosity import enable_verbose
 
         enable_verbose()
     if getattr(args, "source", None):

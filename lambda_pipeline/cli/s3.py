@@ -51,10 +51,10 @@ def local_endpoint_port(endpoint: str | None) -> int | None:
 
 
 def _server(ctx: Context, args: argparse.Namespace) -> S3Server:
-    from lambda_pipeline.local_services.maven import cache_root
+    from lambda_pipeline.core.cache import cache_dir
     from lambda_pipeline.local_services.s3_server import DEFAULT_PORT, S3Server
 
-    base_dir = Path(args.dir) if args.dir else cache_root() / "s3-server"
+    base_dir = Path(args.dir) if args.dir else cache_dir() / "s3-server"
     endpoint = ctx.settings.s3.endpoint
     configured = local_endpoint_port(endpoint)
     if configured is not None:

@@ -17,7 +17,7 @@ from lambda_pipeline.cli.generate import run_generate
 from lambda_pipeline.cli.kafka import run_kafka
 from lambda_pipeline.cli.output import print_audits, print_frame, print_rows
 from lambda_pipeline.cli.s3 import run_s3
-from lambda_pipeline.core.config import duration_seconds
+from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.errors import LambdaError
 
 __all__ = ["AUDIT_ALERT", "COMMANDS"]
@@ -71,7 +71,7 @@ def speed(ctx: Context, args: argparse.Namespace) -> int:
 
 def batch(ctx: Context, args: argparse.Namespace) -> int:
     from lambda_pipeline.batch_layer.job import StagedBatch, run_batches
-    from lambda_pipeline.core.tables import Coverage
+    from lambda_pipeline.core.coverage import Coverage
 
     if args.rollback:
         if args.every is not None or args.force:

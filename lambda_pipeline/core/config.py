@@ -1,37 +1,26 @@
-"""Typed, strict configuration loaded from ``conf/*.yaml``.
+"""The settings of a deployment: typed, strict pydantic models, one per section of ``conf/*.yaml``.
 
-Every job reads the same file, so a typo must stop all of them the same way:
-unknown keys and bad values fail with the file, the dotted key and the form
-that was expected. ``--set key=value`` overrides apply before validation, so
-they are checked exactly like the file.
+Every job reads the same file, so a typo must stop all of them the same way: unknown keys are refused
+(``extra="forbid"``) and each value is checked here, where its meaning is. Loading a file, the environment
+and ``--set`` is :mod:`lambda_pipeline.core.config_loader`'s.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shlex
-import sys
-from collections.abc import Iterable, Mapping
-from importlib.resources import files
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lambda_pipeline.core.errors import ConfigError
-
-if TYPE_CHECKING:
-    if sys.version_info >= (3, 11):
-        from importlib.resources.abc import Traversable
-    else:
-        from importlib.abc import Traversable
+from lambda_pipeline.core.durations import duration_seconds, positive_duration
+from lambda_pipeline.core.secrets import (
+    kafka_options,
+    refuse_s3_credential_keys,
+    resolve_env_references,
+    spark_conf_strings,
+)
 
 __all__ = [
-    "CONFIG_PACKAGE",
-    "DEFAULT_CONFIG",
-    "ENVIRONMENT_VARIABLES",
     "BatchSettings",
     "EmrSettings",
     "EventTimePolicy",
@@ -39,73 +28,20 @@ __all__ = [
     "IngestSettings",
     "KafkaSettings",
     "LeaseSettings",
+    "MaintenanceSettings",
     "S3Settings",
     "ServeSettings",
     "Settings",
     "SparkSettings",
     "SpeedSettings",
     "TableNames",
-    "duration_seconds",
-    "load_settings",
-    "shipped_configs",
 ]
 
-# The configs ship inside the package (the repository's conf/ folder, installed as lambda_pipeline.conf),
-# so the default works from a checkout, an installed wheel and spark-submit's zip alike.
-CONFIG_PACKAGE = "lambda_pipeline.conf"
-
-
-def shipped_configs() -> Traversable:
-    """The folder of the shipped ``*.yaml`` configs: a real folder, or a folder inside a zip."""
-    try:
-        return files(CONFIG_PACKAGE)
-    except ModuleNotFoundError:  # the core alone from a source tree (the image's jar prefetch step)
-        return Path(__file__).resolve().parents[2] / "conf"
-
-
-DEFAULT_CONFIG = Path(str(shipped_configs().joinpath("local.yaml")))
-
-# Every environment variable of the project's own that the code reads, and what it means. Containers and
-# schedulers configure the jobs through the first three (load_settings); the command line still wins.
-ENVIRONMENT_VARIABLES: dict[str, str] = {
-    "LAMBDA_PIPELINE_CONFIG": "config file used when --config is not given",
-    "LAMBDA_PIPELINE_WORKDIR": "work directory used when --workdir is not given (replaces the config's 'workdir')",
-    "LAMBDA_PIPELINE_SET": "KEY=VALUE overrides separated by spaces (shell quoting), validated like --set, "
-    "applied before the --set options",
-    "LAMBDA_PIPELINE_CACHE": "cache of resolved jar paths and fetched jars (default ~/.cache/lambda-pipeline)",
-    "LAMBDA_PIPELINE_VERBOSE": "1 shows everything: Ivy's resolution report, Spark's start-up log lines and "
-    "PySpark's error logs (like --verbose)",
-    "LAMBDA_PIPELINE_MAVEN_REPO": "Maven repository of the jars fetched directly (default Maven Central)",
-    "LAMBDA_PIPELINE_SERVE_TOKEN": "token of the query server (serve.token_env's default name): required beyond "
-    "loopback, sent by the client and by 'query' through a running server",
-}
-
-_DURATION = re.compile(
-    r"^\s*(\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|secs?|seconds?|m|mins?|minutes?|h|hours?)\s*$",
-    re.IGNORECASE,
-)
-_UNIT_SECONDS = {"ms": 0.001, "mi": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def duration_seconds(text: str) -> float:
-    """Seconds in a duration such as ``"500 ms"``, ``"1 second"`` or ``"5 minutes"``."""
-    match = _DURATION.match(str(text))
-    if not match:
-        raise ValueError(f"expected a duration like '1 second', '500 ms' or '5 minutes', got {text!r}")
-    number, unit = float(match.group(1)), match.group(2).lower()
-    key = "mi" if unit.startswith("milli") else ("ms" if unit == "ms" else unit[0])
-    return number * _UNIT_SECONDS[key]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _check_duration(value: str) -> str:
-    if duration_seconds(value) <= 0:
-        raise ValueError(f"expected a positive duration, got {value!r}")
-    return value
 
 
 class TableNames(_Strict):
@@ -121,33 +57,6 @@ class TableNames(_Strict):
         if not _IDENTIFIER.match(value):
             raise ValueError(f"expected an identifier of letters, digits and '_', got {value!r}")
         return value
-
-
-_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
-# Kafka options that carry credentials: their value must come from the environment, never from a file.
-_SECRET_OPTIONS = ("password", "secret", "jaas.config", "ssl.keystore.key")
-# One option of a JAAS line: name=value, the value quoted or a bare token.
-_JAAS_OPTION = re.compile(r"([A-Za-z_][\w.-]*)\s*=\s*(\"(?:[^\"\\]|\\.)*\"|[^\s;]+)")
-_JAAS_SECRET_NAMES = ("password", "secret", "token", "credential")
-
-
-def _literal_secret(key: str, text: str) -> str | None:
-    """The part of a Kafka option that is a literal credential, or None when every credential is ``${env:NAME}``.
-
-    A credential option (``ssl.key.password``, ...) must be one ``${env:NAME}`` and nothing else. A JAAS
-    line (``sasl.jaas.config``) is read option by option: each option that names a credential (password,
-    secret, token, ``...Key``) must be an ``${env:NAME}``; the rest of the line (the login module, a role
-    ARN for MSK IAM) is not a secret.
-    """
-    if not key.endswith("jaas.config"):
-        return None if _ENV_REF.fullmatch(text.strip()) else key
-    for name, value in _JAAS_OPTION.findall(text):
-        lowered = name.lower()
-        if any(word in lowered for word in _JAAS_SECRET_NAMES) or lowered.endswith("key"):
-            inner = value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
-            if not _ENV_REF.fullmatch(inner.strip()):
-                return f"{key} ({name}=...)"
-    return None
 
 
 class KafkaSettings(_Strict):
@@ -185,19 +94,7 @@ class KafkaSettings(_Strict):
     @field_validator("options", mode="before")
     @classmethod
     def _option_values(cls, value: Any) -> Any:
-        if not isinstance(value, Mapping):
-            return value
-        out = {}
-        for key, raw in value.items():
-            key, text = str(key).removeprefix("kafka."), str(raw).lower() if isinstance(raw, bool) else str(raw)
-            literal = _literal_secret(key, text) if any(m in key for m in _SECRET_OPTIONS) else None
-            if literal is not None:
-                raise ValueError(
-                    f"option {literal} holds a literal credential: write it as '${{env:NAME}}' (the whole "
-                    "value) and export NAME in the job's environment (or use an instance role with MSK IAM)"
-                )
-            out[key] = text
-        return out
+        return kafka_options(value)
 
     @model_validator(mode="after")
     def _one_subscription(self) -> KafkaSettings:
@@ -207,15 +104,7 @@ class KafkaSettings(_Strict):
 
     def resolved_options(self) -> dict[str, str]:
         """``options`` with every ``${env:NAME}`` replaced; a missing variable is a configuration error."""
-        import os
-
-        def value(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in os.environ:
-                raise ConfigError("environment", name, "is referenced by ingest.kafka.options but not set")
-            return os.environ[name]
-
-        return {key: _ENV_REF.sub(value, text) for key, text in self.options.items()}
+        return resolve_env_references(self.options)
 
 
 class EventTimePolicy(_Strict):
@@ -224,7 +113,7 @@ class EventTimePolicy(_Strict):
 
     max_future: str = "1 hour"
     earliest: str = "2000-01-01T00:00:00Z"
-    _durations = field_validator("max_future")(_check_duration)
+    _durations = field_validator("max_future")(positive_duration)
 
 
 class IngestSettings(_Strict):
@@ -244,23 +133,20 @@ class IngestSettings(_Strict):
     )
     event_time: EventTimePolicy = Field(default_factory=EventTimePolicy)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    _durations = field_validator("trigger", "dedup_horizon")(_check_duration)
+    _durations = field_validator("trigger", "dedup_horizon")(positive_duration)
 
 
 class SpeedSettings(_Strict):
     """The speed partials are written by ingest's micro-batches (the one hop): no speed stream runs."""
 
-    trigger: str = Field(default="1 second", description="unused since the one hop; accepted so old configs load")
-    max_files_per_trigger: int = Field(default=1000, gt=0, description="unused since the one hop")
     compact_every: int = Field(
         default=50, ge=0, description="OPTIMIZE speed tables of the old unpartitioned layout every N micro-batches"
     )
-    _durations = field_validator("trigger")(_check_duration)
 
 
 class BatchSettings(_Strict):
     interval: str = "5 minutes"
-    _durations = field_validator("interval")(_check_duration)
+    _durations = field_validator("interval")(positive_duration)
 
 
 MIN_RETENTION_SECONDS = 3600.0
@@ -286,7 +172,7 @@ class MaintenanceSettings(_Strict):
         description="a running ingest compacts master and quarantine this often (its micro-batch waits for it, "
         "about 1 s per 30 MB written since on 2 cores); it vacuums them every interval",
     )
-    _durations = field_validator("interval", "retention", "ingest_compact_every")(_check_duration)
+    _durations = field_validator("interval", "retention", "ingest_compact_every")(positive_duration)
 
     def table_defaults(self) -> dict[str, str]:
         """Spark settings that give every table this job creates the retention as its own Delta retentions.
@@ -352,7 +238,7 @@ class ServeSettings(_Strict):
     queue_wait: str = Field(default="10 seconds", description="how long a query waits for a free slot")
     max_rows: int = Field(default=100_000, gt=0, description="rows of one answer at most (it says when it is cut)")
     query_timeout: str = Field(default="60 seconds", description="a query running longer is cancelled (504)")
-    _durations = field_validator("queue_wait", "query_timeout")(_check_duration)
+    _durations = field_validator("queue_wait", "query_timeout")(positive_duration)
 
 
 class SparkSettings(_Strict):
@@ -365,30 +251,7 @@ class SparkSettings(_Strict):
     @field_validator("conf", mode="before")
     @classmethod
     def _stringify(cls, value: Any) -> Any:
-        return _spark_conf_values(value)
-
-
-# S3 credentials must never be written in a config file; the AWS default chain finds them instead.
-_S3A_CREDENTIAL_CONF = re.compile(r"fs\.s3a\.(bucket\.[^.]+\.)?(access\.key|secret\.key|session\.token)$")
-_S3_CREDENTIAL_KEYS = re.compile(r"access_?key|secret|session_?token|password", re.IGNORECASE)
-_S3_CREDENTIALS_HINT = (
-    "credentials never go in a config file; export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and "
-    "AWS_SESSION_TOKEN) in the job's environment, or use an instance role, and leave s3.credentials_provider "
-    "unset for the default AWS chain"
-)
-
-
-def _spark_conf_values(value: Any) -> Any:
-    """Spark settings as strings (YAML booleans as Spark spells them), S3 credentials refused.
-
-    Shared by ``spark.conf`` and ``emr.submit_conf``: a secret must not reach a file through either.
-    """
-    if isinstance(value, Mapping):
-        for key in value:
-            if _S3A_CREDENTIAL_CONF.search(str(key)):
-                raise ValueError(f"{key!r} is an S3 credential: {_S3_CREDENTIALS_HINT}")
-        return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
-    return value
+        return spark_conf_strings(value)
 
 
 _ENDPOINT = re.compile(r"^(?:(https?)://)?([A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(?::(\d{1,5}))?/?$")
@@ -412,11 +275,7 @@ class S3Settings(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _no_credentials(cls, value: Any) -> Any:
-        if isinstance(value, Mapping):
-            for key in value:
-                if _S3_CREDENTIAL_KEYS.search(str(key)):
-                    raise ValueError(f"s3.{key} would hold a credential: {_S3_CREDENTIALS_HINT}")
-        return value
+        return refuse_s3_credential_keys(value)
 
     @field_validator("endpoint")
     @classmethod
@@ -536,7 +395,7 @@ class EmrSettings(_Strict):
     @field_validator("submit_conf", mode="before")
     @classmethod
     def _stringify(cls, value: Any) -> Any:
-        return _spark_conf_values(value)
+        return spark_conf_strings(value)
 
 
 class Settings(_Strict):
@@ -569,138 +428,3 @@ class Settings(_Strict):
                 f"({self.serve.query_timeout}): a running query reads files that VACUUM would delete"
             )
         return self
-
-
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(source, dotted, f"'{part}' is a value, not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def _parse_override(text: str) -> tuple[str, Any]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError("--set", text, "expected KEY=VALUE, for example --set speed.trigger='2 seconds'")
-    # spark.conf keys contain dots themselves: everything after 'spark.conf.' is one key.
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
-
-
-def _config_text(file: Path) -> str | None:
-    """The text of a config file, or None. The embedded default is read as a resource when the code runs
-    from a zip (spark-submit --py-files), where it has no real path on disk."""
-    if file.is_file():
-        return file.read_text(encoding="utf-8")
-    if file == DEFAULT_CONFIG:
-        resource = shipped_configs().joinpath(DEFAULT_CONFIG.name)
-        if resource.is_file():
-            return resource.read_text(encoding="utf-8")
-    return None
-
-
-def _env_source(variable: str) -> str:
-    return f"environment variable {variable}"
-
-
-def _environment_overrides(environ: Mapping[str, str]) -> list[tuple[str, str, Any]]:
-    """``(variable, dotted key, value)`` from LAMBDA_PIPELINE_WORKDIR, then LAMBDA_PIPELINE_SET.
-
-    One variable holds all the overrides, shell-quoted like a command line, so a compose file or a scheduler
-    sets any key without the project having to name a variable per key.
-    """
-    out: list[tuple[str, str, Any]] = []
-    workdir = environ.get("LAMBDA_PIPELINE_WORKDIR", "").strip()
-    if workdir:
-        out.append(("LAMBDA_PIPELINE_WORKDIR", "workdir", workdir))  # a path, never YAML-typed
-    variable = "LAMBDA_PIPELINE_SET"
-    try:
-        words = shlex.split(environ.get("LAMBDA_PIPELINE_SET", ""))
-    except ValueError as exc:
-        raise ConfigError(
-            _env_source(variable), None, f"not valid shell-style words ({exc}); quote values that hold spaces"
-        ) from None
-    for word in words:
-        try:
-            key, value = _parse_override(word)
-        except ConfigError:
-            raise ConfigError(
-                _env_source(variable),
-                word,
-                "expected KEY=VALUE pairs separated by spaces, e.g. "
-                "\"spark.master=spark://spark-master:7077 speed.trigger='2 seconds'\"",
-            ) from None
-        out.append((variable, key, value))
-    return out
-
-
-def _apply_override(tree: dict[str, Any], key: str, value: Any, source: str) -> None:
-    if key.startswith("spark.conf."):
-        tree.setdefault("spark", {}).setdefault("conf", {})[key[len("spark.conf.") :]] = value
-    else:
-        _set_dotted(tree, key, value, source)
-
-
-def _blame(source: str, key: str | None, from_env: Mapping[str, str]) -> str:
-    """Name the environment variable that set a failing key: the file does not hold the bad value."""
-    for set_key, variable in from_env.items():
-        if key is not None and (key == set_key or set_key.startswith(f"{key}.") or key.startswith(f"{set_key}.")):
-            return f"{_env_source(variable)} (over {source})"
-    return source
-
-
-def load_settings(
-    path: str | Path | None = None, overrides: Iterable[str] = (), environ: Mapping[str, str] | None = None
-) -> Settings:
-    """Load and validate a config file, then apply the environment's overrides and ``KEY=VALUE`` overrides.
-
-    ``environ`` (default: this process's environment) supplies the variables of ENVIRONMENT_VARIABLES: the
-    config file when ``path`` is None, the work directory and overrides. ``overrides`` (--set) apply last.
-    """
-    environ = os.environ if environ is None else environ
-    configured = environ.get("LAMBDA_PIPELINE_CONFIG", "").strip() if path is None else ""
-    file = Path(path) if path is not None else Path(configured) if configured else DEFAULT_CONFIG
-    source = str(file)
-    text = _config_text(file)
-    if text is None:
-        if configured:
-            raise ConfigError(
-                f"{source} (from {_env_source('LAMBDA_PIPELINE_CONFIG')})",
-                None,
-                "file not found; set LAMBDA_PIPELINE_CONFIG to the path of a YAML config file, or pass --config",
-            )
-        raise ConfigError(source, None, "file not found; pass --config with the path of a YAML config file")
-    try:
-        tree = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(source, None, f"not valid YAML: {exc}") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(source, None, "expected a mapping of sections at the top level")
-    from_env: dict[str, str] = {}
-    for variable, key, value in _environment_overrides(environ):
-        _apply_override(tree, key, value, _env_source(variable))
-        from_env[key] = variable
-    for text in overrides:
-        key, value = _parse_override(text)
-        _apply_override(tree, key, value, "--set")
-        from_env.pop(key, None)
-    try:
-        return Settings.model_validate(tree)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or None
-        if first["type"] == "extra_forbidden":
-            message = "unknown key; check its spelling against conf/local.yaml"
-        else:
-            message = first["msg"].removeprefix("Value error, ")
-            # Never echo what was given for Kafka options, S3 or Spark settings: it may be a credential.
-            secret = loc is not None and (
-                ".options" in loc or loc.split(".")[0] == "s3" or loc in ("spark.conf", "emr.submit_conf")
-            )
-            # A check across keys (loc empty) names its keys in its message: its input is the whole config.
-            if loc and "input" in first and first["type"] != "missing" and "got " not in message and not secret:
-                message += f" (got {first['input']!r})"
-        raise ConfigError(_blame(source, loc, from_env), loc, message) from None

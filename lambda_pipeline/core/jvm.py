@@ -15,6 +15,9 @@ need                           why the JVM                                     p
 :func:`delta_snapshot`         a table's newest version, id, files and         delta-spark's ``DeltaTable.detail()``
                                properties without a Spark job (tens of ms);    (one Spark job per call), or
                                ``DeltaTable`` answers from a cached snapshot   delta-kernel's Python API
+:func:`hadoop_setting`         a setting of the running context's Hadoop       none in PySpark: ``SparkConf`` holds
+                               configuration, as its file systems read it      only what was given at start, without
+                                                                               Hadoop's defaults
 :func:`kafka_offsets`          earliest and latest offsets with the stream's   confluent-kafka's consumer, given the
                                own client and ``kafka.*`` options (SASL, SSL,  same security settings in librdkafka's
                                MSK IAM)                                        names (MSK IAM has no plugin there)
@@ -49,6 +52,7 @@ __all__ = [
     "first_line",
     "frame_of_dataset",
     "gateway_pid",
+    "hadoop_setting",
     "java_exception_names",
     "kafka_offsets",
     "parse_plan",
@@ -165,6 +169,13 @@ class HadoopPath:
         """(files, bytes) under this path, recursively."""
         summary = self._fs.getContentSummary(self._path)
         return int(summary.getFileCount()), int(summary.getLength())
+
+
+def hadoop_setting(spark: SparkSession, key: str) -> str | None:
+    """A setting of the running context's Hadoop configuration (``fs.s3a.endpoint``), Hadoop's default if
+    unset there, or None: what a ``spark.hadoop.`` setting became when the context started."""
+    value = spark.sparkContext._jsc.hadoopConfiguration().get(key)
+    return None if value is None else str(value)
 
 
 # ---- Delta's log ------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from lambda_pipeline.core.config import duration_seconds
+from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.jvm import first_line
 from lambda_pipeline.core.lease_records import RecordStore, record_store
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
     from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
-    from lambda_pipeline.core.tables import Locations
+    from lambda_pipeline.core.locations import Locations
 
 __all__ = [
     "RENEW_FRACTION",

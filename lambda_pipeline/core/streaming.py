@@ -242,7 +242,7 @@ def fail_quietly(spark: SparkSession) -> None:
     Spark logs every failed query with the whole Python traceback inside a Java stack trace, which would bury
     the job's own line; ``--verbose`` keeps it.
     """
-    from lambda_pipeline.core.session import verbose
+    from lambda_pipeline.core.verbosity import verbose
 
     if not verbose():
         set_log_level(spark, _STREAM_LOGGER, "OFF")

@@ -16,9 +16,9 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
     from lambda_pipeline.core.config import Settings
+    from lambda_pipeline.core.locations import Locations
     from lambda_pipeline.core.pipeline import Pipeline
     from lambda_pipeline.core.streaming import OnceAppender, PhaseTimer
-    from lambda_pipeline.core.tables import Locations
 
 __all__ = ["IngestContext", "TagWriter", "TagWriterFactory"]
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from pyspark.sql import types as T
 
-from lambda_pipeline.core.config import duration_seconds
+from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.errors import ViewDefinitionError
 
 if TYPE_CHECKING:

@@ -34,12 +34,17 @@ MSK_IAM_COORDINATE = "software.amazon.msk:aws-msk-iam-auth:2.3.5"
 
 def maven_coordinates() -> dict[str, str]:
     """The JVM packages the jobs may need, by purpose; the step generator picks per job and config."""
-    from lambda_pipeline.core.session import DELTA_COORDINATE, KAFKA_COORDINATE, TOKEN_PROVIDER, hadoop_aws_coordinate
+    from lambda_pipeline.core.jvm_packages import (
+        DELTA_COORDINATE,
+        KAFKA_COORDINATE,
+        TOKEN_PROVIDER,
+        hadoop_aws_coordinate,
+    )
 
     return {
         "delta": DELTA_COORDINATE,
         "kafka": KAFKA_COORDINATE,
-        # Not on Maven Central at pyspark's version: excluded, and shipped as a jar (see session.py).
+        # Not on Maven Central at pyspark's version: excluded, and shipped as a jar (see core/jvm_packages.py).
         "kafka_exclude": ":".join(TOKEN_PROVIDER),
         "hadoop_aws": hadoop_aws_coordinate(),
         "msk_iam": MSK_IAM_COORDINATE,
@@ -103,7 +108,7 @@ def build_artifact(
     ``conf/*.yaml`` (for ``--files``), the Kafka token-provider jar, a bootstrap script and, with
     ``with_env``, the packed environment (for ``--archives ...#env``).
     """
-    from lambda_pipeline.core.session import token_provider_jar
+    from lambda_pipeline.core.jvm_packages import token_provider_jar
 
     info = read_project(root)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,7 +131,7 @@ def build_artifact(
         extra = Path(extra)
         if not extra.is_file():
             raise ConfigError(str(extra), None, "file not found; pass the path of a YAML config file")
-        from lambda_pipeline.core.config import load_settings
+        from lambda_pipeline.core.config_loader import load_settings
 
         load_settings(extra)  # a config that would stop every job is refused here already
         name = f"conf/{extra.name}"

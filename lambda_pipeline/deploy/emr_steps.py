@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lambda_pipeline.core.config import DEFAULT_CONFIG, Settings, duration_seconds, load_settings
+from lambda_pipeline.core.config import Settings
+from lambda_pipeline.core.config_loader import DEFAULT_CONFIG, load_settings
+from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.errors import ConfigError
 
 __all__ = ["EmrPlan", "add_emr_steps_parser", "glue_spark_conf", "plan_emr", "rate_expression", "run_emr_steps"]
@@ -263,7 +265,7 @@ def plan_emr(
 
 def _glue_tables_sql(settings: Settings, workdir: str) -> str:
     """Register the published tables in the Glue database (path-based Delta tables stay the source of truth)."""
-    from lambda_pipeline.core.tables import Locations
+    from lambda_pipeline.core.locations import Locations
     from lambda_pipeline.pipelines.registry import get_pipeline
 
     locations = Locations.create(settings, workdir)

@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING
 
 from pyspark.sql import functions as F
 
-from lambda_pipeline.core.config import Settings, duration_seconds
+from lambda_pipeline.core.config import Settings
 from lambda_pipeline.core.deltalog import read_text
+from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.leases import Lease, LeaseLost, release_with
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.streaming import (
     CheckpointAppId,
@@ -37,7 +39,6 @@ from lambda_pipeline.core.streaming import (
     stopping,
     with_trigger,
 )
-from lambda_pipeline.core.tables import Locations
 from lambda_pipeline.core.tag_writers import IngestContext, TagWriter, TagWriterFactory
 from lambda_pipeline.core.views import INGEST_TAG, INGESTED_AT, EventSource
 from lambda_pipeline.ingestion.data_loss import check_data_loss, record_data_loss

@@ -14,15 +14,10 @@ from typing import TYPE_CHECKING
 from pyspark.sql import functions as F
 
 from lambda_pipeline.core.errors import LambdaError
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.streaming import OnceAppender
-from lambda_pipeline.core.tables import (
-    QUARANTINE_SCHEMA,
-    Locations,
-    add_missing_columns,
-    ensure_table,
-    latest_version,
-)
+from lambda_pipeline.core.tables import QUARANTINE_SCHEMA, add_missing_columns, ensure_table, latest_version
 from lambda_pipeline.core.views import INGEST_TAG, INGESTED_AT, RAW, SOURCE_FILE, EventSource
 from lambda_pipeline.ingestion.routing import REASON
 

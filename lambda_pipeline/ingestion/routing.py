@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 
-from lambda_pipeline.core.config import EventTimePolicy, duration_seconds
+from lambda_pipeline.core.config import EventTimePolicy
+from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.parsing import CORRUPT, text_schema, typed_value
 from lambda_pipeline.core.views import RAW, SOURCE_FILE, EventSource
 from lambda_pipeline.ingestion.sources import PRE_REASON

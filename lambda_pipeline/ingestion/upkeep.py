@@ -1,7 +1,7 @@
 """Ingest's own upkeep of master and quarantine: it compacts them in its micro-batch and vacuums them beside it.
 
 Ingest tags each master commit with the version it predicts, so no other process may commit to master while
-it runs (``core/maintenance.py``): a running ingest maintains the two tables itself. Compaction commits, so
+it runs (``core/compact_vacuum.py``): a running ingest maintains the two tables itself. Compaction commits, so
 it runs inside the micro-batch, which waits for it; it is kept short by running often, each run rewriting
 what came since. The vacuum commits nothing (its log entries are off), so it runs in a thread beside the
 micro-batches.
@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lambda_pipeline.core.maintenance import INGESTS, maintain
+from lambda_pipeline.core.compact_vacuum import INGESTS, maintain
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.streaming import PhaseTimer
-from lambda_pipeline.core.tables import Locations
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

@@ -66,7 +66,7 @@ class BrokerStatus:
 
 def _java() -> str:
     """The java binary, after the same Java 17+ check Spark gets (Kafka 4 needs 17+ as well)."""
-    from lambda_pipeline.core.session import check_java
+    from lambda_pipeline.core.java import check_java
 
     try:
         check_java()

@@ -9,7 +9,6 @@ successful run a manifest lists the jars, so later calls never start Maven again
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 import subprocess
@@ -19,25 +18,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+from lambda_pipeline.core.cache import cache_dir
 from lambda_pipeline.core.errors import EnvironmentProblem
 from lambda_pipeline.core.locks import file_lock
 
-__all__ = ["cache_root", "resolve"]
+__all__ = ["resolve"]
 
 # Pinned so that Maven never has to guess a plugin version (and warn about it).
 DEPENDENCY_PLUGIN_VERSION = "3.8.1"
 MVN_TIMEOUT_SECONDS = 1800.0
 LOCK_TIMEOUT_SECONDS = MVN_TIMEOUT_SECONDS + 60.0
 MANIFEST = "manifest.txt"
-
-
-def cache_root() -> Path:
-    """``$LAMBDA_PIPELINE_CACHE/lambda-pipeline``, else ``$XDG_CACHE_HOME/lambda-pipeline``, else ``~/.cache/...``.
-
-    Same rule as the Spark jar cache in ``lambda_pipeline.core.session``, so one variable moves all caches.
-    """
-    base = os.environ.get("LAMBDA_PIPELINE_CACHE") or os.environ.get("XDG_CACHE_HOME")
-    return Path(base) / "lambda-pipeline" if base else Path.home() / ".cache" / "lambda-pipeline"
 
 
 def _parse(coordinate: str) -> tuple[str, str, str, str | None]:
@@ -130,7 +121,7 @@ def _mvn_tail(output: str, lines: int = 4) -> str:
 
 
 def resolve(coordinates: Sequence[str], cache_name: str) -> list[Path]:
-    """Jars of ``coordinates`` and all their runtime dependencies, under ``<cache_root>/<cache_name>/jars``.
+    """Jars of ``coordinates`` and all their runtime dependencies, under ``<cache_dir>/<cache_name>/jars``.
 
     The first call runs ``mvn dependency:copy-dependencies`` (under a lock, so concurrent callers
     wait for one resolution); later calls only read the manifest.
@@ -142,7 +133,7 @@ def resolve(coordinates: Sequence[str], cache_name: str) -> list[Path]:
         raise ValueError(f"cache_name must be a plain folder name, got {cache_name!r}")
     for coordinate in coordinates:
         _parse(coordinate)
-    directory = cache_root() / cache_name
+    directory = cache_dir() / cache_name
     fingerprint = _fingerprint(coordinates)
     jars = _read_manifest(directory, fingerprint)
     if jars is not None:

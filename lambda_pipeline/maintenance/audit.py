@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import functions as F
 
+from lambda_pipeline.core.coverage import Coverage, coverage_history
 from lambda_pipeline.core.errors import LambdaError
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.pipeline import Pipeline
-from lambda_pipeline.core.tables import Coverage, Locations, coverage_history, table_version
+from lambda_pipeline.core.tables import table_version
 from lambda_pipeline.core.views import INGEST_TAG, WINDOW_START, View
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """``lambda-pipeline maintain``: compact and vacuum the tables, once or on a schedule, beside running jobs.
 
-Compaction and vacuum never conflict with the jobs' commits (``core/maintenance.py``), except on master and
+Compaction and vacuum never conflict with the jobs' commits (``core/compact_vacuum.py``), except on master and
 quarantine: ingest tags each master commit with the version it predicts, so no other process may commit to
 them while ingest runs. A running ingest maintains those two itself; naming them here takes ingest's lease,
 which refuses while ingest runs.
@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from lambda_pipeline.core.compact_vacuum import INGESTS, Maintained, maintain
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.leases import Lease, LeaseHeld
-from lambda_pipeline.core.maintenance import INGESTS, Maintained, maintain
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.schedule import repeat
-from lambda_pipeline.core.tables import Locations
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

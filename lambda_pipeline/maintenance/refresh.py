@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lambda_pipeline.batch_layer.job import run_batch
+from lambda_pipeline.core.coverage import Coverage
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.leases import Lease
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.pipeline import Pipeline
-from lambda_pipeline.core.tables import Coverage, Locations, require_table
+from lambda_pipeline.core.tables import require_table
 from lambda_pipeline.maintenance.backfill import BackfillReport, check_fields, fill_fields
 from lambda_pipeline.speed_layer.catch_up import catch_up
 

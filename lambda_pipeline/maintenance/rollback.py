@@ -21,11 +21,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from lambda_pipeline.batch_layer.job import publish_coverage
-from lambda_pipeline.core.config import duration_seconds
+from lambda_pipeline.core.coverage import Coverage, coverage_history, latest_coverage
+from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.leases import Lease
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.pipeline import Pipeline
-from lambda_pipeline.core.tables import Coverage, Locations, coverage_history, latest_coverage
 from lambda_pipeline.speed_layer.catch_up import catch_up
 
 if TYPE_CHECKING:

@@ -38,10 +38,11 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from lambda_pipeline.core.config import duration_seconds
+from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.jvm import HadoopPath, delta_snapshot
+from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.pipeline import Pipeline
-from lambda_pipeline.core.tables import Locations, table_version
+from lambda_pipeline.core.tables import table_version
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
