@@ -48,17 +48,13 @@ from lambda_pipeline.core.tables import (
 )
 from lambda_pipeline.core.views import INGEST_TAG, INGESTED_AT_MAX, WINDOW_START, View
 from lambda_pipeline.serving_layer import guard
+from lambda_pipeline.serving_layer.binding import bind, check_resolved
 from lambda_pipeline.serving_layer.guard import LAYERS, Statement
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["LAYERS", "Answer", "Pin", "Pinned", "Provenance", "ServingLayer", "check_read_only"]
-
-
-def check_read_only(spark: SparkSession, sql: str, registered: frozenset[tuple[str, str]] | None = None) -> None:
-    """Refuse ``sql`` unless the guard accepts it (over ``registered`` names, by default any in a layer)."""
-    guard.parse(spark, sql, registered if registered is not None else guard.ANY_LAYER)
+__all__ = ["Answer", "Pin", "Pinned", "Provenance", "ServingLayer"]
 
 
 @dataclass(frozen=True)
@@ -429,9 +425,9 @@ class ServingLayer:
         """The statement's plan bound to the pinned relations, analysed, and checked once resolved."""
         relations = {name: self.relation(*name, pin=pin) for name in statement.reads}
         plans = {name: analyzed_plan(frame) for name, frame in relations.items()}
-        bound = guard.bind(self._session, statement.plan, plans)
+        bound = bind(self._session, statement.plan, plans)
         dataset = dataset_of_plan(self._session, bound)
-        guard.check_resolved(statement.sql, dataset.queryExecution().analyzed(), list(plans.values()))
+        check_resolved(statement.sql, dataset.queryExecution().analyzed(), list(plans.values()))
         return dataset
 
     def _rows(self, rows: list[tuple[Any, ...]], columns: list[str]) -> DataFrame:

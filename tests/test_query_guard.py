@@ -27,8 +27,8 @@ from lambda_pipeline.core.tables import Locations, table_version
 from lambda_pipeline.ingestion.job import start_ingest
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
-from lambda_pipeline.serving_layer.catalog import ServingLayer, check_read_only
-from lambda_pipeline.serving_layer.guard import ACCEPTED, FUNCTIONS
+from lambda_pipeline.serving_layer.catalog import ServingLayer
+from lambda_pipeline.serving_layer.guard import ACCEPTED, FUNCTIONS, check_read_only
 
 SECRET_FILE_MARKER = "guard-test-secret-7f3a"
 """Written into a file outside the warehouse: it must never appear in any output."""
@@ -402,7 +402,7 @@ def test_guard_messages_are_one_clear_line(spark) -> None:
 
 
 def test_resolved_check_refuses_a_relation_that_is_not_pinned(spark, workdir) -> None:
-    from lambda_pipeline.serving_layer.guard import check_resolved
+    from lambda_pipeline.serving_layer.binding import check_resolved
 
     serving = ServingLayer(spark, CLICKSTREAM, workdir)
     pinned = serving.relation("batch", "page_activity")._jdf.queryExecution().analyzed()
