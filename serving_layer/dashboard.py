@@ -22,7 +22,8 @@ from pyspark.sql import functions as F
 from lambda_pipeline.core.deltalog import commits
 from lambda_pipeline.core.tables import table_version
 from lambda_pipeline.core.views import WINDOW_START, View
-from lambda_pipeline.serving_layer.catalog import Pin, ServingLayer
+from lambda_pipeline.serving_layer.catalog import ServingLayer
+from lambda_pipeline.serving_layer.pin import Pin
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
