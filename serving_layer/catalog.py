@@ -64,7 +64,7 @@ class ServingLayer:
         self._cache = ServingCache(max_slots=SLOTS_PER_VIEW * (len(pipeline.views) + 1))
         self.relations = LayerRelations(self._session, pipeline, locations, self._cache, keep_layers=cache_layers)
         self._pin: Pin | None = None
-        """The pin statements are answered at with ``refresh=False``: the newest one taken."""
+        """The pin statements are answered at with ``new_pin=False``: the newest one taken."""
 
     @property
     def session(self) -> SparkSession:
@@ -78,7 +78,7 @@ class ServingLayer:
         views = [(layer, v.name) for v in self.pipeline.views for layer in ("batch", "speed", "serving")]
         return frozenset([("master", tables.master.lower()), ("master", tables.quarantine.lower()), *views])
 
-    def refresh(self, as_of: str | None = None, *, views: frozenset[str] | None = None) -> Pin:
+    def take_pin(self, as_of: str | None = None, *, views: frozenset[str] | None = None) -> Pin:
         """Take a new pin: the newest consistent versions, or those of publication ``as_of``.
 
         ``views`` limits the speed tables pinned to those views (a statement that reads one view looks at
@@ -90,26 +90,26 @@ class ServingLayer:
 
     def relation(self, layer: str, name: str, pin: Pin | None = None) -> DataFrame:
         """The DataFrame behind ``<layer>.<name>`` at ``pin`` (the current pin by default)."""
-        return self.relations.relation(layer, name, pin or self._pin or self.refresh())
+        return self.relations.relation(layer, name, pin or self._pin or self.take_pin())
 
-    def answer(self, sql: str, *, refresh: bool = True, as_of: str | None = None) -> Answer:
+    def answer(self, sql: str, *, new_pin: bool = True, as_of: str | None = None) -> Answer:
         """Check ``sql`` with the guard, pin, and answer it at that one pin (lazily: a DataFrame).
 
-        ``refresh=False`` answers at the pin taken last, if it holds every view the statement reads.
+        ``new_pin=False`` answers at the pin taken last, if it holds every view the statement reads.
         """
         statement = guard.parse(self._session, sql, self.names)
         views = frozenset(name for layer, name in statement.reads if layer != "master")
-        if refresh or as_of or self._pin is None or not views <= {v.lower() for v, _ in self._pin.speed_versions}:
+        if new_pin or as_of or self._pin is None or not views <= {v.lower() for v, _ in self._pin.speed_versions}:
             # Statements that read no view (SHOW TABLES, or master alone) pin every view, for their provenance.
-            pin = self.refresh(as_of, views=views or None)
+            pin = self.take_pin(as_of, views=views or None)
         else:
             pin = self._pin
         frame = execute(self._session, statement, pin, lambda layer, name: self.relation(layer, name, pin), self.names)
         return Answer(frame, pin, statement)
 
-    def query(self, sql: str, *, refresh: bool = True, as_of: str | None = None) -> DataFrame:
+    def query(self, sql: str, *, new_pin: bool = True, as_of: str | None = None) -> DataFrame:
         """The DataFrame of :meth:`answer`."""
-        return self.answer(sql, refresh=refresh, as_of=as_of).frame
+        return self.answer(sql, new_pin=new_pin, as_of=as_of).frame
 
     def provenances(self, answer: Answer) -> list[Provenance]:
         """The provenance of every view ``answer`` read (of every view when it read none, as SHOW TABLES)."""
@@ -122,7 +122,7 @@ class ServingLayer:
         Two small Spark jobs per view and pin, so the answer is kept for the newest pin asked for: a server
         answering many queries between two commits computes it once. Its freshness lag is of the time of asking.
         """
-        pin = pin or self._pin or self.refresh()
+        pin = pin or self._pin or self.take_pin()
 
         def compute() -> Provenance:
             view = self.pipeline.view(view_name)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-__all__ = ["Answer", "Client", "ServerError", "running_server"]
+__all__ = ["Client", "RemoteAnswer", "ServerError", "running_server"]
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 ANSWER_HEADER = "X-Lambda-Pipeline-Answer"
@@ -46,7 +46,7 @@ class ServerError(LambdaError):
 
 
 @dataclass(frozen=True)
-class Answer:
+class RemoteAnswer:
     """Rows as Arrow, whether the server cut them at its row limit, the pin and the provenance of each view."""
 
     table: pa.Table
@@ -104,7 +104,7 @@ class Client:
             result: dict[str, Any] = json.loads(response.read().decode("utf-8"))
             return result
 
-    def query(self, sql: str, *, as_of: str | None = None, max_rows: int | None = None) -> Answer:
+    def query(self, sql: str, *, as_of: str | None = None, max_rows: int | None = None) -> RemoteAnswer:
         """Run ``sql`` (read-only, checked by the server's guard) and return its rows as Arrow."""
         import pyarrow as pa
 
@@ -112,7 +112,7 @@ class Client:
         with self._request("/query", body, accept=ARROW_STREAM) as response:
             meta = json.loads(response.headers.get(ANSWER_HEADER) or "{}")
             table = pa.ipc.open_stream(response.read()).read_all()
-        return Answer(
+        return RemoteAnswer(
             table,
             bool(meta.get("truncated")),
             meta.get("pin", {}),
