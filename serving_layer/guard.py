@@ -13,7 +13,9 @@ Every statement a user sends (CLI, Python API, any server) goes through :func:`p
    the JVM, the file system, the network or the session), every table-valued function one of
    :data:`TABLE_FUNCTIONS`, and every relation a registered name (``serving.<view>``, …) or a CTE
    of the statement. Everything else is refused, whatever it is: the list says what is allowed,
-   so a statement Spark adds in its next release is refused until someone adds it here.
+   so a statement Spark adds in its next release is refused until someone adds it here. A name in
+   a layer that the pipeline does not have (a misspelled view) is not a refusal but a mistake: it
+   gets :class:`UnknownRelation`, one line with the names that exist.
 2. **Bind** the pinned relations into the plan, and 3. **check the resolved plan**: see
    :mod:`lambda_pipeline.serving_layer.binding`.
 
@@ -23,12 +25,13 @@ the registry of names and the pinned schemas, EXPLAIN from the bound plan.
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lambda_pipeline.core.errors import ReadOnlyViolation
+from lambda_pipeline.core.errors import LambdaError, ReadOnlyViolation
 from lambda_pipeline.core.jvm import parse_plan
 from lambda_pipeline.serving_layer._catalyst import ANALYSIS, EXPRESSIONS, LOGICAL, option, strings
 from lambda_pipeline.serving_layer._functions import GROUPS
@@ -45,6 +48,7 @@ __all__ = [
     "TABLE_FUNCTIONS",
     "Registered",
     "Statement",
+    "UnknownRelation",
     "check_read_only",
     "parse",
     "refusal",
@@ -124,6 +128,13 @@ ANY_LAYER = _AnyLayer()
 
 Registered = frozenset[tuple[str, str]] | _AnyLayer
 """The ``(layer, name)`` pairs a statement may read: a pipeline's names, or any name in a layer."""
+
+
+class UnknownRelation(LambdaError):
+    """A name in one of the layers that this pipeline does not have (a misspelled view, say): a mistake to
+    fix, not a statement to refuse, so one line with the names that exist instead of the allow-list."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -242,6 +253,8 @@ def _registered_table(sql: str, target: Any, registered: Registered, namespace: 
     key = tuple(p.lower() for p in parts)
     if len(key) == 2 and key in registered:
         return key[0], key[1]
+    if len(key) == 2 and key[0] in LAYERS:
+        raise _unknown(key[0], key[1], registered)
     raise refusal(sql, f"'{'.'.join(parts)}' is not a registered relation ({_known(registered)})")
 
 
@@ -249,6 +262,16 @@ def _known(registered: Registered) -> str:
     if isinstance(registered, _AnyLayer):
         return repr(registered)
     return ", ".join(sorted(".".join(n) for n in registered)) or "none yet"
+
+
+def _unknown(layer: str, name: str, registered: Registered) -> UnknownRelation:
+    """``layer.name`` is not one of the pipeline's names: say so, the closest name, and those that exist."""
+    existing = [] if isinstance(registered, _AnyLayer) else sorted(n for ns, n in registered if ns == layer)
+    what = "table" if layer == "master" else "view"
+    close = difflib.get_close_matches(name, existing, n=1)
+    hint = f"; did you mean '{layer}.{close[0]}'? The" if close else "; the"
+    listed = ", ".join(existing) or "none"
+    return UnknownRelation(f"'{layer}.{name}' is not a {what} of this pipeline{hint} {what}s in {layer} are: {listed}")
 
 
 # ---- the parsed query --------------------------------------------------------------------------
@@ -294,6 +317,8 @@ def _check_query(sql: str, plan: Any, registered: Registered) -> frozenset[tuple
                 pass
             elif (parts and parts[0] in _PATH_SOURCES) or any("/" in p or ":" in p for p in parts):
                 raise refusal(sql, f"'{'.'.join(parts)}' reads files by path; only registered relations can be read")
+            elif len(parts) == 2 and parts[0] in LAYERS:
+                raise _unknown(parts[0], parts[1], registered)
             else:
                 raise refusal(sql, f"'{'.'.join(parts)}' is not a registered relation ({_known(registered)})")
         elif cls == ANALYSIS + "UnresolvedTableValuedFunction":
