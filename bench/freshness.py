@@ -10,7 +10,7 @@ plus ``--seconds`` seconds (measured).
 
 A file's events are visible in ``serving.page_activity`` once the speed-partials table holds partials for
 the ingest tag of its events (no batch runs during the measurement, so the coverage stays at the seed
-commit, and ``ServingLayer.refresh()`` pins the newest speed version). The main thread polls
+commit, and ``ServingLayer.take_pin()`` pins the newest speed version). The main thread polls
 ``latest_version`` of the speed table every ``--poll-ms``; for each new version that adds data it reads the
 new ingest tags present at that version (one small Spark query) and records, per tag, the version's commit
 time (mtime of its file in ``_delta_log``) and the time the poller saw it. Files are mapped to tags through
@@ -21,7 +21,7 @@ bench/_observer.py, shared with bench/kafka_freshness.py. Per file:
 - ``observed`` = time the poller saw that version - ``written_at`` (adds polling delay and poller cost);
 - ``ingest``   = commit time of its master commit - ``written_at``; ``speed`` = ``visible`` - ``ingest``.
 
-It does not include the cost of re-pinning the serving views (``refresh()``) or of the query itself: see
+It does not include the cost of re-pinning the serving views (``take_pin()``) or of the query itself: see
 bench/serving_latency.py. The poller's Spark queries share the 2 cores with the pipeline. Every wait is
 bounded by ``--timeout``; both queries are stopped with ``query.stop()`` at the end.
 

@@ -33,7 +33,7 @@ Freshness per message (the headline, per **event** of master, over the events pr
 - ``ingest``  = commit time of the master version = its ``ingest_tag`` (mtime of ``_delta_log/<v>.json``) minus
   the produce time;
 - ``visible`` = commit time of the first speed-partials version holding that tag minus the produce time; from
-  that version on, ``ServingLayer.refresh()`` shows the event in ``serving.page_activity`` (coverage stays at
+  that version on, ``ServingLayer.take_pin()`` shows the event in ``serving.page_activity`` (coverage stays at
   the seed batch). ``speed`` = ``visible`` - ``ingest``; ``observed`` = when the poller saw the speed version.
 
 The poller reads the speed and master ``_delta_log`` directories directly every ``--poll-ms`` (the tags of a

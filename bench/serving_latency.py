@@ -7,16 +7,16 @@ file per micro-batch (one master commit, i.e. one ingest tag, each, and one spee
 so the speed table has several small commits
 as it would in a running deployment).
 
-Then, on one warm session, with one pin taken by ``ServingLayer.refresh()``:
+Then, on one warm session, with one pin taken by ``ServingLayer.take_pin()``:
 
 (a) ``merged``    -- ``SELECT page, sum(events) FROM serving.page_activity GROUP BY page``, collected;
 (b) ``batch``     -- the same over ``batch.page_activity``;
-(c) ``refresh``   -- ``ServingLayer.refresh()``: take a new pin at the newest versions;
+(c) ``take_pin``  -- ``ServingLayer.take_pin()``: take a new pin at the newest versions;
 plus, for context:
 (d) ``speed``     -- the same query over ``speed.page_activity``;
-(e) ``query_api`` -- ``ServingLayer.query(sql)`` for (a): read-only check + refresh + query, collected.
+(e) ``query_api`` -- ``ServingLayer.query(sql)`` for (a): read-only check + new pin + query, collected.
 
-(a), (b) and (d) run through the guard at that one pin (``query(sql, refresh=False)``), so re-pinning is
+(a), (b) and (d) run through the guard at that one pin (``query(sql, new_pin=False)``), so re-pinning is
 measured only in (c) and (e). Each case runs
 ``--warmup`` times untimed, then ``--queries`` times timed, the order of the cases rotating per round.
 Reported: p50/p95 (and min/mean/max) in milliseconds per case and the ratio merged/batch.
@@ -151,14 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         prepared = prepare(spark, settings, loc, args)
 
         serving = ServingLayer(spark, CLICKSTREAM, loc)
-        serving.refresh()
+        serving.take_pin()
         view = PAGE_ACTIVITY.name
         sql = {layer: QUERY.format(view=f"{layer}.{view}") for layer in ("serving", "batch", "speed")}
         cases: dict[str, tuple[str, Callable[[], object]]] = {
-            "merged": (sql["serving"], lambda: serving.query(sql["serving"], refresh=False).collect()),
-            "batch": (sql["batch"], lambda: serving.query(sql["batch"], refresh=False).collect()),
-            "refresh": ("ServingLayer.refresh()", serving.refresh),
-            "speed": (sql["speed"], lambda: serving.query(sql["speed"], refresh=False).collect()),
+            "merged": (sql["serving"], lambda: serving.query(sql["serving"], new_pin=False).collect()),
+            "batch": (sql["batch"], lambda: serving.query(sql["batch"], new_pin=False).collect()),
+            "take_pin": ("ServingLayer.take_pin()", serving.take_pin),
+            "speed": (sql["speed"], lambda: serving.query(sql["speed"], new_pin=False).collect()),
             "query_api": (f"ServingLayer.query({sql['serving']!r})", lambda: serving.query(sql["serving"]).collect()),
         }
         names = list(cases)
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         master_rows = int(spark.sql(f"SELECT count(*) FROM {sql_path(loc.master)}").first()[0])
         ok = totals["serving"] == totals["batch"] + totals["speed"] == master_rows
-        pinned = serving.refresh()[view]
+        pinned = serving.take_pin()[view]
 
         stats = {n: summary(s, 1000.0) for n, s in seconds.items()}
         ratios = {

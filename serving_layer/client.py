@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from lambda_pipeline.core.locations import Locations
 
-__all__ = ["Answer", "Client", "ServerError", "running_server"]
+__all__ = ["Client", "RemoteAnswer", "ServedAnswer", "ServerError", "query_running_server", "running_server"]
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 ANSWER_HEADER = "X-Lambda-Pipeline-Answer"
@@ -48,7 +48,7 @@ class ServerError(LambdaError):
 
 
 @dataclass(frozen=True)
-class Answer:
+class RemoteAnswer:
     """Rows as Arrow, whether the server cut them at its row limit, the pin and the provenance of each view."""
 
     table: pa.Table
@@ -106,7 +106,7 @@ class Client:
             result: dict[str, Any] = json.loads(response.read().decode("utf-8"))
             return result
 
-    def query(self, sql: str, *, as_of: str | None = None, max_rows: int | None = None) -> Answer:
+    def query(self, sql: str, *, as_of: str | None = None, max_rows: int | None = None) -> RemoteAnswer:
         """Run ``sql`` (read-only, checked by the server's guard) and return its rows as Arrow."""
         import pyarrow as pa
 
@@ -114,7 +114,7 @@ class Client:
         with self._request("/query", body, accept=ARROW_STREAM) as response:
             meta = json.loads(response.headers.get(ANSWER_HEADER) or "{}")
             table = pa.ipc.open_stream(response.read()).read_all()
-        return Answer(
+        return RemoteAnswer(
             table,
             bool(meta.get("truncated")),
             meta.get("pin", {}),
@@ -162,4 +162,4 @@ class ServedAnswer:
     """An answer and the server that gave it."""
 
     url: str
-    answer: Answer
+    answer: RemoteAnswer

@@ -6,8 +6,9 @@ batch is published. The page (``/dashboard``) polls ``/dashboard/data`` and draw
 with altair on the server; the Vega libraries come from ``vl-convert-python``'s bundle, served by the same
 server, so the page needs no network beyond it.
 
-Everything is read at one pin per refresh, through :class:`ServingLayer` (the same relations the guard binds
-a query to), plus the Delta logs of master and quarantine for the ingest rate (commit files, no Spark job).
+Everything is read at one pin per update of the data, through :class:`ServingLayer` (the same relations the
+guard binds a query to), plus the Delta logs of master and quarantine for the ingest rate (commit files, no
+Spark job).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pyspark.sql import functions as F
 from lambda_pipeline.core.deltalog import commits
 from lambda_pipeline.core.tables import table_version
 from lambda_pipeline.core.views import WINDOW_START, View
-from lambda_pipeline.serving_layer.catalog import Pin, ServingLayer
+from lambda_pipeline.serving_layer.catalog import ServingLayer
+from lambda_pipeline.serving_layer.pin import Pin
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -63,7 +65,7 @@ def dashboard_data(serving: ServingLayer, view_name: str | None = None) -> dict[
     the freshness lag, the ingest rate and the quarantine reasons."""
     view = serving.pipeline.view(view_name) if view_name else serving.pipeline.views[0]
     measure = additive_measure(view)
-    pin: Pin = serving.refresh()
+    pin: Pin = serving.take_pin()
     key = view.keys[0] if view.keys else None
     group = [WINDOW_START, *([key] if key else [])]
 

@@ -1,9 +1,9 @@
-"""The one gate for user SQL: an allow-list over Spark's own parse, then a check of the resolved plan.
+"""The one gate for user SQL: an allow-list over Spark's own parse.
 
-Every statement a user sends (CLI, Python API, any server) goes through :func:`parse` and
-:func:`bind`, in this order, before Spark analyses or runs anything:
+Every statement a user sends (CLI, Python API, any server) goes through :func:`parse`, then through
+:mod:`lambda_pipeline.serving_layer.binding`, in this order, before Spark analyses or runs anything:
 
-1. **Parse.** Spark's parser turns the text into a plan; nothing is read or run. A statement is
+1. **Parse** (here). Spark's parser turns the text into a plan; nothing is read or run. A statement is
    accepted only when it is *one* of: a read query (SELECT, WITH … SELECT, VALUES, set operations,
    the pipe syntax), ``EXPLAIN`` or ``DESCRIBE QUERY`` of such a query, ``DESCRIBE`` / ``SHOW
    COLUMNS`` of a registered relation, ``SHOW TABLES`` / ``SHOW VIEWS`` of a layer, ``SHOW DATABASES``.
@@ -13,13 +13,11 @@ Every statement a user sends (CLI, Python API, any server) goes through :func:`p
    the JVM, the file system, the network or the session), every table-valued function one of
    :data:`TABLE_FUNCTIONS`, and every relation a registered name (``serving.<view>``, …) or a CTE
    of the statement. Everything else is refused, whatever it is: the list says what is allowed,
-   so a statement Spark adds in its next release is refused until someone adds it here.
-2. **Bind.** Each registered name in the plan is replaced by the pinned DataFrame plan behind it
-   (built with the DataFrame API, never with path-based SQL), so the user's statement never
-   resolves a name through the catalog or a file path.
-3. **Check the resolved plan.** After analysis (in a session where SQL on files is off), every leaf
-   must be one of the pinned relations' leaves, the query's own literal rows or range, or a reference
-   to one of its CTEs (whose definitions are checked as part of the plan).
+   so a statement Spark adds in its next release is refused until someone adds it here. A name in
+   a layer that the pipeline does not have (a misspelled view) is not a refusal but a mistake: it
+   gets :class:`UnknownRelation`, one line with the names that exist.
+2. **Bind** the pinned relations into the plan, and 3. **check the resolved plan**: see
+   :mod:`lambda_pipeline.serving_layer.binding`.
 
 The serving layer never runs a Spark command for the user: SHOW and DESCRIBE are answered from
 the registry of names and the pinned schemas, EXPLAIN from the bound plan.
@@ -27,13 +25,15 @@ the registry of names and the pinned schemas, EXPLAIN from the bound plan.
 
 from __future__ import annotations
 
+import difflib
 import json
-from collections.abc import Container, Iterator, Mapping
+from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lambda_pipeline.core.errors import ReadOnlyViolation
-from lambda_pipeline.core.jvm import empty_scala_map, parse_plan, scala_list, scala_tuple3, subquery_alias
+from lambda_pipeline.core.errors import LambdaError, ReadOnlyViolation
+from lambda_pipeline.core.jvm import parse_plan
+from lambda_pipeline.serving_layer._catalyst import ANALYSIS, EXPRESSIONS, LOGICAL, option, strings
 from lambda_pipeline.serving_layer._functions import GROUPS
 
 if TYPE_CHECKING:
@@ -46,10 +46,12 @@ __all__ = [
     "LAYERS",
     "QUERY_NODES",
     "TABLE_FUNCTIONS",
+    "Registered",
     "Statement",
-    "bind",
-    "check_resolved",
+    "UnknownRelation",
+    "check_read_only",
     "parse",
+    "refusal",
 ]
 
 LAYERS = ("master", "batch", "speed", "serving")
@@ -62,18 +64,14 @@ ACCEPTED = (
     "changes go through the ingest and batch jobs."
 )
 
-_LOGICAL = "org.apache.spark.sql.catalyst.plans.logical."
-_ANALYSIS = "org.apache.spark.sql.catalyst.analysis."
-_EXPRESSIONS = "org.apache.spark.sql.catalyst.expressions."
-
 QUERY_NODES = frozenset(
-    [_LOGICAL + name for name in (
+    [LOGICAL + name for name in (
         "Aggregate", "Distinct", "Except", "Filter", "Generate", "GlobalLimit", "Intersect", "Join",
         "LateralJoin", "LocalLimit", "LocalRelation", "Offset", "OneRowRelation", "Pivot", "Project",
         "RepartitionByExpression", "Sample", "Sort", "SubqueryAlias", "Union", "Unpivot", "UnresolvedHint",
         "UnresolvedWith", "WithWindowDefinition",
     )]
-    + [_ANALYSIS + name for name in (
+    + [ANALYSIS + name for name in (
         "UnresolvedRelation", "UnresolvedTableValuedFunction", "UnresolvedInlineTable", "UnresolvedHaving",
         "UnresolvedSubqueryColumnAliases", "UnresolvedTVFAliases",
     )]
@@ -82,7 +80,7 @@ QUERY_NODES = frozenset(
 ``TRANSFORM ... USING``, ``IDENTIFIER(...)`` with a non-constant argument, time travel) is refused."""
 
 UNRESOLVED_EXPRESSIONS = frozenset(
-    _ANALYSIS + name
+    ANALYSIS + name
     for name in (
         "UnresolvedAlias", "UnresolvedAttribute", "UnresolvedExtractValue", "UnresolvedFunction",
         "UnresolvedGenerator", "UnresolvedOrdinal", "UnresolvedStar", "UnresolvedStarExceptOrReplace",
@@ -92,7 +90,7 @@ UNRESOLVED_EXPRESSIONS = frozenset(
 """Placeholders the parser leaves for the analyser. Function names are checked against FUNCTIONS."""
 
 _REFUSED_EXPRESSIONS = frozenset(
-    _EXPRESSIONS + name
+    EXPRESSIONS + name
     for name in (
         "CallMethodViaReflection", "TryReflect", "InputFileName", "InputFileBlockStart", "InputFileBlockLength",
         "CurrentUser", "CurrentDatabase", "CurrentCatalog",
@@ -128,8 +126,15 @@ class _AnyLayer(Container[tuple[str, str]]):
 
 ANY_LAYER = _AnyLayer()
 
-Registered = Container[tuple[str, str]]
-"""The ``(layer, name)`` pairs a statement may read."""
+Registered = frozenset[tuple[str, str]] | _AnyLayer
+"""The ``(layer, name)`` pairs a statement may read: a pipeline's names, or any name in a layer."""
+
+
+class UnknownRelation(LambdaError):
+    """A name in one of the layers that this pipeline does not have (a misspelled view, say): a mistake to
+    fix, not a statement to refuse, so one line with the names that exist instead of the allow-list."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -150,25 +155,22 @@ class Statement:
     reads: frozenset[tuple[str, str]] = field(default_factory=frozenset)
 
 
-def _refuse(sql: str, what: str) -> ReadOnlyViolation:
+def refusal(sql: str, what: str) -> ReadOnlyViolation:
+    """The refusal of ``sql`` (shortened), why, and what the query path accepts."""
     shown = " ".join(sql.split())
     shown = shown if len(shown) <= 80 else shown[:77] + "..."
     return ReadOnlyViolation(f"refused: '{shown}': {what}. {ACCEPTED}")
 
 
-def _names(seq: Any) -> tuple[str, ...]:
-    """A Scala Seq[String] as a Python tuple."""
-    return tuple(seq.apply(i) for i in range(seq.size()))
-
-
-def _option(opt: Any) -> Any:
-    return opt.get() if opt.isDefined() else None
+def check_read_only(spark: SparkSession, sql: str, registered: Registered = ANY_LAYER) -> None:
+    """Refuse ``sql`` unless the guard accepts it (over ``registered`` names, by default any in a layer)."""
+    parse(spark, sql, registered)
 
 
 def parse(spark: SparkSession, sql: str, registered: Registered) -> Statement:
     """Accept ``sql`` if it is one allowed statement over ``registered`` names; else ReadOnlyViolation."""
     if not sql.strip():
-        raise _refuse(sql, "the statement is empty")
+        raise refusal(sql, "the statement is empty")
     try:
         plan = parse_plan(spark, sql)
     except Exception as exc:  # ParseException: Spark's message, not a Java trace
@@ -192,26 +194,26 @@ def parse(spark: SparkSession, sql: str, registered: Registered) -> Statement:
         return Statement("describe_query", sql, plan=inner, reads=_check_query(sql, inner, registered))
     if simple in {"DescribeRelation", "DescribeColumn", "ShowColumns"}:
         target = plan.relation() if simple != "ShowColumns" else plan.child()
-        namespace = _option(plan.namespace()) if simple == "ShowColumns" else None
+        namespace = option(plan.namespace()) if simple == "ShowColumns" else None
         relation = _registered_table(sql, target, registered, namespace)
         if simple == "DescribeRelation":
             extended = bool(plan.isExtended())
             return Statement("describe", sql, relation=relation, extended=extended, reads=frozenset([relation]))
         if simple == "DescribeColumn":
             column = plan.column()
-            if column.getClass().getName() != _ANALYSIS + "UnresolvedAttribute":
-                raise _refuse(sql, "DESCRIBE of a column takes a column name")
-            name = ".".join(_names(column.nameParts()))
+            if column.getClass().getName() != ANALYSIS + "UnresolvedAttribute":
+                raise refusal(sql, "DESCRIBE of a column takes a column name")
+            name = ".".join(strings(column.nameParts()))
             return Statement("describe_column", sql, relation=relation, column=name, reads=frozenset([relation]))
         return Statement("show_columns", sql, relation=relation, reads=frozenset([relation]))
     if simple in {"ShowTables", "ShowViews"}:
         namespace = _layer(sql, plan.namespace())
-        return Statement("show_tables", sql, namespace=namespace, pattern=_option(plan.pattern()))
+        return Statement("show_tables", sql, namespace=namespace, pattern=option(plan.pattern()))
     if simple == "ShowNamespacesCommand":
-        if _names(plan.child().multipartIdentifier()):
-            raise _refuse(sql, "SHOW DATABASES lists the layers; it takes no namespace")
-        return Statement("show_namespaces", sql, pattern=_option(plan.pattern()))
-    raise _refuse(sql, _root_reason(simple))
+        if strings(plan.child().multipartIdentifier()):
+            raise refusal(sql, "SHOW DATABASES lists the layers; it takes no namespace")
+        return Statement("show_namespaces", sql, pattern=option(plan.pattern()))
+    raise refusal(sql, _root_reason(simple))
 
 
 def _root_reason(simple: str) -> str:
@@ -232,32 +234,44 @@ def _root_reason(simple: str) -> str:
 
 
 def _layer(sql: str, namespace_plan: Any) -> str | None:
-    if namespace_plan.getClass().getName() != _ANALYSIS + "UnresolvedNamespace":
+    if namespace_plan.getClass().getName() != ANALYSIS + "UnresolvedNamespace":
         return None  # the current namespace: every layer
-    parts = _names(namespace_plan.multipartIdentifier())
+    parts = strings(namespace_plan.multipartIdentifier())
     if not parts:
         return None
     if len(parts) == 1 and parts[0].lower() in LAYERS:
         return parts[0].lower()
-    raise _refuse(sql, f"'{'.'.join(parts)}' is not a layer ({', '.join(LAYERS)})")
+    raise refusal(sql, f"'{'.'.join(parts)}' is not a layer ({', '.join(LAYERS)})")
 
 
 def _registered_table(sql: str, target: Any, registered: Registered, namespace: Any = None) -> tuple[str, str]:
-    if target.getClass().getName() != _ANALYSIS + "UnresolvedTableOrView":
-        raise _refuse(sql, "the statement does not name a registered relation")
-    parts = _names(target.multipartIdentifier())
+    if target.getClass().getName() != ANALYSIS + "UnresolvedTableOrView":
+        raise refusal(sql, "the statement does not name a registered relation")
+    parts = strings(target.multipartIdentifier())
     if namespace is not None:
-        parts = (*_names(namespace), *parts)
+        parts = (*strings(namespace), *parts)
     key = tuple(p.lower() for p in parts)
     if len(key) == 2 and key in registered:
         return key[0], key[1]
-    raise _refuse(sql, f"'{'.'.join(parts)}' is not a registered relation ({_known(registered)})")
+    if len(key) == 2 and key[0] in LAYERS:
+        raise _unknown(key[0], key[1], registered)
+    raise refusal(sql, f"'{'.'.join(parts)}' is not a registered relation ({_known(registered)})")
 
 
 def _known(registered: Registered) -> str:
     if isinstance(registered, _AnyLayer):
         return repr(registered)
-    return ", ".join(sorted(".".join(n) for n in registered)) or "none yet"  # type: ignore[attr-defined]
+    return ", ".join(sorted(".".join(n) for n in registered)) or "none yet"
+
+
+def _unknown(layer: str, name: str, registered: Registered) -> UnknownRelation:
+    """``layer.name`` is not one of the pipeline's names: say so, the closest name, and those that exist."""
+    existing = [] if isinstance(registered, _AnyLayer) else sorted(n for ns, n in registered if ns == layer)
+    what = "table" if layer == "master" else "view"
+    close = difflib.get_close_matches(name, existing, n=1)
+    hint = f"; did you mean '{layer}.{close[0]}'? The" if close else "; the"
+    listed = ", ".join(existing) or "none"
+    return UnknownRelation(f"'{layer}.{name}' is not a {what} of this pipeline{hint} {what}s in {layer} are: {listed}")
 
 
 # ---- the parsed query --------------------------------------------------------------------------
@@ -288,41 +302,43 @@ def _check_query(sql: str, plan: Any, registered: Registered) -> frozenset[tuple
     ctes = {
         str(rel["_1"]).lower()
         for node in nodes
-        if node["class"] == _LOGICAL + "UnresolvedWith"
+        if node["class"] == LOGICAL + "UnresolvedWith"
         for rel in node.get("cteRelations", [])
     }
     reads: set[tuple[str, str]] = set()
     for node in nodes:
         cls = node["class"]
         simple = cls.rsplit(".", 1)[-1]
-        if cls == _ANALYSIS + "UnresolvedRelation":
+        if cls == ANALYSIS + "UnresolvedRelation":
             parts = tuple(p.lower() for p in _parts(node.get("multipartIdentifier")))
             if len(parts) == 2 and parts in registered:
                 reads.add((parts[0], parts[1]))
             elif len(parts) == 1 and parts[0] in ctes:
                 pass
             elif (parts and parts[0] in _PATH_SOURCES) or any("/" in p or ":" in p for p in parts):
-                raise _refuse(sql, f"'{'.'.join(parts)}' reads files by path; only registered relations can be read")
+                raise refusal(sql, f"'{'.'.join(parts)}' reads files by path; only registered relations can be read")
+            elif len(parts) == 2 and parts[0] in LAYERS:
+                raise _unknown(parts[0], parts[1], registered)
             else:
-                raise _refuse(sql, f"'{'.'.join(parts)}' is not a registered relation ({_known(registered)})")
-        elif cls == _ANALYSIS + "UnresolvedTableValuedFunction":
+                raise refusal(sql, f"'{'.'.join(parts)}' is not a registered relation ({_known(registered)})")
+        elif cls == ANALYSIS + "UnresolvedTableValuedFunction":
             name = _parts(node.get("name"))
             if len(name) != 1 or name[0].lower() not in TABLE_FUNCTIONS:
-                raise _refuse(sql, f"the table-valued function '{'.'.join(name)}' is not allowed")
-        elif cls == _ANALYSIS + "UnresolvedFunction":
+                raise refusal(sql, f"the table-valued function '{'.'.join(name)}' is not allowed")
+        elif cls == ANALYSIS + "UnresolvedFunction":
             name = _parts(node.get("nameParts"))
             if len(name) != 1 or name[0].lower() not in FUNCTIONS:
-                raise _refuse(sql, _function_reason(".".join(name)))
+                raise refusal(sql, _function_reason(".".join(name)))
         elif cls in QUERY_NODES or cls in UNRESOLVED_EXPRESSIONS or _syntax_expression(cls):
             pass
         elif simple == "RelationTimeTravel":
-            raise _refuse(sql, "time travel (VERSION/TIMESTAMP AS OF) picks its own versions; use --as-of PUBLICATION")
+            raise refusal(sql, "time travel (VERSION/TIMESTAMP AS OF) picks its own versions; use --as-of PUBLICATION")
         elif "Identifier" in simple:
-            raise _refuse(sql, "IDENTIFIER(...) names a relation or function only at run time")
+            raise refusal(sql, "IDENTIFIER(...) names a relation or function only at run time")
         elif simple == "ScriptTransformation":
-            raise _refuse(sql, "TRANSFORM ... USING runs a program")
+            raise refusal(sql, "TRANSFORM ... USING runs a program")
         else:
-            raise _refuse(sql, f"{simple} is not part of a read query over the registered relations")
+            raise refusal(sql, f"{simple} is not part of a read query over the registered relations")
     return frozenset(reads)
 
 
@@ -332,7 +348,7 @@ def _syntax_expression(cls: str) -> bool:
     Its subpackages (``objects``: JVM object calls, ``xml``, ``aggregate``, ...) are not included, and
     the parser builds function calls as UnresolvedFunction, checked by name.
     """
-    return cls.startswith(_EXPRESSIONS) and "." not in cls[len(_EXPRESSIONS) :] and cls not in _REFUSED_EXPRESSIONS
+    return cls.startswith(EXPRESSIONS) and "." not in cls[len(EXPRESSIONS) :] and cls not in _REFUSED_EXPRESSIONS
 
 
 _FUNCTION_REASONS = {
@@ -358,104 +374,3 @@ def _function_reason(name: str) -> str:
     if why:
         return f"the function '{name}' {why}"
     return f"the function '{name}' is not on the list of allowed builtin functions (serving_layer/_functions.py)"
-
-
-# ---- binding the registered names --------------------------------------------------------------
-
-
-def bind(spark: SparkSession, plan: Any, relations: Mapping[tuple[str, str], Any]) -> Any:
-    """The parsed ``plan`` with every registered name replaced by its pinned (analysed) plan.
-
-    Walks the plan, the plans of subquery expressions and the CTE definitions; a Scala ``Map``
-    from the old node to the new one serves as the partial function Spark's transforms take.
-    """
-    empty_map = empty_scala_map(spark)
-
-    def rewrite(node: Any) -> Any:
-        cls = node.getClass().getName()
-        if cls == _ANALYSIS + "UnresolvedRelation":
-            parts = tuple(p.lower() for p in _names(node.multipartIdentifier()))
-            if len(parts) == 2:
-                if parts not in relations:
-                    raise ReadOnlyViolation(f"'{'.'.join(parts)}' is not a registered relation. {ACCEPTED}")
-                return subquery_alias(spark, parts, relations[parts])
-            if len(parts) != 1:
-                raise ReadOnlyViolation(f"'{'.'.join(parts)}' is not a registered relation. {ACCEPTED}")
-            return node
-        children = node.children()
-        old = [children.apply(i) for i in range(children.size())]
-        new = [rewrite(child) for child in old]
-        if any(a is not b for a, b in zip(old, new, strict=True)):
-            node = node.withNewChildren(scala_list(spark, new))
-        swaps = empty_map
-        expressions = node.expressions()
-        for i in range(expressions.size()):
-            for sub in _subqueries(expressions.apply(i)):
-                swaps = swaps.updated(sub, sub.withNewPlan(rewrite(sub.plan())))
-        if not swaps.isEmpty():
-            node = node.transformExpressionsUp(swaps)
-        if cls == _LOGICAL + "UnresolvedWith":
-            ctes = node.cteRelations()
-            rebuilt = []
-            for i in range(ctes.size()):
-                entry = ctes.apply(i)
-                rebuilt.append(scala_tuple3(spark, entry._1(), rewrite(entry._2()), entry._3()))
-            node = node.copy(node.child(), scala_list(spark, rebuilt), node.allowRecursion())
-        return node
-
-    return rewrite(plan)
-
-
-def _subqueries(expression: Any) -> Iterator[Any]:
-    """The subquery expressions in an expression tree, outermost first (their plans are rewritten whole)."""
-    if expression.getClass().getName() in _SUBQUERY_EXPRESSIONS:
-        yield expression
-        return
-    children = expression.children()
-    for i in range(children.size()):
-        yield from _subqueries(children.apply(i))
-
-
-_SUBQUERY_EXPRESSIONS = frozenset(
-    _EXPRESSIONS + name for name in ("ScalarSubquery", "Exists", "ListQuery", "LateralSubquery")
-)
-
-
-# ---- the resolved plan ------------------------------------------------------------------------
-
-_INLINE_LEAVES = frozenset(
-    [_LOGICAL + "LocalRelation", _LOGICAL + "OneRowRelation", _LOGICAL + "Range", _LOGICAL + "CTERelationRef"]
-)
-"""Leaves a query may hold besides the pinned relations: its own literal rows and ranges, and references
-to its CTEs (whose definitions are children of the plan, and checked as such)."""
-
-
-def check_resolved(sql: str, analyzed: Any, pinned: list[Any]) -> None:
-    """Every leaf of the analysed plan is a leaf of a ``pinned`` relation, or the query's own rows.
-
-    Functions are settled at parse time (each call a name on FUNCTIONS, and no statement can define
-    one); this check is about what the resolved plan reads. It stays off the plan's JSON form, which
-    costs about 45 ms for a merged view against under a millisecond for the leaves.
-    """
-    # Compared in canonical form: a relation read twice gets fresh attribute ids, nothing else.
-    allowed = [leaf.canonicalized() for plan in pinned for leaf in _leaves(plan)]
-    for leaf in _leaves(analyzed):
-        if leaf.getClass().getName() in _INLINE_LEAVES:
-            continue
-        canonical = leaf.canonicalized()
-        if any(canonical.equals(known) for known in allowed):
-            continue
-        raise _refuse(sql, f"the query reads {leaf.getClass().getSimpleName()}, which is not a registered relation")
-
-
-def _leaves(plan: Any) -> Iterator[Any]:
-    """Leaf plans, including those of subqueries (at any depth) and CTE definitions (children of WithCTE).
-
-    Collected on the JVM: a few calls across the gateway rather than a few per node.
-    """
-    for tree in (plan, *_seq(plan.subqueriesAll())):
-        yield from _seq(tree.collectLeaves())
-
-
-def _seq(seq: Any) -> list[Any]:
-    return [seq.apply(i) for i in range(seq.size())]

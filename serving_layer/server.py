@@ -36,7 +36,7 @@ from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.serving_layer.catalog import ServingLayer
-from lambda_pipeline.serving_layer.client import ANSWER_HEADER, ARROW_STREAM, Answer
+from lambda_pipeline.serving_layer.client import ANSWER_HEADER, ARROW_STREAM, RemoteAnswer
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -87,13 +87,13 @@ class QueryService:
         # The serving layer caches relations per pin: planning takes turns, running does not.
         self._planning = threading.Lock()
         self._slots = threading.BoundedSemaphore(self.settings.max_concurrent)
-        # The dashboard reads through a serving layer of its own (its own relation cache), one refresh at a time;
-        # it reads each layer twice per refresh (shares and totals), so it keeps the newest pin's layers too.
+        # The dashboard reads through a serving layer of its own (its own cache), one update of its data at a time;
+        # it reads each layer twice per update (shares and totals), so it keeps the newest pin's layers too.
         self._dashboard_serving = ServingLayer(self.spark, self.pipeline, self.locations, cache_layers=True)
         self._dashboard_lock = threading.Lock()
         self._dashboard_cache: tuple[float, dict[str, Any] | None] = (0.0, None)
 
-    def answer(self, sql: str, *, as_of: str | None = None, max_rows: int | None = None) -> Answer:
+    def answer(self, sql: str, *, as_of: str | None = None, max_rows: int | None = None) -> RemoteAnswer:
         limit = min(max_rows or self.settings.max_rows, self.settings.max_rows)
         if not self._slots.acquire(timeout=duration_seconds(self.settings.queue_wait)):
             raise Refused(
@@ -108,7 +108,7 @@ class QueryService:
             with self._time_limit(sql):
                 table, truncated = frame_to_arrow(answer.frame, limit)
                 provenance = [p.as_dict() for p in self.serving.provenances(answer)]
-            return Answer(
+            return RemoteAnswer(
                 table,
                 truncated,
                 answer.pin.as_dict(),
@@ -137,7 +137,7 @@ class QueryService:
         """Up, over which work directory, and the newest pin (null, with the reason, before any ingest)."""
         try:
             with self._planning:
-                pin: dict[str, Any] | None = self.serving.refresh().as_dict()
+                pin: dict[str, Any] | None = self.serving.take_pin().as_dict()
             note = None
         except LambdaError as exc:
             pin, note = None, str(exc)
@@ -192,7 +192,7 @@ def _json_value(value: Any) -> Any:
     return str(value)
 
 
-def _body(answer: Answer, fmt: str) -> bytes:
+def _body(answer: RemoteAnswer, fmt: str) -> bytes:
     if fmt == "arrow":
         import pyarrow as pa
 

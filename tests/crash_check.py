@@ -195,9 +195,9 @@ def crash_run(
         return _view(spark, PAGE_ACTIVITY.finalize(PAGE_ACTIVITY.partials(events, by_tag=False)))
 
     serving = ServingLayer(spark, CLICKSTREAM, loc)
-    serving.refresh()  # before any batch: speed partials alone
+    serving.take_pin()  # before any batch: speed partials alone
     run.view_mismatches += _compare(_view(spark, serving.query("SELECT * FROM serving.page_activity")), recomputed())
     run_batch(spark, CLICKSTREAM, loc)
-    serving.refresh()  # batch at the new coverage
+    serving.take_pin()  # batch at the new coverage
     run.view_mismatches += _compare(_view(spark, serving.query("SELECT * FROM serving.page_activity")), recomputed())
     return run

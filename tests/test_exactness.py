@@ -25,8 +25,8 @@ pytestmark = pytest.mark.integration
 
 
 def _probe(spark, serving: ServingLayer, locations) -> int:
-    pinned = serving.refresh()["page_activity"]
-    got = by_key(serving.query("SELECT * FROM serving.page_activity", refresh=False))
+    pinned = serving.take_pin()["page_activity"]
+    got = by_key(serving.query("SELECT * FROM serving.page_activity", new_pin=False))
     covered = pinned.coverage.master_version
     speed_tags = [
         r.ingest_tag
@@ -73,7 +73,7 @@ def test_serving_is_exact_during_streaming_and_converges(spark, settings, locati
     final = _probe(spark, serving, locations)
     assert final == len(generated)
     assert_same_view(
-        by_key(serving.query("SELECT * FROM serving.page_activity", refresh=False)),
+        by_key(serving.query("SELECT * FROM serving.page_activity", new_pin=False)),
         recompute(spark, locations.master),
         users_tolerance=0.02,
     )

@@ -173,7 +173,7 @@ def test_broker_restart_mid_stream_loses_and_duplicates_nothing(
 
     run_batch(spark, CLICKSTREAM, loc)
     serving = ServingLayer(spark, CLICKSTREAM, loc)
-    serving.refresh()
+    serving.take_pin()
     assert_same_view(
         by_key(serving.query("SELECT * FROM serving.page_activity")),
         recompute(spark, loc.master),

@@ -14,7 +14,8 @@ from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.pipelines.clickstream import CLICKS, CLICKSTREAM, PAGE_ACTIVITY
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 from lambda_pipeline.pipelines.ingest import start_ingest
-from lambda_pipeline.serving_layer.catalog import Pin, ServingLayer
+from lambda_pipeline.serving_layer.catalog import ServingLayer
+from lambda_pipeline.serving_layer.pin import Pin
 from tests.helpers import PAGE_VISITS, events_at
 
 pytestmark = pytest.mark.integration

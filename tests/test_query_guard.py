@@ -22,14 +22,14 @@ from hypothesis import strategies as st
 from lambda_pipeline.batch_layer.job import run_batch
 from lambda_pipeline.cli.main import main
 from lambda_pipeline.core.config_loader import load_settings
-from lambda_pipeline.core.errors import ReadOnlyViolation
+from lambda_pipeline.core.errors import LambdaError, ReadOnlyViolation
 from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.tables import table_version
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 from lambda_pipeline.pipelines.ingest import start_ingest
-from lambda_pipeline.serving_layer.catalog import ServingLayer, check_read_only
-from lambda_pipeline.serving_layer.guard import ACCEPTED, FUNCTIONS
+from lambda_pipeline.serving_layer.catalog import ServingLayer
+from lambda_pipeline.serving_layer.guard import ACCEPTED, FUNCTIONS, UnknownRelation, check_read_only
 
 SECRET_FILE_MARKER = "guard-test-secret-7f3a"
 """Written into a file outside the warehouse: it must never appear in any output."""
@@ -176,7 +176,7 @@ def _hostile(secret: str, master: str) -> dict[str, list[str]]:
         ],
         "unregistered relation or time travel": [
             "SELECT * FROM default.anything",
-            "SELECT * FROM serving.no_such_view",
+            "SELECT * FROM warehouse.page_activity",
             "SELECT * FROM spark_catalog.default.t",
             "SELECT * FROM serving.page_activity VERSION AS OF 0",
             "SELECT * FROM master.master_events TIMESTAMP AS OF '2020-01-01'",
@@ -274,6 +274,68 @@ def test_hostile_statements_through_the_cli_leak_nothing_and_change_nothing(spar
             assert leak not in out.out, (sql, leak)
     assert _versions(spark, workdir) == before
     assert not Path("/tmp/guard-out").exists()
+
+
+@pytest.mark.parametrize(
+    ("sql", "said"),
+    [
+        (
+            "SELECT * FROM serving.page_activty",
+            "'serving.page_activty' is not a view of this pipeline; did you mean 'serving.page_activity'? "
+            "The views in serving are: page_activity",
+        ),
+        (
+            "SELECT count(*) FROM Batch.Page_Activities a JOIN serving.page_activity b ON a.page = b.page",
+            "'batch.page_activities' is not a view of this pipeline; did you mean 'batch.page_activity'? "
+            "The views in batch are: page_activity",
+        ),
+        (
+            "WITH s AS (SELECT * FROM speed.nothing_like_it) SELECT * FROM s",
+            "'speed.nothing_like_it' is not a view of this pipeline; the views in speed are: page_activity",
+        ),
+        (
+            "SELECT * FROM master.quarantined",
+            "'master.quarantined' is not a table of this pipeline; did you mean 'master.quarantine'? "
+            "The tables in master are: master_events, quarantine",
+        ),
+        (
+            "DESCRIBE serving.page_actvity",
+            "'serving.page_actvity' is not a view of this pipeline; did you mean 'serving.page_activity'? "
+            "The views in serving are: page_activity",
+        ),
+    ],
+)
+def test_a_name_the_pipeline_lacks_gets_one_line_with_the_names_it_has(spark, workdir, sql: str, said: str) -> None:
+    serving = ServingLayer(spark, CLICKSTREAM, workdir)
+    with pytest.raises(UnknownRelation) as unknown:
+        serving.answer(sql)
+    assert str(unknown.value) == said
+    assert not isinstance(unknown.value, ReadOnlyViolation) and ACCEPTED not in str(unknown.value)
+
+
+@pytest.mark.integration
+def test_a_misspelled_view_through_the_cli_is_one_line_not_a_refusal(spark, workdir, capfd) -> None:
+    before = _versions(spark, workdir)
+    code = main(["query", "SELECT * FROM serving.page_activty", "--workdir", workdir.workdir])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: 'serving.page_activty' is not a view of this pipeline")
+    assert "did you mean 'serving.page_activity'?" in err[0] and "refused" not in err[0]
+    assert len(err[0].split()) < 30, err[0]
+    assert _versions(spark, workdir) == before
+
+
+def test_outside_the_layers_a_name_is_still_refused(spark, workdir) -> None:
+    serving = ServingLayer(spark, CLICKSTREAM, workdir)
+    for sql in (
+        "SELECT * FROM default.page_activity",
+        "SELECT * FROM serving.`/etc/passwd`",
+        "SELECT * FROM page_activty",
+    ):
+        with pytest.raises(ReadOnlyViolation) as refused:
+            serving.answer(sql)
+        assert ACCEPTED in str(refused.value), sql
+    assert issubclass(UnknownRelation, LambdaError) and UnknownRelation.exit_code == ReadOnlyViolation.exit_code
 
 
 def test_function_allow_list_names_only_builtins_and_none_that_reach_out(spark) -> None:
@@ -403,7 +465,7 @@ def test_guard_messages_are_one_clear_line(spark) -> None:
 
 
 def test_resolved_check_refuses_a_relation_that_is_not_pinned(spark, workdir) -> None:
-    from lambda_pipeline.serving_layer.guard import check_resolved
+    from lambda_pipeline.serving_layer.binding import check_resolved
 
     serving = ServingLayer(spark, CLICKSTREAM, workdir)
     pinned = serving.relation("batch", "page_activity")._jdf.queryExecution().analyzed()

@@ -39,9 +39,9 @@ def _sorted_rows(spark, path):
 
 def _served_equals_recompute(spark, serving, locations, tag_filter: str = "true", tolerance: float = 0.02) -> None:
     """serving.page_activity, freshly pinned, against a recompute over the master events ``tag_filter`` picks."""
-    serving.refresh()
+    serving.take_pin()
     assert_same_view(
-        by_key(serving.query("SELECT * FROM serving.page_activity", refresh=False)),
+        by_key(serving.query("SELECT * FROM serving.page_activity", new_pin=False)),
         recompute(spark, locations.master, tag_filter),
         users_tolerance=tolerance,
     )
@@ -142,7 +142,7 @@ def test_a_view_added_after_data_exists_is_caught_up_from_master(spark, settings
     _served_equals_recompute(spark, serving, locations)
     master = deduplicate(spark.read.format("delta").load(locations.master), CLICKS)
     expected = PAGE_VISITS.finalize(PAGE_VISITS.partials(master, by_tag=False))
-    got = serving.query("SELECT * FROM serving.page_visits", refresh=False)
+    got = serving.query("SELECT * FROM serving.page_visits", new_pin=False)
     assert_df_equality(got, expected, ignore_row_order=True, ignore_column_order=True, ignore_nullable=True)
     assert latest_coverage(spark, locations.coverage).covered_for(PAGE_VISITS.name) == 0
 
@@ -153,8 +153,8 @@ def test_batch_killed_before_publishing_leaves_previous_view_served(spark, setti
     start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
     published, _ = run_batch(spark, CLICKSTREAM, locations)
     serving = ServingLayer(spark, CLICKSTREAM, locations)
-    serving.refresh()
-    served_before = by_key(serving.query("SELECT * FROM batch.page_activity", refresh=False))
+    serving.take_pin()
+    served_before = by_key(serving.query("SELECT * FROM batch.page_activity", new_pin=False))
 
     generator.write(locations.landing, 300, files=1)
     start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
@@ -166,11 +166,11 @@ def test_batch_killed_before_publishing_leaves_previous_view_served(spark, setti
         > published.view_versions["page_activity"]
     )
 
-    pinned = serving.refresh()["page_activity"]
+    pinned = serving.take_pin()["page_activity"]
     assert (
         pinned.coverage.run_id == published.run_id and pinned.batch_version == published.view_versions["page_activity"]
     )
-    assert by_key(serving.query("SELECT * FROM batch.page_activity", refresh=False)) == served_before
+    assert by_key(serving.query("SELECT * FROM batch.page_activity", new_pin=False)) == served_before
     # Nothing is lost meanwhile: the speed layer serves what the unpublished batch would have covered.
     _served_equals_recompute(spark, serving, locations)
     # Publishing the staged run later is the atomic switch.

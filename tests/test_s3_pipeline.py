@@ -140,8 +140,8 @@ def test_pipeline_on_s3_is_exact_and_stays_in_the_bucket(
     start_ingest(spark, CLICKSTREAM, settings, loc, once=True).awaitTermination()
 
     serving = ServingLayer(spark, CLICKSTREAM, loc)
-    serving.refresh()
-    got = by_key(serving.query("SELECT * FROM serving.page_activity", refresh=False))
+    serving.take_pin()
+    got = by_key(serving.query("SELECT * FROM serving.page_activity", new_pin=False))
     assert_same_view(got, recompute(spark, loc.master), users_tolerance=0.02)
     generated = {e for f in first + second for e in f.event_ids}
     assert sum(row["events"] for row in got.values()) == len(generated)

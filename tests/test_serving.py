@@ -10,7 +10,8 @@ from lambda_pipeline.cli.main import main
 from lambda_pipeline.core.errors import LambdaError, ReadOnlyViolation
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
-from lambda_pipeline.serving_layer.catalog import ServingLayer, check_read_only
+from lambda_pipeline.serving_layer.catalog import ServingLayer
+from lambda_pipeline.serving_layer.guard import check_read_only
 from tests.helpers import batch_then_speed
 
 

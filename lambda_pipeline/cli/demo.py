@@ -94,7 +94,7 @@ def run_demo(ctx: Context, *, events: int, seed: int | None = None, live: Live |
         )
 
         serving = ServingLayer(spark, ctx.pipeline, loc)
-        serving.refresh()
+        serving.take_pin()
         step("serving layer pinned: serving.*, batch.*, speed.*, master.* at one consistent set of versions")
         _report(ctx, serving, malformed)
         if live is not None:
@@ -186,7 +186,7 @@ def _send(ctx: Context, generator: ClickstreamGenerator, events: int, wave: str)
 
 def _report(ctx: Context, serving: ServingLayer, malformed: Counter[str]) -> None:
     def sql(statement: str) -> DataFrame:  # every report query reads the one pin taken above
-        return serving.query(statement, refresh=False)
+        return serving.query(statement, new_pin=False)
 
     tables = ctx.settings.tables
     print("\nserving.page_activity (newest windows first):")
