@@ -116,7 +116,7 @@ def test_two_batch_runs_never_overlap(spark, settings, locations) -> None:
 def test_an_instance_that_lost_its_lease_commits_nothing(spark, settings, locations, capsys) -> None:
     ClickstreamGenerator(6).write(locations.landing, 40, files=1)
     ingest_once(spark, settings, locations)
-    locations = Locations(locations.workdir, settings.model_copy(update={"lease": LeaseSettings(ttl="2 seconds")}))
+    locations = Locations(locations.workdir, settings.model_copy(update={"lease": LeaseSettings(ttl="6 seconds")}))
     lease = Lease(spark, locations, "batch", locations.coverage).acquire()
     try:
         lease.check()
