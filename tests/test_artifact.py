@@ -202,7 +202,7 @@ def test_spark_submit_runs_the_pipeline_from_the_artifact_alone(
     assert "batch: published run" in submit("batch")
     generator.write(locations.landing, 400, files=2)  # after the batch: only the speed layer counts these
     submit("ingest", "--once")
-    submit("speed", "--once")
+    submit("speed")
     output = submit("query", sql, "--format", "json", "--limit", "100000")
 
     submitted = [json.loads(line) for line in output.splitlines() if line.startswith("{")]

@@ -179,3 +179,26 @@ def test_broker_restart_mid_stream_loses_and_duplicates_nothing(
         recompute(spark, loc.master),
         users_tolerance=0.05,
     )
+
+
+def test_a_broker_that_is_down_when_ingest_restarts_is_one_clear_line(spark, tmp_path: Path) -> None:
+    """A Kafka checkpoint that needs offsets, and no broker: the check names the brokers instead of a Java trace."""
+    from lambda_pipeline.core.config import KafkaSettings
+    from lambda_pipeline.core.errors import EnvironmentProblem
+    from lambda_pipeline.ingestion.data_loss import find_data_loss
+    from lambda_pipeline.local_services.process import free_port
+
+    checkpoint = tmp_path / "checkpoint"
+    (checkpoint / "commits").mkdir(parents=True)
+    (checkpoint / "commits" / "0").write_text('v1\n{"nextBatchWatermarkMs":0}\n')
+    (checkpoint / "offsets").mkdir()
+    (checkpoint / "offsets" / "0").write_text('v1\n{"batchWatermarkMs":0,"batchTimestampMs":0}\n{"clicks":{"0":5}}\n')
+    servers = f"127.0.0.1:{free_port()}"  # nothing listens there
+    kafka = KafkaSettings(bootstrap_servers=servers, topic="clicks", options={"default.api.timeout.ms": "2000"})
+    started = time.monotonic()
+    with pytest.raises(EnvironmentProblem) as refused:
+        find_data_loss(spark, kafka, str(checkpoint))
+    message = str(refused.value)
+    assert message.startswith(f"ingest: the Kafka brokers {servers} did not answer within 2s")
+    assert "\n" not in message and "Exception" not in message
+    assert time.monotonic() - started < 60
