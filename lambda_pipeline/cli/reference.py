@@ -358,9 +358,9 @@ def configuration_reference() -> str:
         "",
         "Every key of a config file (`conf/*.yaml`; `lambda-pipeline init DIR` writes editable copies). A key is",
         "set in the file, or over it with `--set section.key=value` (repeatable) or the environment variable",
-        "`LAMBDA_PIPELINE_SET`. Unknown keys and bad values stop every verb with the file (or the override),",
-        "the dotted key and the expected form. A duration is written like `500 ms`, `1 second`, `5 minutes` or",
-        "`168 hours`.",
+        "`LAMBDA_PIPELINE_SET`. Unknown keys and bad values stop a verb that reads the config with the file (or the",
+        "override that set it), the dotted key and the expected form. A duration is written like `500 ms`,",
+        "`1 second`, `5 minutes` or `168 hours`.",
     ]
     for prefix, model in _sections(Settings):
         keys = _keys(model)
