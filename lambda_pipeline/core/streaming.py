@@ -224,8 +224,15 @@ def stop_between_batches(query: StreamingQuery, timeout: float = 60.0) -> None:
     name = str(query.name or query.id)
     _stopping.add(name)
     try:
+        # Best: the input has run dry (its producer stopped first), so the next trigger would find nothing.
+        # Else: any gap between two micro-batches, for the rest of the time.
+        idle_until = time.monotonic() + timeout / 2
         deadline = time.monotonic() + timeout
-        while query.isActive and query.status.get("isTriggerActive") and time.monotonic() < deadline:
+        while query.isActive and time.monotonic() < deadline:
+            status = query.status
+            busy = status.get("isTriggerActive")
+            if not busy and (not status.get("isDataAvailable") or time.monotonic() >= idle_until):
+                break
             time.sleep(0.05)  # polling the query's own status, bounded by the deadline
         if query.isActive:
             query.stop()
