@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 from pyspark.sql import functions as F
 
 from lambda_pipeline.core.coverage import Coverage, latest_coverage
-from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.jvm import delta_snapshot
 from lambda_pipeline.core.locations import Locations
@@ -127,7 +126,7 @@ class _Pinning:
             raise LambdaError(f"--as-of {publication}: {why}; the newest are: {listed or 'none'}")
         row = matches[0]
         retention = loc.settings.maintenance.retention
-        if (datetime.now() - row.published_at).total_seconds() >= duration_seconds(retention):
+        if loc.settings.maintenance.outlived(row.published_at):
             raise LambdaError(
                 f"--as-of {publication}: published {row.published_at:%Y-%m-%d %H:%M}, longer ago than "
                 f"maintenance.retention ({retention}): VACUUM may have deleted files its pin reads; "

@@ -128,6 +128,16 @@ def _holder_runs(spark, loc: Locations, process: subprocess.Popen[bytes], log: P
     _wait(ready, "the job in the other process holds the lease and commits")
 
 
+def _killed_holder(spark, place: Place, loc: Locations, log: Path, *overrides: str) -> subprocess.Popen[bytes]:
+    """An ``ingest`` in its own process that took the lease and committed, then was SIGKILLed (and reaped)."""
+    holder = place.ingest(log, *overrides)
+    try:
+        _holder_runs(spark, loc, holder, log)
+    finally:
+        _stop(holder)
+    return holder
+
+
 def _only_records(place: Place) -> None:
     names = place.list_leases()
     assert names and all(RECORD.match(n) for n in names), f"not only lease records: {names}"
@@ -198,12 +208,7 @@ def test_a_killed_ingest_starts_again_at_once_on_its_host(spark, place: Place, t
     loc = place.locations(f"lease.ttl='{ttl}'")
     generator = ClickstreamGenerator(61)
     generator.write(loc.landing, 200, files=1, spark=spark)
-    log = tmp_path / "ingest.log"
-    first = place.ingest(log, f"lease.ttl='{ttl}'")
-    try:
-        _holder_runs(spark, loc, first, log)
-    finally:
-        _stop(first)
+    first = _killed_holder(spark, place, loc, tmp_path / "ingest.log", f"lease.ttl='{ttl}'")
     killed = Lease(spark, loc, "ingest", loc.master).current()
     assert killed is not None and killed.pid == first.pid  # the record still names the killed process
     generator.write(loc.landing, 100, files=1, spark=spark)
@@ -225,12 +230,7 @@ def test_a_killed_holder_on_another_host_is_taken_over_after_the_lease_time(
     ttl = 8.0
     loc = place.locations(f"lease.ttl='{ttl:g} seconds'")
     ClickstreamGenerator(62).write(loc.landing, 100, files=1, spark=spark)
-    log = tmp_path / "ingest.log"
-    holder = place.ingest(log, f"lease.ttl='{ttl:g} seconds'", "lease.host_id=host-a")
-    try:
-        _holder_runs(spark, loc, holder, log)
-    finally:
-        _stop(holder)
+    _killed_holder(spark, place, loc, tmp_path / "ingest.log", f"lease.ttl='{ttl:g} seconds'", "lease.host_id=host-a")
     taker = Lease(spark, loc, "ingest", loc.master)  # this host, not host-a: it watches the record first
     assert taker.ttl == ttl and taker.host != "host-a"
     started = time.monotonic()

@@ -11,6 +11,7 @@ from lambda_pipeline.cli.generate import add_generate_parser
 from lambda_pipeline.cli.init import add_init_parser
 from lambda_pipeline.cli.kafka import add_kafka_parser
 from lambda_pipeline.cli.s3 import add_s3_parser
+from lambda_pipeline.core.config_loader import add_override_option
 from lambda_pipeline.deploy.emr_steps import add_emr_steps_parser
 from lambda_pipeline.deploy.package_verb import add_package_parser
 
@@ -31,14 +32,7 @@ def common_options(parser: argparse.ArgumentParser) -> None:
         "--workdir",
         help="root of tables, checkpoints and landing folder (default: $LAMBDA_PIPELINE_WORKDIR, else 'workdir')",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set ingest.trigger='2 seconds' (repeatable)",
-    )
+    add_override_option(parser)
     parser.add_argument(
         "--verbose",
         action="store_true",

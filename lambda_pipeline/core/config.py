@@ -8,6 +8,7 @@ and ``--set`` is :mod:`lambda_pipeline.core.config_loader`'s.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -173,6 +174,11 @@ class MaintenanceSettings(_Strict):
         "about 1 s per 30 MB written since on 2 cores); it vacuums them every interval",
     )
     _durations = field_validator("interval", "retention", "ingest_compact_every")(positive_duration)
+
+    def outlived(self, when: datetime) -> bool:
+        """Whether ``when`` (naive local time, as the coverage records it) is older than the retention: files
+        removed from a table since then may already be vacuumed away."""
+        return (datetime.now() - when).total_seconds() >= duration_seconds(self.retention)
 
     def table_defaults(self) -> dict[str, str]:
         """Spark settings that give every table this job creates the retention as its own Delta retentions.

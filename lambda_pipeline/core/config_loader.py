@@ -7,6 +7,7 @@ the form that was expected. Overrides apply before validation, so they are check
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import os
 import shlex
@@ -181,6 +182,14 @@ def _message(error: ErrorDetails, loc: str | None) -> str:
     if not loc or "input" not in error or error["type"] == "missing" or "got " in message:
         return message
     return message if may_hold_credential(loc) else f"{message} (got {error['input']!r})"
+
+
+OVERRIDE_HELP = "override a config value, e.g. --set ingest.trigger='2 seconds' (repeatable)"
+
+
+def add_override_option(parser: argparse.ArgumentParser, help: str = OVERRIDE_HELP) -> None:
+    """``--set KEY=VALUE`` (repeatable) on a verb's parser: the overrides :func:`load_settings` applies last."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
 def load_settings(

@@ -35,9 +35,9 @@ need                           why the JVM                                     p
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -92,6 +92,18 @@ def first_line(error: BaseException) -> str:
 
 # ---- Hadoop's file system --------------------------------------------------------------------------
 
+Found = TypeVar("Found")
+
+
+def _unless_missing(call: Callable[[], Found]) -> Found | None:
+    """``call()``, or None when the file system says the path does not exist (``FileNotFoundException``)."""
+    try:
+        return call()
+    except Exception as error:
+        if "FileNotFoundException" in java_exception_names(error):
+            return None
+        raise
+
 
 class HadoopPath:
     """A path reached through Hadoop's ``FileSystem`` for its scheme (local, ``hdfs://``, ``s3a://``)."""
@@ -120,28 +132,16 @@ class HadoopPath:
 
     def names(self) -> list[str] | None:
         """The names of the entries of this folder, or None when it does not exist."""
-        try:
-            statuses = self._fs.listStatus(self._path)
-        except Exception as error:
-            if "FileNotFoundException" in java_exception_names(error):
-                return None
-            raise
-        return [str(status.getPath().getName()) for status in statuses]
+        statuses = _unless_missing(lambda: self._fs.listStatus(self._path))
+        return None if statuses is None else [str(status.getPath().getName()) for status in statuses]
 
     def read_text(self) -> str | None:
         """The whole file as UTF-8 text, or None when it does not exist (also when it vanished mid-read)."""
-        try:
-            stream = self._fs.open(self._path)
-        except Exception as error:
-            if "FileNotFoundException" in java_exception_names(error):
-                return None
-            raise
-        try:
-            return str(self._java.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
-        except Exception as error:
-            if "FileNotFoundException" in java_exception_names(error):  # S3A opens lazily: the GET finds it gone
-                return None
-            raise
+        stream = _unless_missing(lambda: self._fs.open(self._path))
+        if stream is None:
+            return None
+        try:  # S3A opens lazily: the GET may find the object gone
+            return _unless_missing(lambda: str(self._java.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")))
         finally:
             stream.close()
 

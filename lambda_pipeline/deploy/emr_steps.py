@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from lambda_pipeline.core.config import Settings
-from lambda_pipeline.core.config_loader import DEFAULT_CONFIG, load_settings
+from lambda_pipeline.core.config_loader import DEFAULT_CONFIG, add_override_option, load_settings
 from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.errors import ConfigError
 
@@ -299,13 +299,8 @@ def add_emr_steps_parser(verbs: argparse._SubParsersAction[argparse.ArgumentPars
         help="the config the jobs read; it must ship in the artifact (default: $LAMBDA_PIPELINE_CONFIG, else the "
         "shipped local.yaml)",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value (repeatable); passed on to every job as the same --set, except emr.*",
+    add_override_option(
+        parser, "override a config value (repeatable); passed on to every job as the same --set, except emr.*"
     )
     parser.add_argument(
         "--artifact-uri",

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 
 from lambda_pipeline.batch_layer.job import publish_coverage
 from lambda_pipeline.core.coverage import Coverage, coverage_history, latest_coverage
-from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.leases import Lease
 from lambda_pipeline.core.locations import Locations
@@ -59,7 +58,7 @@ def rollback(spark: SparkSession, pipeline: Pipeline, locations: Locations) -> C
     retention = locations.settings.maintenance.retention
     # The publication after the target overwrote the batch views: VACUUM may delete the target's files once
     # that is older than the retention.
-    if (datetime.now() - base.published_at).total_seconds() >= duration_seconds(retention):
+    if locations.settings.maintenance.outlived(base.published_at):
         raise LambdaError(
             f"batch --rollback: publication {target.run_id[:8]}'s batch views were replaced on "
             f"{base.published_at:%Y-%m-%d %H:%M}, longer ago than maintenance.retention ({retention}): VACUUM "
