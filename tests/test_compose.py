@@ -25,7 +25,7 @@ from lambda_pipeline.core.config_loader import ENVIRONMENT_VARIABLES, load_setti
 from lambda_pipeline.core.errors import ConfigError
 from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.deploy.project import read_project
-from lambda_pipeline.pipelines.registry import get_pipeline
+from lambda_pipeline.pipelines.registry import load_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -145,7 +145,7 @@ def test_every_lambda_pipeline_command_parses_with_the_real_cli() -> None:
 
 def test_the_query_service_reads_views_and_tables_that_exist() -> None:
     settings = load_settings(ROOT / "conf" / "docker.yaml", environ={})
-    pipeline = get_pipeline(settings.pipeline, "conf/docker.yaml")
+    pipeline = load_pipeline(settings.pipeline, origin="conf/docker.yaml")
     known = {f"{layer}.{v.name}" for layer in ("serving", "batch", "speed") for v in pipeline.views}
     known |= {f"master.{settings.tables.master}", f"master.{settings.tables.quarantine}"}
     (call,) = list(_lambda_pipeline_calls(_compose()["services"]["query"]))

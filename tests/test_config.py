@@ -47,9 +47,9 @@ def test_bad_number_and_bad_table_name(tmp_path: Path) -> None:
 
 
 def test_overrides_apply_and_are_validated_like_the_file() -> None:
-    settings = load_settings(None, ["ingest.trigger=3 seconds", "spark.conf.spark.sql.ansi.enabled=false"])
+    settings = load_settings(None, ["ingest.trigger=3 seconds", "spark.conf.spark.sql.adaptive.enabled=false"])
     assert settings.ingest.trigger == "3 seconds"
-    assert settings.spark.conf == {"spark.sql.ansi.enabled": "false"}
+    assert settings.spark.conf == {"spark.sql.adaptive.enabled": "false"}
     with pytest.raises(ConfigError) as err:
         load_settings(None, ["speed.nope=1"])
     assert err.value.key == "speed.nope" and err.value.source == "--set"

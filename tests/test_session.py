@@ -13,7 +13,7 @@ RUNTIME = (
     "spark.sql.shuffle.partitions",
     "spark.databricks.delta.snapshotPartitions",
     "spark.sql.sources.parallelPartitionDiscovery.parallelism",
-    "spark.sql.ansi.enabled",
+    "spark.sql.adaptive.enabled",
 )
 
 
@@ -28,13 +28,13 @@ def test_runtime_settings_apply_to_the_running_session(spark, capsys) -> None:
     before = {key: spark.conf.get(key) for key in RUNTIME}
     try:
         again = get_spark(
-            FIXTURE.model_copy(update={"shuffle_partitions": 3, "conf": {"spark.sql.ansi.enabled": "false"}})
+            FIXTURE.model_copy(update={"shuffle_partitions": 3, "conf": {"spark.sql.adaptive.enabled": "false"}})
         )
         assert {key: again.conf.get(key) for key in RUNTIME} == {
             "spark.sql.shuffle.partitions": "3",
             "spark.databricks.delta.snapshotPartitions": "3",
             "spark.sql.sources.parallelPartitionDiscovery.parallelism": "12",
-            "spark.sql.ansi.enabled": "false",
+            "spark.sql.adaptive.enabled": "false",
         }
         assert capsys.readouterr().err == ""
     finally:

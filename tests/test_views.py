@@ -17,6 +17,7 @@ from lambda_pipeline.core.views import (
     INGESTED_AT_MAX,
     Aggregate,
     EventSource,
+    HoppingWindow,
     TumblingWindow,
     View,
     approx_distinct,
@@ -158,13 +159,17 @@ def _views(draw: st.DrawFn) -> View:
     ):
         aggregate = make() if make is count else make(column)
         try:
-            aggregate.check("m", source)
+            if aggregate.column is not None:
+                aggregate.check_input("m", source.column_type(aggregate.column))
         except ViewDefinitionError:
             continue  # not defined over that column's type (sum of strings...)
         measures[f"m{i}"] = aggregate
     if not measures:
         measures["n"] = count()
-    return View("v", source, tuple(keys), TumblingWindow("t", "1 minute"), measures)
+    window = draw(
+        st.sampled_from([TumblingWindow("t", "1 minute"), HoppingWindow("t", "2 minutes", "1 minute"), None])
+    )
+    return View("v", source, tuple(keys), window, measures)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

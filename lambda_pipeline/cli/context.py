@@ -6,6 +6,7 @@ Its own module so that the verbs' modules import it without importing the parser
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,7 +18,25 @@ from lambda_pipeline.core.pipeline import Pipeline
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["Context"]
+__all__ = ["Context", "pipeline_of"]
+
+PIPELINE_VARIABLE = "LAMBDA_PIPELINE_PIPELINE"
+
+
+def pipeline_of(args: argparse.Namespace, settings: Settings) -> Pipeline:
+    """The pipeline a verb runs: ``--pipeline``, else ``--set pipeline=``, else $LAMBDA_PIPELINE_PIPELINE,
+    else the config's ``pipeline`` key (``load_settings`` already put the last three in that order)."""
+    from lambda_pipeline.core.config_loader import config_file
+    from lambda_pipeline.pipelines.registry import load_pipeline
+
+    config = config_file(args.config)
+    given = getattr(args, "pipeline", None)
+    if given:
+        return load_pipeline(given, config_path=config, origin="--pipeline")
+    origin = "--set" if any(o.strip().startswith("pipeline=") for o in args.overrides) else None
+    if origin is None:
+        origin = f"environment variable {PIPELINE_VARIABLE}" if os.environ.get(PIPELINE_VARIABLE) else str(config)
+    return load_pipeline(settings.pipeline, config_path=config, origin=origin)
 
 
 @dataclass
@@ -35,14 +54,8 @@ class Context:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Context:
-        from lambda_pipeline.pipelines.registry import get_pipeline
-
         settings = load_settings(args.config, args.overrides)
-        return cls(
-            settings,
-            Locations.create(settings, args.workdir),
-            get_pipeline(settings.pipeline, str(args.config or "config")),
-        )
+        return cls(settings, Locations.create(settings, args.workdir), pipeline_of(args, settings))
 
     @property
     def jvm_packages(self) -> tuple[str, ...]:
@@ -67,6 +80,7 @@ class Context:
             self._spark = get_spark(
                 self.settings.spark, packages=self.jvm_packages, extra_conf=extra, short_lived=self.short_lived
             )
+            self.pipeline.check(self._spark)  # every expression analysed before any job starts
         return self._spark
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ DESCRIPTION = (
 )
 
 
-def common_options(parser: argparse.ArgumentParser) -> None:
+def common_options(parser: argparse.ArgumentParser, *, pipeline: bool = True) -> None:
     parser.add_argument(
         "--config",
         help="YAML config file (default: $LAMBDA_PIPELINE_CONFIG, else the shipped local.yaml; "
@@ -33,6 +33,13 @@ def common_options(parser: argparse.ArgumentParser) -> None:
         help="root of tables, checkpoints and landing folder (default: $LAMBDA_PIPELINE_WORKDIR, else 'workdir')",
     )
     add_override_option(parser)
+    if pipeline:
+        parser.add_argument(
+            "--pipeline",
+            metavar="REF",
+            help="the pipeline to run: a shipped name (clickstream, iot), 'package.module:ATTR' or "
+            "'path/to/file.py:ATTR' (default: $LAMBDA_PIPELINE_PIPELINE, else the config's 'pipeline')",
+        )
     parser.add_argument(
         "--verbose",
         action="store_true",
@@ -155,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_package_parser(verbs)  # no --config: one artifact serves every config
     add_init_parser(verbs)  # writes the configs: needs none
     add_emr_steps_parser(verbs)  # its own --config and --set: the jobs' work directory is the config's, on S3
-    for sub in (ingest, speed, batch, query, serve, maintain, refresh, audit, demo, kafka, generate, s3):
+    for sub in (ingest, speed, batch, query, serve, maintain, refresh, audit, demo, generate):
         common_options(sub)
+    for sub in (kafka, s3):  # local services: no pipeline
+        common_options(sub, pipeline=False)
     return parser

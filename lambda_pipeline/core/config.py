@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lambda_pipeline.core.durations import duration_seconds, positive_duration
+from lambda_pipeline.core.pinned import PINNED_SESSION
 from lambda_pipeline.core.secrets import (
     kafka_options,
     refuse_s3_credential_keys,
@@ -258,6 +259,18 @@ class SparkSettings(_Strict):
     @classmethod
     def _stringify(cls, value: Any) -> Any:
         return spark_conf_strings(value)
+
+    @field_validator("conf")
+    @classmethod
+    def _not_pinned(cls, value: dict[str, str]) -> dict[str, str]:
+        pinned = sorted(key for key in value if key in PINNED_SESSION and value[key] != PINNED_SESSION[key])
+        if pinned:
+            fixed = ", ".join(f"{key}={PINNED_SESSION[key]}" for key in pinned)
+            raise ValueError(
+                f"{', '.join(pinned)} cannot be changed: the project pins {fixed} so that a view's expressions give "
+                "the same answer in every layer (docs/your-own-pipeline.md)"
+            )
+        return value
 
 
 _ENDPOINT = re.compile(r"^(?:(https?)://)?([A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(?::(\d{1,5}))?/?$")

@@ -54,6 +54,8 @@ DEFAULT_CONFIG = Path(str(shipped_configs().joinpath("local.yaml")))
 ENVIRONMENT_VARIABLES: dict[str, str] = {
     "LAMBDA_PIPELINE_CONFIG": "config file used when --config is not given",
     "LAMBDA_PIPELINE_WORKDIR": "work directory used when --workdir is not given (replaces the config's 'workdir')",
+    "LAMBDA_PIPELINE_PIPELINE": "pipeline used when --pipeline is not given: a shipped name, 'package.module:ATTR' "
+    "or 'path/to/file.py:ATTR' (replaces the config's 'pipeline'; --set pipeline= wins over it)",
     "LAMBDA_PIPELINE_SET": "KEY=VALUE overrides separated by spaces (shell quoting), validated like --set, "
     "applied before the --set options",
     "LAMBDA_PIPELINE_CACHE": "cache of resolved jar paths and fetched jars (default ~/.cache/lambda-pipeline)",
@@ -101,7 +103,7 @@ def _env_source(variable: str) -> str:
 
 
 def _environment_overrides(environ: Mapping[str, str]) -> list[tuple[str, str, Any]]:
-    """``(variable, dotted key, value)`` from LAMBDA_PIPELINE_WORKDIR, then LAMBDA_PIPELINE_SET.
+    """``(variable, dotted key, value)`` from LAMBDA_PIPELINE_WORKDIR and _PIPELINE, then LAMBDA_PIPELINE_SET.
 
     One variable holds all the overrides, shell-quoted like a command line, so a compose file or a scheduler
     sets any key without the project having to name a variable per key.
@@ -110,6 +112,9 @@ def _environment_overrides(environ: Mapping[str, str]) -> list[tuple[str, str, A
     workdir = environ.get("LAMBDA_PIPELINE_WORKDIR", "").strip()
     if workdir:
         out.append(("LAMBDA_PIPELINE_WORKDIR", "workdir", workdir))  # a path, never YAML-typed
+    pipeline = environ.get("LAMBDA_PIPELINE_PIPELINE", "").strip()
+    if pipeline:
+        out.append(("LAMBDA_PIPELINE_PIPELINE", "pipeline", pipeline))
     variable = "LAMBDA_PIPELINE_SET"
     try:
         words = shlex.split(environ.get("LAMBDA_PIPELINE_SET", ""))
@@ -192,6 +197,13 @@ def add_override_option(parser: argparse.ArgumentParser, help: str = OVERRIDE_HE
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
+def config_file(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Path:
+    """The config file a verb reads: ``path``, else $LAMBDA_PIPELINE_CONFIG, else the shipped local.yaml."""
+    environ = os.environ if environ is None else environ
+    configured = environ.get("LAMBDA_PIPELINE_CONFIG", "").strip() if path is None else ""
+    return Path(path) if path is not None else Path(configured) if configured else DEFAULT_CONFIG
+
+
 def load_settings(
     path: str | Path | None = None, overrides: Iterable[str] = (), environ: Mapping[str, str] | None = None
 ) -> Settings:
@@ -203,7 +215,7 @@ def load_settings(
     """
     environ = os.environ if environ is None else environ
     configured = environ.get("LAMBDA_PIPELINE_CONFIG", "").strip() if path is None else ""
-    file = Path(path) if path is not None else Path(configured) if configured else DEFAULT_CONFIG
+    file = config_file(path, environ)
     source = str(file)
     text = _config_text(file)
     if text is None:

@@ -49,6 +49,7 @@ __all__ = [
     "dataset_of_plan",
     "delta_snapshot",
     "empty_scala_map",
+    "expression_nodes",
     "first_line",
     "frame_of_dataset",
     "gateway_pid",
@@ -274,6 +275,21 @@ def parse_plan(spark: SparkSession, sql: str) -> Any:
 def analyzed_plan(frame: DataFrame) -> Any:
     """The analysed logical plan of a DataFrame."""
     return frame._jdf.queryExecution().analyzed()
+
+
+def expression_nodes(frame: DataFrame) -> list[tuple[str, str, bool]]:
+    """Every expression node of a DataFrame's top operator, analysed: (class name, SQL name, deterministic)."""
+    plan = analyzed_plan(frame)
+
+    def items(seq: Any) -> list[Any]:
+        return [seq.apply(i) for i in range(seq.size())]
+
+    found, pending = [], items(plan.expressions())
+    while pending:
+        node = pending.pop()
+        found.append((str(node.getClass().getSimpleName()), str(node.prettyName()), bool(node.deterministic())))
+        pending.extend(items(node.children()))
+    return found
 
 
 def dataset_of_plan(spark: SparkSession, plan: Any) -> Any:

@@ -25,6 +25,7 @@ from lambda_pipeline.core.jvm_packages import (
     resolve_jars,
     token_provider_jar,
 )
+from lambda_pipeline.core.pinned import PINNED_SESSION
 from lambda_pipeline.core.verbosity import quiet_log4j, quiet_pyspark_loggers, verbose
 
 if TYPE_CHECKING:
@@ -37,11 +38,11 @@ _RUNTIME_PREFIXES = ("spark.databricks.delta.",)
 
 
 def _session_conf(settings: SparkSettings, extra_conf: dict[str, str] | None) -> dict[str, str]:
-    """Every Spark setting of the project's sessions, ``settings.conf`` and ``extra_conf`` last (they win)."""
+    """Every Spark setting of the project's sessions: ``settings.conf`` and ``extra_conf`` win over the defaults,
+    and the pinned settings win over everything."""
     return {
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
-        "spark.sql.session.timeZone": "UTC",
         "spark.sql.shuffle.partitions": str(settings.shuffle_partitions),
         # Delta rebuilds table state with this many tasks (default 50): far too many on 2 cores.
         "spark.databricks.delta.snapshotPartitions": str(max(1, settings.shuffle_partitions)),
@@ -60,6 +61,7 @@ def _session_conf(settings: SparkSettings, extra_conf: dict[str, str] | None) ->
         "spark.sql.streaming.forceDeleteTempCheckpointLocation": "true",
         **settings.conf,
         **(extra_conf or {}),
+        **PINNED_SESSION,
     }
 
 

@@ -18,7 +18,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import posixpath
 import shlex
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lambda_pipeline.core.config import Settings
-from lambda_pipeline.core.config_loader import DEFAULT_CONFIG, add_override_option, load_settings
+from lambda_pipeline.core.config_loader import DEFAULT_CONFIG, add_override_option, config_file, load_settings
 from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.errors import ConfigError
 
@@ -266,7 +265,7 @@ def plan_emr(
 def _glue_tables_sql(settings: Settings, workdir: str) -> str:
     """Register the published tables in the Glue database (path-based Delta tables stay the source of truth)."""
     from lambda_pipeline.core.locations import Locations
-    from lambda_pipeline.pipelines.registry import get_pipeline
+    from lambda_pipeline.pipelines.registry import load_pipeline
 
     locations = Locations.create(settings, workdir)
     database = settings.emr.glue.database
@@ -275,7 +274,7 @@ def _glue_tables_sql(settings: Settings, workdir: str) -> str:
         settings.tables.quarantine: locations.quarantine,
         f"batch_{settings.tables.coverage}": locations.coverage,
     }
-    for view in get_pipeline(settings.pipeline).views:
+    for view in load_pipeline(settings.pipeline).views:
         tables[f"batch_{view.name}"] = locations.batch_view(view.name)
     lines = [f"CREATE DATABASE IF NOT EXISTS {database};"]
     for name, path in tables.items():
@@ -316,14 +315,12 @@ def add_emr_steps_parser(verbs: argparse._SubParsersAction[argparse.ArgumentPars
 def run_emr_steps(args: argparse.Namespace) -> int:
     """Load the config, plan, print the steps; with ``--out`` also write the cluster description and the rest."""
     from lambda_pipeline.deploy.artifact import load_manifest
-    from lambda_pipeline.pipelines.registry import get_pipeline
+    from lambda_pipeline.pipelines.registry import load_pipeline
 
     settings = load_settings(args.config, args.overrides)
-    get_pipeline(settings.pipeline, str(args.config or "config"))  # refused as by every other verb
+    config = config_file(args.config)  # the same file load_settings read
+    load_pipeline(settings.pipeline, config_path=config, origin=str(config))  # refused as by every other verb
     dist = Path(args.dist)
-    # The same file load_settings read: --config, else $LAMBDA_PIPELINE_CONFIG, else the default.
-    configured = os.environ.get("LAMBDA_PIPELINE_CONFIG", "").strip()
-    config = Path(args.config) if args.config else Path(configured) if configured else DEFAULT_CONFIG
     plan = plan_emr(
         settings,
         load_manifest(dist),

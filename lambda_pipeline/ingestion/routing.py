@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING
 
 from pyspark.sql import Window
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from lambda_pipeline.core.config import EventTimePolicy
 from lambda_pipeline.core.durations import duration_seconds
-from lambda_pipeline.core.parsing import CORRUPT, text_schema, typed_value
+from lambda_pipeline.core.parsing import CORRUPT, field_value, text_schema
 from lambda_pipeline.core.views import RAW, SOURCE_FILE, EventSource
 from lambda_pipeline.ingestion.sources import PRE_REASON
 
@@ -69,7 +70,7 @@ def parse_events(
     # Behind a generator, the optimizer cannot inline from_json into every field reference of a
     # filter pushed down from above (which made each line parse about twenty times).
     parsed = lines.select("*", F.explode(F.array(json)).alias("_j"))
-    typed = [typed_value(F.col(f"_j.{f.name}"), f.dataType).alias(f.name) for f in source.schema.fields]
+    typed = [field_value(source, f, F.col(f"_j.{f.name}")).alias(f.name) for f in source.schema.fields]
     checks = [
         F.col(PRE_REASON),
         F.when(F.trim(F.col(RAW)) == "", F.lit("empty_line")),
@@ -85,9 +86,9 @@ def parse_events(
             checks.append(F.when(blank, F.lit(f"missing_field: {field.name}")))
         checks.append(
             F.when(
-                raw.isNotNull() & (F.trim(raw) != "") & typed_value(raw, field.dataType).isNull(),
+                raw.isNotNull() & (F.trim(raw) != "") & field_value(source, field, raw).isNull(),
                 F.concat(
-                    F.lit(f"wrong_type: {field.name} expected {field.dataType.simpleString()}, got "),
+                    F.lit(f"wrong_type: {field.name} expected {_expected(source, field)}, got "),
                     F.substring(raw, 1, _RAW_EXCERPT),
                 ),
             )
@@ -97,6 +98,13 @@ def parse_events(
     return with_fields.withColumn(
         REASON, F.coalesce(F.col(REASON), _event_time_check(source, policy, now).cast("string"))
     )
+
+
+def _expected(source: EventSource, field: T.StructField) -> str:
+    if field.name == source.time_column and source.time_format != "iso8601":
+        unit = "milliseconds" if source.time_format == "epoch_millis" else "seconds"
+        return f"timestamp as a number of {unit} since the epoch"
+    return field.dataType.simpleString()
 
 
 def dedup_key(source: EventSource) -> Column:
