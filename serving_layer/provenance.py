@@ -46,13 +46,15 @@ class Provenance:
 def provenance_at(view_name: str, pin: Pin, batch_states: DataFrame, uncovered_partials: DataFrame) -> Provenance:
     """The provenance of ``view_name`` at ``pin``, from the view's pinned batch states and uncovered speed
     partials (two small Spark jobs); its freshness lag is left for :func:`with_freshness_lag`, at the time of asking."""
+    windowed = WINDOW_START in batch_states.columns  # an all-time view has no windows
+    newest = F.max(WINDOW_START) if windowed else F.lit(None).cast("timestamp")
     stats = uncovered_partials.agg(
         F.min(INGEST_TAG).alias("lo"),
         F.max(INGEST_TAG).alias("hi"),
         F.max(INGESTED_AT_MAX).alias("newest"),
-        F.max(WINDOW_START).alias("newest_window"),
+        newest.alias("newest_window"),
     ).first()
-    batch_window = batch_states.agg(F.max(WINDOW_START).alias("w")).first()
+    batch_window = batch_states.agg(newest.alias("w")).first()
     assert stats is not None and batch_window is not None
     cov = pin.coverage
     newest_window = max((w for w in (stats.newest_window, batch_window.w) if w is not None), default=None)

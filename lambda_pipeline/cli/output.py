@@ -73,7 +73,5 @@ def print_audits(audits: Sequence[ViewAudit], fmt: str) -> None:
         if differing:
             print(f"  {'window_start':<20} {'measure':<16} {'speed':>12} {'batch':>12} {'difference':>12}")
         for r in differing:
-            print(
-                f"  {r.window_start:%Y-%m-%d %H:%M:%S}  {r.measure:<16} {r.speed:>12g} {r.batch:>12g} "
-                f"{r.difference:>+12g}"
-            )
+            window = f"{r.window_start:%Y-%m-%d %H:%M:%S}" if r.window_start else "all time"
+            print(f"  {window:<19}  {r.measure:<16} {r.speed:>12g} {r.batch:>12g} {r.difference:>+12g}")

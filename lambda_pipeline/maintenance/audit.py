@@ -38,7 +38,8 @@ __all__ = ["AuditRow", "ViewAudit", "audit"]
 
 @dataclass(frozen=True)
 class AuditRow:
-    window_start: datetime
+    window_start: datetime | None
+    """None for an all-time view."""
     measure: str
     speed: float
     batch: float
@@ -85,7 +86,12 @@ class ViewAudit:
             "share": self.share,
             "note": self.note,
             "windows": [
-                {"window_start": r.window_start.isoformat(), "measure": r.measure, "speed": r.speed, "batch": r.batch}
+                {
+                    "window_start": r.window_start and r.window_start.isoformat(),
+                    "measure": r.measure,
+                    "speed": r.speed,
+                    "batch": r.batch,
+                }
                 for r in self.rows
                 if r.difference
             ],
@@ -117,8 +123,10 @@ def _final(view: View, states: DataFrame) -> DataFrame:
     return view.finalize(states.select(*view.state_column_names()))
 
 
-def _by_window(frame: DataFrame, measures: list[str]) -> dict[tuple[datetime, str], float]:
-    rows = frame.groupBy(WINDOW_START).agg(*[F.sum(m).alias(m) for m in measures]).collect()
+def _by_window(frame: DataFrame, measures: list[str]) -> dict[tuple[datetime | None, str], float]:
+    """Each measure's total per window; an all-time view is one window, ``None``."""
+    window = F.col(WINDOW_START) if WINDOW_START in frame.columns else F.lit(None).cast("timestamp")
+    rows = frame.groupBy(window.alias(WINDOW_START)).agg(*[F.sum(m).alias(m) for m in measures]).collect()
     return {(r[WINDOW_START], m): float(r[m] or 0) for r in rows for m in measures}
 
 
