@@ -80,7 +80,7 @@ def state_type(kind: str, column_type: T.DataType | None) -> tuple[T.DataType, b
 
 @dataclass(frozen=True)
 class Aggregate:
-    """A mergeable aggregate. Build with :func:`count`, :func:`sum_of`, ... rather than directly."""
+    """A mergeable aggregate. Build one with :func:`count`, :func:`sum_of`, ... rather than directly."""
 
     kind: str
     column: str | None
@@ -108,24 +108,42 @@ def _col(column: str) -> str:
 
 
 def count() -> Aggregate:
-    """Number of events."""
+    """Number of events (rows the view's filter keeps).
+
+    >>> measures = {"events": count()}
+    """
     return Aggregate("count", None, (State("", "count(1)", "sum({s})", "count"),), "coalesce({0}, 0)")
 
 
 def sum_of(column: str) -> Aggregate:
+    """Sum of a numeric column; nulls are skipped, and a group of nulls only sums to null.
+
+    >>> measures = {"total_cents": sum_of("cents")}
+    """
     return Aggregate("sum", column, (State("", f"sum({_col(column)})", "sum({s})", "sum"),), "{0}", _NUMERIC)
 
 
 def min_of(column: str) -> Aggregate:
+    """Smallest value of a numeric, string, date or timestamp column.
+
+    >>> measures = {"first_seen": min_of("ts")}
+    """
     return Aggregate("min", column, (State("", f"min({_col(column)})", "min({s})"),), "{0}", _ORDERED)
 
 
 def max_of(column: str) -> Aggregate:
+    """Largest value of a numeric, string, date or timestamp column.
+
+    >>> measures = {"hottest": max_of("temperature")}
+    """
     return Aggregate("max", column, (State("", f"max({_col(column)})", "max({s})"),), "{0}", _ORDERED)
 
 
 def avg_of(column: str) -> Aggregate:
-    """Mean, kept as a sum and a count so that it merges exactly."""
+    """Mean of a numeric column, kept as a sum and a count so that it merges exactly.
+
+    >>> measures = {"avg_amount": avg_of("amount")}
+    """
     c = _col(column)
     return Aggregate(
         "avg",
@@ -140,7 +158,10 @@ def avg_of(column: str) -> Aggregate:
 
 
 def approx_distinct(column: str, lg_k: int = 12) -> Aggregate:
-    """Approximate distinct count with Spark's HLL sketches (relative error about 1.04/sqrt(2^lg_k))."""
+    """Approximate distinct count with Spark's HLL sketches (relative error about 1.04/sqrt(2^lg_k)).
+
+    >>> measures = {"users": approx_distinct("user_id")}
+    """
     if not 4 <= lg_k <= 21:
         raise ViewDefinitionError(f"approx_distinct({column}): lg_k must be within 4..21, got {lg_k}")
     return Aggregate(
@@ -154,7 +175,10 @@ def approx_distinct(column: str, lg_k: int = 12) -> Aggregate:
 
 
 def approx_quantile(column: str, quantile: float, k: int = 200) -> Aggregate:
-    """Approximate quantile with Spark's KLL sketches (normalised rank error about 1.65/k)."""
+    """Approximate quantile with Spark's KLL sketches (normalised rank error about 1.65/k).
+
+    >>> measures = {"p95_temperature": approx_quantile("temperature", 0.95)}
+    """
     if not 0.0 <= quantile <= 1.0:
         raise ViewDefinitionError(f"approx_quantile({column}): quantile must be within 0..1, got {quantile}")
     return Aggregate(

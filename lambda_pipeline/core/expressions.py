@@ -98,12 +98,13 @@ def _analysed(what: str, frame: DataFrame, text: str, name: str | None) -> DataF
         probe = frame.withColumn(name, column) if name else frame.select(column.alias("_where"))
     except (AnalysisException, ParseException) as exc:
         raise ViewDefinitionError(f"{what}: {str(exc).strip().splitlines()[0]}") from None
-    for kind, function, deterministic in expression_nodes(probe):
-        if not deterministic or kind in _CLOCK_CLASSES:
-            raise ViewDefinitionError(
-                f"{what}: {function}() gives a different answer on each run, so the batch and speed layers "
-                "would disagree; derive columns only from the event's own fields"
-            )
+    # Parents come before their children: the last one found is the call itself, not an alias around it.
+    impure = [name for kind, name, pure in expression_nodes(probe) if (not pure or kind in _CLOCK_CLASSES)]
+    if impure:
+        raise ViewDefinitionError(
+            f"{what}: {impure[-1]}() gives a different answer on each run, so the batch and speed layers "
+            "would disagree; derive columns only from the event's own fields"
+        )
     return probe
 
 
