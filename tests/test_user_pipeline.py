@@ -91,3 +91,34 @@ def test_a_user_pipeline_from_kafka_equals_a_pandas_recompute(spark, kafka_broke
         _run(spark, pipeline, settings, loc, deliver)
     finally:
         producer.close()
+
+
+def test_a_user_view_changed_is_refused_until_refreshed_then_equals_the_recompute(spark, tmp_path: Path) -> None:
+    from lambda_pipeline.core.errors import LambdaError
+    from lambda_pipeline.maintenance.refresh import refresh
+    from tests.user_pipeline import evolved_module
+
+    before = load_pipeline(f"{write_module(tmp_path / 'v1', 'evolving_v1.py')}:PIPELINE").check(spark)
+    after = load_pipeline(f"{evolved_module(tmp_path / 'v2', 'evolving_v2.py', 50_000)}:PIPELINE").check(spark)
+    assert before.view("failed_hourly").fingerprint != after.view("failed_hourly").fingerprint
+    assert before.view("country_hopping").fingerprint == after.view("country_hopping").fingerprint
+    settings = load_settings(None, ["ingest.trigger=200 milliseconds"])
+    loc = Locations.create(settings, tmp_path / "work")
+    loc.ensure_local_dirs()
+    now_ms = int(time.time() * 1000)
+    lines = payment_lines(300, seed=5, now_ms=now_ms)
+    write_lines(Path(loc.landing), lines.lines, "one.jsonl")
+    start_ingest(spark, before, settings, loc, once=True).awaitTermination(300)
+    run_batch(spark, before, loc)
+
+    changed = ServingLayer(spark, after, loc)
+    with pytest.raises(
+        LambdaError, match=r"serving\.failed_hourly: the .*definition changed.*refresh --view failed_hourly"
+    ):
+        changed.query("SELECT * FROM serving.failed_hourly").collect()
+    hopping = rows_of(changed.query(QUERIES["country_hopping"].format(layer="serving")).collect(), "country_hopping")
+    assert_view_equals("unchanged view", hopping, expected_views(lines.events)["country_hopping"])
+
+    refresh(spark, after, loc, "failed_hourly")
+    got = rows_of(changed.query(QUERIES["failed_hourly"].format(layer="serving")).collect(), "failed_hourly")
+    assert_view_equals("refreshed", got, expected_views(lines.events, failed_above_cents=50_000)["failed_hourly"])

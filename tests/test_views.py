@@ -166,9 +166,7 @@ def _views(draw: st.DrawFn) -> View:
         measures[f"m{i}"] = aggregate
     if not measures:
         measures["n"] = count()
-    window = draw(
-        st.sampled_from([TumblingWindow("t", "1 minute"), HoppingWindow("t", "2 minutes", "1 minute"), None])
-    )
+    window = draw(st.sampled_from([TumblingWindow("t", "1 minute"), HoppingWindow("t", "2 minutes", "1 minute"), None]))
     return View("v", source, tuple(keys), window, measures)
 
 

@@ -84,12 +84,24 @@ def write_module(folder: Path, name: str = "payments_pipeline.py") -> Path:
     return path
 
 
+def evolved_module(folder: Path, name: str, above_cents: int) -> Path:
+    """The same pipeline with ``failed_hourly``'s filter changed: another definition of that view only."""
+    path = write_module(folder, name)
+    text = path.read_text(encoding="utf-8")
+    path.write_text(
+        text.replace("where=\"status = 'failed'\"", f"where=\"status = 'failed' AND cents > {above_cents}\"")
+    )
+    return path
+
+
 @dataclass
 class Lines:
     """Input lines, and the valid events among them (one per id) for the recompute."""
 
     lines: list[str]
     events: list[dict[str, Any]]
+    repeats: int = 0
+    """Lines that repeat a valid event: quarantined as duplicates."""
 
 
 def payment_lines(n: int, seed: int, now_ms: int, *, first_id: int = 0) -> Lines:
@@ -99,6 +111,7 @@ def payment_lines(n: int, seed: int, now_ms: int, *, first_id: int = 0) -> Lines
     countries = ["FR", "fr", "De", "US", None]
     lines: list[str] = []
     events: list[dict[str, Any]] = []
+    repeats = 0
     for i in range(first_id, first_id + n):
         late = rng.random() < 0.2
         ts = now_ms - (rng.randrange(7_200_000) if late else rng.randrange(600_000))
@@ -117,6 +130,7 @@ def payment_lines(n: int, seed: int, now_ms: int, *, first_id: int = 0) -> Lines
         events.append(event)
         if rng.random() < 0.05:
             lines.append(line)  # a repeat: counted once
+            repeats += 1
         roll = rng.random()
         if roll < 0.02:
             lines.append("{not json")
@@ -125,7 +139,7 @@ def payment_lines(n: int, seed: int, now_ms: int, *, first_id: int = 0) -> Lines
         elif roll < 0.05:
             lines.append(json.dumps({k: v for k, v in event.items() if k != "payment_id"}))
     rng.shuffle(lines)
-    return Lines(lines, events)
+    return Lines(lines, events, repeats)
 
 
 def write_lines(landing: Path, lines: Iterable[str], name: str) -> None:
@@ -166,12 +180,19 @@ def _windows(frame: pd.DataFrame, size: int, slide: int) -> pd.DataFrame:
     return pd.concat(copies, ignore_index=True)
 
 
-def expected_views(events: list[dict[str, Any]]) -> dict[str, dict[tuple[Any, ...], dict[str, Any]]]:
-    """Each view as {group key: {measure: value}}, recomputed with pandas from the input events."""
+def expected_views(
+    events: list[dict[str, Any]], *, failed_above_cents: int | None = None
+) -> dict[str, dict[tuple[Any, ...], dict[str, Any]]]:
+    """Each view as {group key: {measure: value}}, recomputed with pandas from the input events.
+
+    ``failed_above_cents``: the filter of ``failed_hourly`` as :func:`evolved_module` changes it."""
     frame = _frame(events)
     out: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {}
 
-    failed = _windows(frame[frame["status"] == "failed"], 3600, 3600)
+    kept = frame["status"] == "failed"
+    if failed_above_cents is not None:
+        kept &= frame["cents"] > failed_above_cents
+    failed = _windows(frame[kept], 3600, 3600)
     out["failed_hourly"] = {
         key: {
             "payments": len(g),
