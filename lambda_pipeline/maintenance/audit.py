@@ -152,7 +152,7 @@ def audit(spark: SparkSession, pipeline: Pipeline, locations: Locations, *, last
                 for key, value in _by_window(_final(view, before), measures).items():
                     batch[key] = batch.get(key, 0.0) - value
             version = _speed_before_purge(spark, speed_path, publication.published_at)
-            speed: dict[tuple[datetime, str], float] = {}
+            speed: dict[tuple[datetime | None, str], float] = {}
             note = ""
             if version is not None:
                 partials = reader.option("versionAsOf", version).load(speed_path)
