@@ -356,6 +356,16 @@ def test_the_pipeline_chooses_its_generator() -> None:
     assert (stats.duplicates, sum(stats.malformed.values())) == (20, 10)
 
 
+def test_the_shipped_iot_pipeline_gets_the_iot_generator() -> None:
+    """The lead's lambda_pipeline/pipelines/iot.py must declare what the IoT generator writes."""
+    registry = pytest.importorskip("lambda_pipeline.pipelines.registry")
+    if not hasattr(registry, "load_pipeline"):
+        pytest.skip("load_pipeline(ref) and the shipped 'iot' pipeline land with the lead's registry")
+    iot = registry.load_pipeline("iot")
+    assert IotGenerator.fits(iot.source) and type(generator_for(iot, 1)) is IotGenerator
+    assert getattr(iot.source, "time_format", None) == "epoch_millis"
+
+
 def test_any_generator_writes_whole_files(tmp_path: Path) -> None:
     """The sinks' protocol: one whole file per call, renamed into the landing folder, its stats true."""
     generator = generator_for(_pipeline("mine", PAYMENTS, "country"), 2)
