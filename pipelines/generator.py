@@ -1,8 +1,13 @@
-"""Seeded clickstream generator: JSON-lines files (or Kafka messages) with late, duplicated and malformed events.
+"""Seeded event generators: JSON-lines files (or Kafka messages) with late, duplicated and malformed events.
+
+:class:`EventGenerator` is what every generator offers the ``generate`` and ``demo`` verbs: lines for a count of
+events, whole files into the landing folder, and Kafka message values with the hostile kinds only a broker carries.
+A generator only says how one batch of lines and one hostile message look; writing is shared. Here is the
+clickstream demo's generator, whose returned stats are the ground truth the tests and the demo reconcile against;
+:mod:`.synthetic` generates for any declared source, :mod:`.iot_generator` for the shipped IoT readings.
 
 Files are written under a hidden name and renamed into the landing folder (on S3,
-uploaded whole under their final name), so the ingest stream never reads half a file. The returned stats are the ground
-truth the tests and the demo reconcile against.
+uploaded whole under their final name), so the ingest stream never reads half a file.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import os
 import posixpath
 import random
 import time
+from abc import ABC, abstractmethod
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -25,7 +31,15 @@ from lambda_pipeline.core.jvm import HadoopPath
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["HOSTILE_KINDS", "MALFORMED_KINDS", "ClickstreamGenerator", "GeneratedFile", "GeneratedMessages"]
+__all__ = [
+    "HOSTILE_KINDS",
+    "MALFORMED_KINDS",
+    "ClickstreamGenerator",
+    "EventGenerator",
+    "GeneratedFile",
+    "GeneratedMessages",
+    "check_fractions",
+]
 
 PAGES = tuple(
     f"/{p}"
@@ -96,7 +110,113 @@ class GeneratedMessages:
     event_ids: list[str] = field(default_factory=list)
 
 
-class ClickstreamGenerator:
+def check_fractions(**fractions: float) -> None:
+    """Refuse a share outside [0, 1): ``check_fractions(late=0.05, duplicate=0.03)``."""
+    for name, value in fractions.items():
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name}_fraction must be within [0, 1), got {value}")
+
+
+class EventGenerator(ABC):
+    """What the ``generate`` and ``demo`` verbs need of a generator; deterministic for a given seed (times aside).
+
+    A subclass says how :meth:`lines` and :meth:`hostile_message` look; files and Kafka messages follow from them.
+    """
+
+    hostile_kinds: tuple[str, ...] = tuple(sorted(HOSTILE_KINDS))
+    """The hostile kinds this generator can make, in the order :meth:`messages` cycles through them."""
+
+    def __init__(self, seed: int, prefix: str) -> None:
+        self.rng = random.Random(seed)
+        self.seed, self.prefix = seed, prefix
+        self._files = 0
+
+    @abstractmethod
+    def lines(self, events: int, now: datetime | None = None) -> tuple[list[str], GeneratedFile]:
+        """``events`` distinct valid events, plus duplicates and malformed lines mixed in."""
+
+    @abstractmethod
+    def hostile_message(
+        self, kind: str, now: datetime, oversize_bytes: int = 200_000
+    ) -> tuple[bytes | None, str | None]:
+        """One message of a hostile ``kind`` (see HOSTILE_KINDS) and, when it is a valid event, its id."""
+
+    def messages(
+        self, events: int, hostile_fraction: float = 0.0, now: datetime | None = None
+    ) -> tuple[list[bytes | None], GeneratedMessages]:
+        """Kafka message values: the lines of :meth:`lines` plus, if asked, every hostile kind in turn."""
+        now = now or datetime.now(timezone.utc)
+        lines, file_stats = self.lines(events, now)
+        stats = GeneratedMessages(
+            events=file_stats.events,
+            duplicates=file_stats.duplicates,
+            malformed=file_stats.malformed,
+            event_ids=file_stats.event_ids,
+        )
+        out: list[bytes | None] = [line.encode() for line in lines]
+        kinds = self.hostile_kinds
+        for i in range(round(events * hostile_fraction)):
+            kind = kinds[i % len(kinds)]
+            value, event_id = self.hostile_message(kind, now)
+            out.insert(self.rng.randrange(len(out) + 1), value)
+            stats.hostile[kind] += 1
+            if event_id is not None:
+                stats.events += 1
+                stats.event_ids.append(event_id)
+        stats.messages = len(out)
+        return out, stats
+
+    def write_file(self, landing: str | Path, events: int, *, spark: SparkSession | None = None) -> GeneratedFile:
+        """Write one file atomically into ``landing``: the ingest stream must never see half of it.
+
+        A local folder (or ``file:`` URI) gets a hidden name first, then a rename. Any other URI
+        (``s3a://``) is written through Spark's Hadoop file system (``spark``, else the active session),
+        straight under its final name: S3 makes an object visible only once its upload completed.
+        """
+        lines, stats = self.lines(events)
+        self._files += 1
+        name = f"{self.prefix}-{self.seed:x}-{self._files:06d}-{time.time_ns()}.jsonl"
+        text = "\n".join(lines) + "\n"
+        target = str(landing)
+        if "://" in target and not target.startswith("file:"):
+            uri = posixpath.join(target, name)
+            _write_through_hadoop(spark, uri, text.encode("utf-8"))
+            stats.path, stats.written_at = PurePosixPath(urlsplit(uri).path), time.time()
+            return stats
+        folder = Path(urlsplit(target).path if target.startswith("file:") else target)
+        folder.mkdir(parents=True, exist_ok=True)
+        hidden = folder / f".{name}.tmp"
+        hidden.write_text(text, encoding="utf-8")
+        final = folder / name
+        os.replace(hidden, final)
+        stats.path, stats.written_at = final, time.time()
+        return stats
+
+    def write(
+        self, landing: str | Path, events: int, files: int = 1, *, spark: SparkSession | None = None
+    ) -> list[GeneratedFile]:
+        """``events`` valid events spread over ``files`` files."""
+        per_file = [events // files + (1 if i < events % files else 0) for i in range(files)]
+        return [self.write_file(landing, n, spark=spark) for n in per_file if n > 0]
+
+    def run_at_rate(
+        self, landing: str | Path, rate: float, seconds: float, files_per_second: float = 2.0
+    ) -> list[GeneratedFile]:
+        """Write at ``rate`` valid events per second for ``seconds`` (bounded in time and count)."""
+        interval = 1.0 / files_per_second
+        per_file = max(1, round(rate * interval))
+        written: list[GeneratedFile] = []
+        start = time.monotonic()
+        ticks = max(1, int(seconds * files_per_second))
+        for tick in range(ticks):
+            written.append(self.write_file(landing, per_file))
+            delay = start + (tick + 1) * interval - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # pacing the producer, not synchronising with Spark
+        return written
+
+
+class ClickstreamGenerator(EventGenerator):
     """Deterministic for a given seed: the same seed writes the same lines (times aside)."""
 
     def __init__(
@@ -110,19 +230,12 @@ class ClickstreamGenerator:
         pages: tuple[str, ...] = PAGES,
         prefix: str = "clicks",
     ) -> None:
-        for name, value in (
-            ("late", late_fraction),
-            ("duplicate", duplicate_fraction),
-            ("malformed", malformed_fraction),
-        ):
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name}_fraction must be within [0, 1), got {value}")
-        self.rng = random.Random(seed)
-        self.seed, self.late, self.dup, self.bad = seed, late_fraction, duplicate_fraction, malformed_fraction
-        self.users, self.pages, self.prefix = users, pages, prefix
+        check_fractions(late=late_fraction, duplicate=duplicate_fraction, malformed=malformed_fraction)
+        super().__init__(seed, prefix)
+        self.late, self.dup, self.bad = late_fraction, duplicate_fraction, malformed_fraction
+        self.users, self.pages = users, pages
         self._recent: deque[str] = deque(maxlen=200)
         self._counter = 0
-        self._files = 0
 
     def _event(self, now: datetime) -> tuple[str, str, bool]:
         self._counter += 1
@@ -216,80 +329,6 @@ class ClickstreamGenerator:
         else:
             raise ValueError(f"unknown hostile kind {kind!r}; expected one of {sorted(HOSTILE_KINDS)}")
         return json.dumps(record, separators=(",", ":")).encode(), None
-
-    def messages(
-        self, events: int, hostile_fraction: float = 0.0, now: datetime | None = None
-    ) -> tuple[list[bytes | None], GeneratedMessages]:
-        """Kafka message values: the lines of :meth:`lines` plus, if asked, every hostile kind in turn."""
-        now = now or datetime.now(timezone.utc)
-        lines, file_stats = self.lines(events, now)
-        stats = GeneratedMessages(
-            events=file_stats.events,
-            duplicates=file_stats.duplicates,
-            malformed=file_stats.malformed,
-            event_ids=file_stats.event_ids,
-        )
-        out: list[bytes | None] = [line.encode() for line in lines]
-        kinds = sorted(HOSTILE_KINDS)
-        for i in range(round(events * hostile_fraction)):
-            kind = kinds[i % len(kinds)]
-            value, event_id = self.hostile_message(kind, now)
-            out.insert(self.rng.randrange(len(out) + 1), value)
-            stats.hostile[kind] += 1
-            if event_id is not None:
-                stats.events += 1
-                stats.event_ids.append(event_id)
-        stats.messages = len(out)
-        return out, stats
-
-    def write_file(self, landing: str | Path, events: int, *, spark: SparkSession | None = None) -> GeneratedFile:
-        """Write one file atomically into ``landing``: the ingest stream must never see half of it.
-
-        A local folder (or ``file:`` URI) gets a hidden name first, then a rename. Any other URI
-        (``s3a://``) is written through Spark's Hadoop file system (``spark``, else the active session),
-        straight under its final name: S3 makes an object visible only once its upload completed.
-        """
-        lines, stats = self.lines(events)
-        self._files += 1
-        name = f"{self.prefix}-{self.seed:x}-{self._files:06d}-{time.time_ns()}.jsonl"
-        text = "\n".join(lines) + "\n"
-        target = str(landing)
-        if "://" in target and not target.startswith("file:"):
-            uri = posixpath.join(target, name)
-            _write_through_hadoop(spark, uri, text.encode("utf-8"))
-            stats.path, stats.written_at = PurePosixPath(urlsplit(uri).path), time.time()
-            return stats
-        folder = Path(urlsplit(target).path if target.startswith("file:") else target)
-        folder.mkdir(parents=True, exist_ok=True)
-        hidden = folder / f".{name}.tmp"
-        hidden.write_text(text, encoding="utf-8")
-        final = folder / name
-        os.replace(hidden, final)
-        stats.path, stats.written_at = final, time.time()
-        return stats
-
-    def write(
-        self, landing: str | Path, events: int, files: int = 1, *, spark: SparkSession | None = None
-    ) -> list[GeneratedFile]:
-        """``events`` valid events spread over ``files`` files."""
-        per_file = [events // files + (1 if i < events % files else 0) for i in range(files)]
-        return [self.write_file(landing, n, spark=spark) for n in per_file if n > 0]
-
-    def run_at_rate(
-        self, landing: str | Path, rate: float, seconds: float, files_per_second: float = 2.0
-    ) -> list[GeneratedFile]:
-        """Write at ``rate`` valid events per second for ``seconds`` (bounded in time and count)."""
-        interval = 1.0 / files_per_second
-        per_file = max(1, round(rate * interval))
-        written: list[GeneratedFile] = []
-        start = time.monotonic()
-        ticks = max(1, int(seconds * files_per_second))
-        for tick in range(ticks):
-            written.append(self.write_file(landing, per_file))
-            delay = start + (tick + 1) * interval - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)  # pacing the producer, not synchronising with Spark
-        return written
 
 
 def _write_through_hadoop(spark: SparkSession | None, uri: str, data: bytes) -> None:

@@ -7,6 +7,10 @@ already running), including the message kinds only a broker carries.
 The second wave of events is ingested after the batch ran, so the speed layer
 alone covers it and the merge is visible in the layer shares printed at the end.
 Re-running on the same work directory adds new events on top of the old ones.
+
+Any pipeline runs: its events come from :func:`~lambda_pipeline.cli.generate.generator_for`. Only the
+clickstream demo's generator knows the truth to reconcile against (each layer's share of the events);
+for another pipeline the demo shows each merged view, the master dataset and the quarantine.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lambda_pipeline.cli.generate import generator_for
 from lambda_pipeline.core.errors import LambdaError
-from lambda_pipeline.pipelines.generator import ClickstreamGenerator
+from lambda_pipeline.pipelines.generator import ClickstreamGenerator, EventGenerator
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -69,7 +74,7 @@ def run_demo(ctx: Context, *, events: int, seed: int | None = None, live: Live |
     loc = ctx.locations
     loc.ensure_local_dirs()
     seed = seed if seed is not None else time.time_ns() % 1_000_000_007
-    generator = ClickstreamGenerator(seed)
+    generator = generator_for(ctx.pipeline, seed)
     first_wave, second_wave = events * 4 // 5, events - events * 4 // 5
 
     broker = None
@@ -96,7 +101,10 @@ def run_demo(ctx: Context, *, events: int, seed: int | None = None, live: Live |
         serving = ServingLayer(spark, ctx.pipeline, loc)
         serving.take_pin()
         step("serving layer pinned: serving.*, batch.*, speed.*, master.* at one consistent set of versions")
-        _report(ctx, serving, malformed)
+        if isinstance(generator, ClickstreamGenerator):
+            _report(ctx, serving, malformed)
+        else:
+            _report_views(ctx, serving)
         if live is not None:
             _keep_live(ctx, generator, live)
     finally:
@@ -105,7 +113,7 @@ def run_demo(ctx: Context, *, events: int, seed: int | None = None, live: Live |
             print(f"stopped the demo's Kafka broker (its data stays in {broker.base_dir})")
 
 
-def _keep_live(ctx: Context, generator: ClickstreamGenerator, live: Live) -> None:
+def _keep_live(ctx: Context, generator: EventGenerator, live: Live) -> None:
     """The query server and its dashboard, ingest streaming, a steady generator and a batch every
     ``live.batch_every`` seconds, all in this process, until Ctrl-C (or ``live.seconds``)."""
     from lambda_pipeline.batch_layer.job import run_batch
@@ -171,7 +179,7 @@ def _local_broker(ctx: Context) -> KafkaBroker | None:
     return broker if ours else None
 
 
-def _send(ctx: Context, generator: ClickstreamGenerator, events: int, wave: str) -> Counter[str]:
+def _send(ctx: Context, generator: EventGenerator, events: int, wave: str) -> Counter[str]:
     """One wave of events into the landing folder or the topic; the bad lines by kind."""
     if ctx.settings.ingest.source != "kafka":
         written = generator.write(ctx.locations.landing, events, files=4 if wave == "first" else 2, spark=ctx.spark)
@@ -179,7 +187,8 @@ def _send(ctx: Context, generator: ClickstreamGenerator, events: int, wave: str)
     from lambda_pipeline.cli.kafka_producer import KafkaEventProducer
 
     producer = KafkaEventProducer(ctx.settings.ingest.kafka)
-    sent = producer.produce(generator, events, hostile_fraction=0.01)
+    values, sent = generator.messages(events, hostile_fraction=0.01)
+    producer.send(values)
     producer.close()
     return sent.malformed + sent.hostile + Counter(duplicate=sent.duplicates)
 
@@ -221,3 +230,41 @@ def _report(ctx: Context, serving: ServingLayer, malformed: Counter[str]) -> Non
     print(
         f'\nTry: lambda-pipeline query "SELECT * FROM serving.page_activity LIMIT 5" --workdir {ctx.locations.workdir}'
     )
+
+
+def _report_views(ctx: Context, serving: ServingLayer) -> None:
+    """Each merged view of a pipeline without a known truth, then master, the quarantine and each view's provenance."""
+
+    def sql(statement: str) -> DataFrame:  # every report query reads the one pin taken above
+        return serving.query(statement, new_pin=False)
+
+    tables = ctx.settings.tables
+    for view in ctx.pipeline.views:
+        windowed = "window_start" in view.group_columns
+        first = [f"`{name}` DESC" for name in list(view.measures)[:1]]
+        order = ", ".join(["window_start DESC", *first] if windowed else first)
+        print(f"\nserving.{view.name} ({'newest windows first' if windowed else 'all time'}):")
+        sql(f"SELECT * FROM serving.{view.name}" + (f" ORDER BY {order}" if order else "")).show(15, truncate=False)
+    totals = sql(
+        f"SELECT (SELECT count(*) FROM master.{tables.master}) AS master_rows, "
+        f"(SELECT count(*) FROM master.{tables.quarantine}) AS quarantined"
+    ).first()
+    assert totals is not None  # scalar subqueries: always one row
+    print(f"master rows {totals.master_rows}, quarantined lines {totals.quarantined}:")
+    sql(
+        f"SELECT regexp_extract(reason, '^[a-z_0-9]+', 0) AS reason, count(*) AS lines "
+        f"FROM master.{tables.quarantine} GROUP BY 1 ORDER BY 2 DESC"
+    ).show(truncate=False)
+    for view in ctx.pipeline.views:
+        prov = serving.provenance(view.name)
+        lag = "n/a" if prov.freshness_lag_seconds is None else f"{prov.freshness_lag_seconds:.1f}s"
+        print(
+            f"provenance of {view.name}: batch covers master versions <= {prov.covered_master_version}; speed tags "
+            f"{prov.uncovered_tags}; freshness lag {lag}"
+        )
+    first_view = ctx.pipeline.views[0].name if ctx.pipeline.views else None
+    if first_view:
+        print(
+            f'\nTry: lambda-pipeline query "SELECT * FROM serving.{first_view} LIMIT 5" '
+            f"--workdir {ctx.locations.workdir}"
+        )

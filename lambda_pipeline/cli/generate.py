@@ -1,8 +1,11 @@
-"""``lambda-pipeline generate``: clickstream events at a steady rate, into the landing folder or the Kafka topic.
+"""``lambda-pipeline generate``: the pipeline's events at a steady rate, into the landing folder or the Kafka topic.
 
 The demo generates two waves and stops. A running deployment (the docker-compose demo, a soak by hand)
 needs a producer that keeps going at a known rate, with the late, repeated and malformed lines, and on
 Kafka the hostile messages, that ingest must sort out, so that every layer has something to show.
+What it produces follows the pipeline (:func:`generator_for`): the clickstream demo's events, the IoT
+example's readings, or schema-valid events for any other declared source, so a user sees their own views
+move before connecting real data.
 """
 
 from __future__ import annotations
@@ -15,12 +18,19 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Protocol
 
 from lambda_pipeline.core.errors import ConfigError
-from lambda_pipeline.pipelines.generator import HOSTILE_KINDS, ClickstreamGenerator
+from lambda_pipeline.pipelines.clickstream import CLICKS
+from lambda_pipeline.pipelines.generator import ClickstreamGenerator, EventGenerator
+from lambda_pipeline.pipelines.iot_generator import IotGenerator
+from lambda_pipeline.pipelines.synthetic import SyntheticGenerator
 
 if TYPE_CHECKING:
     from lambda_pipeline.cli.context import Context
+    from lambda_pipeline.core.pipeline import Pipeline
 
-__all__ = ["add_generate_parser", "run_generate"]
+__all__ = ["add_generate_parser", "generator_for", "make_sink", "run_generate"]
+
+DUPLICATE_FRACTION = 0.03
+MALFORMED_FRACTION = 0.02
 
 # Kafka gets small bursts (smooth arrival, small micro-batches); the landing folder one file per second,
 # since every file is a listing and a task for the ingest stream.
@@ -51,9 +61,11 @@ def add_generate_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParse
     """Register the ``generate`` verb; the caller adds the common options (--config, --workdir, --set)."""
     generate = verbs.add_parser(
         "generate",
-        help="produce clickstream events at a set rate into the landing folder or the Kafka topic",
-        description="Runs until stopped (Ctrl-C) or for --seconds. About 5% of the events are late, 3% "
-        "repeated and 2% malformed; --hostile-fraction adds the messages only a broker carries.",
+        help="produce the pipeline's events at a set rate into the landing folder or the Kafka topic",
+        description="Runs until stopped (Ctrl-C) or for --seconds. The pipeline decides what is produced: the "
+        "clickstream demo's events, the IoT example's readings, or for any other pipeline schema-valid events over "
+        "its declared source (keys with skew, times around now). About 5% of the events are late; repeated and "
+        "malformed lines are mixed in; --hostile-fraction adds the messages only a broker carries.",
     )
     generate.add_argument(
         "--to",
@@ -69,6 +81,19 @@ def add_generate_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParse
         type=_fraction,
         default=0.0,
         help="kafka only: hostile messages (null, not UTF-8, oversize, ...) per valid event (default 0)",
+    )
+    generate.add_argument(
+        "--duplicate-fraction",
+        type=_fraction,
+        default=DUPLICATE_FRACTION,
+        help=f"repeated lines (an earlier event again, same id) per valid event (default {DUPLICATE_FRACTION:g})",
+    )
+    generate.add_argument(
+        "--malformed-fraction",
+        type=_fraction,
+        default=MALFORMED_FRACTION,
+        help="lines that are not JSON, of a wrong type or missing a required field, per valid event "
+        f"(default {MALFORMED_FRACTION:g})",
     )
     generate.add_argument("--seed", type=int, default=None, help="generator seed (default: new each run)")
     generate.add_argument(
@@ -92,13 +117,13 @@ class _Sink(Protocol):
 class _KafkaSink:
     """The project's idempotent producer; hostile kinds in turn, so a slow rate still shows every kind."""
 
-    def __init__(self, ctx: Context, generator: ClickstreamGenerator) -> None:
+    def __init__(self, ctx: Context, generator: EventGenerator) -> None:
         from lambda_pipeline.cli.kafka_producer import KafkaEventProducer
 
         kafka = ctx.settings.ingest.kafka
         self.generator = generator
         self.producer = KafkaEventProducer(kafka)
-        self.kinds = itertools.cycle(sorted(HOSTILE_KINDS))
+        self.kinds = itertools.cycle(generator.hostile_kinds)
         self.where = f"kafka {kafka.bootstrap_servers} topic {self.producer.topic}"
 
     def send(self, events: int, hostile: int) -> Counter[str]:
@@ -122,7 +147,7 @@ class _KafkaSink:
 class _FileSink:
     """Whole files, renamed into the landing folder, as ingest expects them."""
 
-    def __init__(self, ctx: Context, generator: ClickstreamGenerator) -> None:
+    def __init__(self, ctx: Context, generator: EventGenerator) -> None:
         ctx.locations.ensure_local_dirs()
         self.generator = generator
         self.landing = ctx.locations.landing
@@ -144,9 +169,29 @@ class _FileSink:
         """Files are complete when renamed into place."""
 
 
-def make_sink(ctx: Context, generator: ClickstreamGenerator, to: str) -> _Sink:
+def make_sink(ctx: Context, generator: EventGenerator, to: str) -> _Sink:
     """Where generated events go: the config's Kafka topic (``to == "kafka"``) or its landing folder."""
     return _KafkaSink(ctx, generator) if to == "kafka" else _FileSink(ctx, generator)
+
+
+def generator_for(
+    pipeline: Pipeline,
+    seed: int,
+    *,
+    duplicate_fraction: float = DUPLICATE_FRACTION,
+    malformed_fraction: float = MALFORMED_FRACTION,
+) -> EventGenerator:
+    """The pipeline's generator: the clickstream demo's (with its known truth) and the IoT example's for the
+    shipped pipelines of those names, else schema-valid events over the pipeline's declared source."""
+    if pipeline.name == "clickstream" and pipeline.source == CLICKS:
+        return ClickstreamGenerator(seed, duplicate_fraction=duplicate_fraction, malformed_fraction=malformed_fraction)
+    if pipeline.name == "iot" and IotGenerator.fits(pipeline.source):
+        return IotGenerator(
+            pipeline.source, seed, duplicate_fraction=duplicate_fraction, malformed_fraction=malformed_fraction
+        )
+    return SyntheticGenerator(
+        pipeline.source, seed, duplicate_fraction=duplicate_fraction, malformed_fraction=malformed_fraction
+    )
 
 
 _REPORTED = ("messages", "files", "lines", "duplicates", "malformed", "hostile")
@@ -164,11 +209,14 @@ def run_generate(ctx: Context, args: argparse.Namespace) -> int:
             "--hostile-fraction", None, "needs --to kafka: null, non-UTF-8 and oversize messages exist only on a broker"
         )
     seed = args.seed if args.seed is not None else time.time_ns() % 1_000_000_007
-    generator = ClickstreamGenerator(seed)
+    generator = generator_for(
+        ctx.pipeline, seed, duplicate_fraction=args.duplicate_fraction, malformed_fraction=args.malformed_fraction
+    )
     sink = make_sink(ctx, generator, to)
     ticks_per_second = _TICKS_PER_SECOND[to]
     print(
-        f"generate: {args.rate:g} events/s -> {sink.where} (seed {seed}"
+        f"generate: {args.rate:g} events/s of pipeline {ctx.pipeline.name} (source {ctx.pipeline.source.name}) "
+        f"-> {sink.where} (seed {seed}"
         + (f", hostile fraction {args.hostile_fraction:g}" if args.hostile_fraction else "")
         + (f", for {args.seconds:g}s)" if args.seconds else ", until stopped)"),
         flush=True,
