@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from lambda_pipeline.core.config import ServeSettings
-from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
+from lambda_pipeline.core.views import TumblingWindow, View, approx_quantile, count, max_of
+from lambda_pipeline.pipelines.clickstream import CLICKS, CLICKSTREAM, PAGE_ACTIVITY
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 from lambda_pipeline.serving_layer.client import Client
+from lambda_pipeline.serving_layer.dashboard_charts import OTHER, TOP_KEYS, MeasureShape, ViewShape, drawing, shape_of
 from lambda_pipeline.serving_layer.server import QueryServer
 from tests.helpers import batch_then_speed, ingest_once
 
@@ -87,3 +89,178 @@ def test_the_dashboard_shows_the_merged_view_and_moves(spark, settings, location
         browser.save_screenshot(str(ARTIFACTS / "dashboard-after-new-events.png"))
     finally:
         server.stop()
+
+
+# ---- the drawing of any view, from its declaration (a pure function: no Spark, no browser) ------------------
+
+
+def _compiles(spec: dict) -> None:
+    """The spec is valid Vega-Lite: altair validated it; vl-convert compiles it to Vega."""
+    import vl_convert
+
+    vl_convert.vegalite_to_vega(spec)
+
+
+def _data(shape: ViewShape, rows: list[dict], **more) -> dict:
+    types = {m.name: "quantitative" for m in shape.measures}
+    return {
+        "shape": shape.as_dict(),
+        "types": {**types, **more.pop("types", {})},
+        "rows": rows,
+        "key_order": more.pop("key_order", []),
+        "split": more.pop("split", []),
+        "batch_boundary": more.pop("batch_boundary", None),
+        "ingest": [],
+        "quarantine_reasons": [],
+    }
+
+
+def _inline(spec: dict) -> list[dict]:
+    return spec["data"]["values"]
+
+
+def test_the_shape_of_a_declaration() -> None:
+    shape = shape_of(PAGE_ACTIVITY)
+    assert shape.keys == ("page",) and shape.window == "1 minute tumbling over event_time"
+    assert [(m.name, m.label, m.additive) for m in shape.measures] == [
+        ("events", "count()", True),
+        ("total_duration_ms", "sum(duration_ms)", True),
+        ("max_duration_ms", "max(duration_ms)", False),
+        ("unique_users", "approx_distinct(user_id, 12)", False),
+    ]
+    assert shape.additive is not None and shape.additive.name == "events" and shape.overlap == 1
+    assert ViewShape.from_dict(shape.as_dict()) == shape
+    keyless = View(
+        "minutes", CLICKS, (), TumblingWindow("event_time", "5 minutes"), {"p95": approx_quantile("duration_ms", 0.95)}
+    )
+    assert shape_of(keyless).keys == () and shape_of(keyless).measures[0].label == "approx_quantile(duration_ms, 0.95)"
+    assert shape_of(keyless).additive is None
+
+
+def test_a_windowed_view_with_keys_draws_each_measure_per_key_over_windows() -> None:
+    shape = shape_of(PAGE_ACTIVITY)
+    rows = [
+        {
+            "key": key,
+            "window_start": f"2026-01-01T00:0{w}:00",
+            "values": {m.name: w + i for i, m in enumerate(shape.measures)},
+        }
+        for key in ("/home", "/cart", OTHER)
+        for w in range(3)
+    ]
+    split = [
+        {"at": "2026-01-01T00:00:00", "layer": "batch", "value": 3.0},
+        {"at": "2026-01-01T00:01:00", "layer": "speed", "value": 2.0},
+    ]
+    drawn = drawing(
+        _data(shape, rows, key_order=["/home", "/cart", OTHER], split=split, batch_boundary="2026-01-01T00:00:00")
+    )
+    names = [f"measure-{m.name}" for m in shape.measures]
+    assert list(drawn["charts"]) == ["split", *names, "rate", "reasons"] and drawn["figures"] == []
+    chart = drawn["charts"]["measure-max_duration_ms"]
+    assert chart["mark"]["type"] == "line"
+    assert chart["encoding"]["x"]["field"] == "window_start" and chart["encoding"]["x"]["type"] == "temporal"
+    assert chart["encoding"]["color"]["scale"]["domain"] == ["/home", "/cart", OTHER]
+    assert {(p["key"], p["value"]) for p in _inline(chart)} >= {("/cart", 2 + 2), (OTHER, 0 + 2)}
+    assert "per page" in chart["title"]
+    split_spec = drawn["charts"]["split"]
+    assert [layer["mark"]["type"] for layer in split_spec["layer"]] == ["bar", "rule"]  # the batch boundary
+    for spec in drawn["charts"].values():
+        _compiles(spec)
+
+
+def test_a_windowed_view_without_keys_draws_one_series() -> None:
+    view = View(
+        "minutes",
+        CLICKS,
+        (),
+        TumblingWindow("event_time", "5 minutes"),
+        {"events": count(), "longest": max_of("duration_ms")},
+    )
+    shape = shape_of(view)
+    rows = [
+        {"key": None, "window_start": f"2026-01-01T00:{5 * w:02d}:00", "values": {"events": 10 * w, "longest": w}}
+        for w in range(4)
+    ]
+    drawn = drawing(_data(shape, rows))
+    chart = drawn["charts"]["measure-events"]
+    assert "color" not in chart["encoding"] and [p["value"] for p in _inline(chart)] == [0, 10, 20, 30]
+    assert "tumbling" in chart["encoding"]["x"]["title"]
+    for spec in drawn["charts"].values():
+        _compiles(spec)
+
+
+def test_a_hopping_window_is_a_window_like_any_other() -> None:
+    shape = ViewShape(
+        "sliding",
+        "",
+        ("site",),
+        "10 minutes hopping every 5 minutes over ts",
+        (MeasureShape("n", "count()", True),),
+        overlap=2,
+    )
+    rows = [{"key": "a", "window_start": "2026-01-01T00:00:00", "values": {"n": 4}}]
+    drawn = drawing(_data(shape, rows, key_order=["a"]))
+    assert drawn["charts"]["measure-n"]["mark"]["type"] == "line"
+    assert "hopping" in drawn["charts"]["measure-n"]["encoding"]["x"]["title"]
+
+
+def test_a_view_without_a_window_draws_the_top_keys_of_each_measure() -> None:
+    # As lambda_pipeline/pipelines/iot.py's device_totals: per device, all time (no window_start column at all).
+    shape = ViewShape(
+        "device_totals",
+        "all-time readings per device",
+        ("device_id",),
+        None,
+        (MeasureShape("readings", "count()", True), MeasureShape("last_seen", "max(ts)", False)),
+    )
+    rows = [
+        {
+            "key": f"dev-{i:02d}",
+            "window_start": None,
+            "values": {"readings": i, "last_seen": f"2026-01-{28 - i:02d}T00:00:00"},
+        }
+        for i in range(12)
+    ]
+    rows.append({"key": "dev-null", "window_start": None, "values": {"readings": None, "last_seen": None}})
+    split = [{"at": "dev-11", "layer": "batch", "value": 9.0}, {"at": "dev-11", "layer": "speed", "value": 2.0}]
+    drawn = drawing(_data(shape, rows, types={"last_seen": "temporal"}, split=split))
+    assert list(drawn["charts"]) == ["split", "measure-readings", "measure-last_seen", "rate", "reasons"]
+    readings = drawn["charts"]["measure-readings"]
+    assert readings["mark"]["type"] == "bar" and readings["encoding"]["y"]["field"] == "key"
+    assert [p["key"] for p in _inline(readings)] == [f"dev-{i:02d}" for i in range(11, 11 - TOP_KEYS, -1)]
+    assert readings["encoding"]["y"]["sort"] == [p["key"] for p in _inline(readings)]
+    last_seen = drawn["charts"]["measure-last_seen"]  # times are drawn as points on a time axis, not bars from 1970
+    assert last_seen["mark"]["type"] == "point" and last_seen["encoding"]["x"]["type"] == "temporal"
+    assert [p["key"] for p in _inline(last_seen)][:2] == ["dev-00", "dev-01"]  # the newest first
+    assert drawn["charts"]["split"]["encoding"]["y"]["field"] == "at"  # shares per key, not per window
+    assert drawn["figures"] == []
+    for spec in drawn["charts"].values():
+        _compiles(spec)
+
+
+def test_a_view_without_keys_or_window_shows_its_one_row_as_figures() -> None:
+    shape = ViewShape(
+        "totals",
+        "",
+        (),
+        None,
+        (MeasureShape("events", "count()", True), MeasureShape("p50", "approx_quantile(ms, 0.5)", False)),
+    )
+    drawn = drawing(_data(shape, [{"key": None, "window_start": None, "values": {"events": 550, "p50": 1234.5}}]))
+    assert list(drawn["charts"]) == ["split", "rate", "reasons"]  # no chart of one value
+    assert drawn["figures"] == [
+        {"name": "events", "label": "count()", "value": 550, "type": "quantitative"},
+        {"name": "p50", "label": "approx_quantile(ms, 0.5)", "value": 1234.5, "type": "quantitative"},
+    ]
+    assert drawing(_data(shape, []))["figures"][0]["value"] is None  # nothing ingested yet
+    for spec in drawn["charts"].values():
+        _compiles(spec)
+
+
+def test_a_view_without_a_count_or_sum_has_no_split() -> None:
+    shape = ViewShape(
+        "extremes", "", ("page",), "1 minute tumbling over event_time", (MeasureShape("longest", "max(ms)", False),)
+    )
+    drawn = drawing(_data(shape, []))
+    assert list(drawn["charts"]) == ["measure-longest", "rate", "reasons"]
