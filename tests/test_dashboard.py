@@ -8,14 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from lambda_pipeline.batch_layer.job import run_batch
 from lambda_pipeline.core.config import ServeSettings
+from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.views import TumblingWindow, View, approx_quantile, count, max_of
-from lambda_pipeline.pipelines.clickstream import CLICKS, CLICKSTREAM, PAGE_ACTIVITY
+from lambda_pipeline.pipelines.clickstream import CLICKS, PAGE_ACTIVITY
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
+from lambda_pipeline.pipelines.ingest import start_ingest
 from lambda_pipeline.serving_layer.client import Client
 from lambda_pipeline.serving_layer.dashboard_charts import OTHER, TOP_KEYS, MeasureShape, ViewShape, drawing, shape_of
 from lambda_pipeline.serving_layer.server import QueryServer
-from tests.helpers import batch_then_speed, ingest_once
 
 ARTIFACTS = Path(
     os.environ.get("LAMBDA_PIPELINE_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts")
@@ -46,46 +48,90 @@ def browser():
     driver.quit()
 
 
-def _shown(browser, until_total: int | None = None, timeout: float = 90.0) -> dict[str, int]:
-    """Wait (bounded) until the page has drawn its charts (and shows ``until_total``); what it shows."""
+def _shown(browser, until_total: int | None = None, view: str | None = None, timeout: float = 90.0) -> dict:
+    """Wait (bounded) until the page has drawn its charts (of ``view``, showing ``until_total``); what it shows."""
     from selenium.webdriver.support.ui import WebDriverWait
 
-    def drawn(driver) -> dict[str, int] | None:
+    def drawn(driver) -> dict | None:
         body = driver.find_element("tag name", "body")
-        if body.get_attribute("data-ready") != "true":
+        if body.get_attribute("data-ready") != "true" or view not in {None, body.get_attribute("data-view")}:
             return None
         total = driver.find_element("id", "total").get_attribute("data-value")
-        charts = len(driver.find_elements("css selector", ".chart svg"))
         shown = {
+            "view": body.get_attribute("data-view"),
             "total": round(float(total)),
             "master": int(body.get_attribute("data-master-version")),
-            "charts": charts,
+            "charts": [
+                c.get_attribute("id")
+                for c in driver.find_elements("css selector", ".chart")
+                if c.find_elements("tag name", "svg")
+            ],
+            "views": [o.get_attribute("value") for o in driver.find_elements("css selector", "#view option")],
+            "description": driver.find_element("id", "description").text,
         }
         return shown if until_total is None or shown["total"] == until_total else None
 
     return WebDriverWait(browser, timeout, poll_frequency=0.25).until(drawn)
 
 
-@pytest.mark.integration
-def test_the_dashboard_shows_the_merged_view_and_moves(spark, settings, locations, browser) -> None:
-    generator = ClickstreamGenerator(9, malformed_fraction=0.05, duplicate_fraction=0.05)
-    batch_then_speed(spark, settings, locations, generator, batch=(400, 2), speed=(150, 1))
+# A second view of another shape than page_activity's: no keys, and a measure whose layers do not add up.
+MINUTES = View(
+    "minutes",
+    CLICKS,
+    (),
+    TumblingWindow("event_time", "5 minutes"),
+    {"events": count(), "median_ms": approx_quantile("duration_ms", 0.5)},
+    description="All pages, per 5 minutes: events and the median visit.",
+)
+DASHED = Pipeline("dashed", CLICKS, (PAGE_ACTIVITY, MINUTES))
 
-    server = QueryServer(spark, CLICKSTREAM, locations, ServeSettings(port=0)).start()
+
+def _ingest(spark, settings, locations) -> None:
+    start_ingest(spark, DASHED, settings, locations, once=True).awaitTermination()
+
+
+@pytest.mark.integration
+def test_the_dashboard_shows_every_view_and_moves(spark, settings, locations, browser) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    generator = ClickstreamGenerator(9, malformed_fraction=0.05, duplicate_fraction=0.05)
+    generator.write(locations.landing, 400, files=2)
+    _ingest(spark, settings, locations)
+    run_batch(spark, DASHED, locations)
+    generator.write(locations.landing, 150, files=1)
+    _ingest(spark, settings, locations)
+
+    server = QueryServer(spark, DASHED, locations, ServeSettings(port=0)).start()
     try:
         browser.get(f"{server.url}/dashboard")
         shown = _shown(browser)
         answer = Client(server.url).query(TOTAL)
         assert answer.pin["master_table_version"] == shown["master"]  # the same pin: nothing was ingested since
         assert shown["total"] == answer.table.column("n")[0].as_py() == 550
-        assert shown["charts"] == 4
+        assert shown["view"] == "page_activity" and shown["views"] == ["page_activity", "minutes"]
+        measures = [f"chart-measure-{m}" for m in PAGE_ACTIVITY.measures]
+        assert shown["charts"] == ["chart-split", *measures, "chart-rate", "chart-reasons"]
+        assert PAGE_ACTIVITY.description in shown["description"] and "keys: page" in shown["description"]
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))
 
+        Select(browser.find_element("id", "view")).select_by_value("minutes")
+        minutes = _shown(browser, view="minutes")
+        assert minutes["total"] == 550 and "no keys" in minutes["description"]
+        assert minutes["charts"] == [
+            "chart-split",
+            "chart-measure-events",
+            "chart-measure-median_ms",
+            "chart-rate",
+            "chart-reasons",
+        ]
+        assert "view=minutes" in browser.current_url  # a reload stays on the view chosen
+        browser.save_screenshot(str(ARTIFACTS / "dashboard-minutes.png"))
+
         generator.write(locations.landing, 80, files=1)
-        ingest_once(spark, settings, locations)
-        moved = _shown(browser, until_total=630)
-        assert moved["master"] > shown["master"]
+        _ingest(spark, settings, locations)
+        moved = _shown(browser, until_total=630, view="minutes")
+        assert moved["master"] > minutes["master"]
         browser.save_screenshot(str(ARTIFACTS / "dashboard-after-new-events.png"))
     finally:
         server.stop()
