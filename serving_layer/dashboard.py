@@ -1,10 +1,12 @@
-"""The live dashboard of the query server: the merged view moving, and where the batch layer ends.
+"""The live dashboard of the query server: any view of the pipeline moving, and where the batch layer ends.
 
-What a newcomer should see is the one thing that sets this product apart: every window of the served view
-is the batch layer's share plus the speed layer's share, and the boundary between them moves each time a
-batch is published. The page (``/dashboard``) polls ``/dashboard/data`` and draws Vega-Lite charts built
-with altair on the server; the Vega libraries come from ``vl-convert-python``'s bundle, served by the same
-server, so the page needs no network beyond it.
+What a newcomer should see is the one thing that sets this product apart: every row of the served view is
+the batch layer's share plus the speed layer's share, and the boundary between them moves each time a batch
+is published. The page (``/dashboard``) lists every view of the pipeline with its description, polls
+``/dashboard/data?view=NAME`` and draws Vega-Lite charts built with altair on the server. What it draws
+follows the view's declaration alone (:mod:`.dashboard_charts`): its keys, its window if any, its measures.
+The Vega libraries come from ``vl-convert-python``'s bundle, served by the same server, so the page needs no
+network beyond it.
 
 Everything is read at one pin per update of the data, through :class:`ServingLayer` (the same relations the
 guard binds a query to), plus the Delta logs of master and quarantine for the ingest rate (commit files, no

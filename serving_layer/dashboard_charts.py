@@ -21,10 +21,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from lambda_pipeline.core.durations import duration_seconds
-
 if TYPE_CHECKING:
-    from lambda_pipeline.core.views import Aggregate, View
+    from lambda_pipeline.core.aggregates import Aggregate
+    from lambda_pipeline.core.views import View
 
 __all__ = ["OTHER", "TOP_KEYS", "MeasureShape", "ViewShape", "drawing", "shape_of"]
 
@@ -86,19 +85,18 @@ def _measure_label(aggregate: Aggregate) -> str:
 
 def shape_of(view: View) -> ViewShape:
     """The shape of ``view``'s declaration: its keys, its window (if any) and its measures."""
-    window = getattr(view, "window", None)
-    overlap, described = 1, None
-    if window is not None:
-        slide = getattr(window, "slide", None)
-        if slide is None:
-            described = f"{window.size} tumbling over {window.column}"
-        else:
-            overlap = max(1, round(duration_seconds(window.size) / duration_seconds(slide)))
-            described = f"{window.size} hopping every {slide} over {window.column}"
+    from lambda_pipeline.core.windows import HoppingWindow
+
+    window, described = view.window, None
+    if isinstance(window, HoppingWindow):
+        described = f"{window.size} hopping every {window.slide} over {window.column}"
+    elif window is not None:
+        described = f"{window.size} tumbling over {window.column}"
     measures = tuple(
         MeasureShape(name, _measure_label(aggregate), aggregate.kind in ADDITIVE)
         for name, aggregate in view.measures.items()
     )
+    overlap = window.per_event if window is not None else 1
     return ViewShape(view.name, view.description, tuple(view.keys), described, measures, overlap)
 
 
@@ -183,7 +181,7 @@ def _split_chart(shape: ViewShape, data: dict[str, Any]) -> Any:
     else:
         split = chart.encode(
             x=alt.X("sum(value):Q", title=measure.name),
-            y=alt.Y("at:N", title=shape.key_label, sort="-x"),
+            y=alt.Y("at:N", title=shape.key_label if shape.keys else None, sort="-x"),
             color=colors,
             tooltip=[alt.Tooltip("at:N", title=shape.key_label), "layer:N", share],
         )

@@ -9,12 +9,15 @@ from pathlib import Path
 import pytest
 
 from lambda_pipeline.batch_layer.job import run_batch
+from lambda_pipeline.core.aggregates import approx_quantile, count, max_of
 from lambda_pipeline.core.config import ServeSettings
 from lambda_pipeline.core.pipeline import Pipeline
-from lambda_pipeline.core.views import TumblingWindow, View, approx_quantile, count, max_of
+from lambda_pipeline.core.views import View
+from lambda_pipeline.core.windows import HoppingWindow, TumblingWindow
 from lambda_pipeline.pipelines.clickstream import CLICKS, PAGE_ACTIVITY
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 from lambda_pipeline.pipelines.ingest import start_ingest
+from lambda_pipeline.pipelines.iot import DEVICE_TOTALS
 from lambda_pipeline.serving_layer.client import Client
 from lambda_pipeline.serving_layer.dashboard_charts import OTHER, TOP_KEYS, MeasureShape, ViewShape, drawing, shape_of
 from lambda_pipeline.serving_layer.server import QueryServer
@@ -68,32 +71,51 @@ def _shown(browser, until_total: int | None = None, view: str | None = None, tim
             ],
             "views": [o.get_attribute("value") for o in driver.find_elements("css selector", "#view option")],
             "description": driver.find_element("id", "description").text,
+            "figures": [f.text for f in driver.find_elements("css selector", "#figures > div")],
         }
         return shown if until_total is None or shown["total"] == until_total else None
 
     return WebDriverWait(browser, timeout, poll_frequency=0.25).until(drawn)
 
 
-# A second view of another shape than page_activity's: no keys, and a measure whose layers do not add up.
+# Views of every other shape than page_activity's (keys, tumbling window), over the same events: no keys and
+# a hopping window (each event counts in two windows) with a measure whose layers do not add up; no window
+# (all-time totals per page); neither keys nor window (one row).
 MINUTES = View(
     "minutes",
     CLICKS,
-    (),
-    TumblingWindow("event_time", "5 minutes"),
-    {"events": count(), "median_ms": approx_quantile("duration_ms", 0.5)},
-    description="All pages, per 5 minutes: events and the median visit.",
+    window=HoppingWindow("event_time", "10 minutes", "5 minutes"),
+    measures={"events": count(), "median_ms": approx_quantile("duration_ms", 0.5)},
+    description="All pages, 10-minute windows every 5 minutes: events and the median visit.",
 )
-DASHED = Pipeline("dashed", CLICKS, (PAGE_ACTIVITY, MINUTES))
+PAGE_TOTALS = View(
+    "page_totals",
+    CLICKS,
+    keys=("page",),
+    measures={"events": count(), "last_visit": max_of("event_time")},
+    description="Per page, all time: events and the last visit.",
+)
+EVERYTHING = View("everything", CLICKS, measures={"events": count(), "longest_ms": max_of("duration_ms")})
+DASHED = Pipeline("dashed", CLICKS, (PAGE_ACTIVITY, MINUTES, PAGE_TOTALS, EVERYTHING))
 
 
 def _ingest(spark, settings, locations) -> None:
     start_ingest(spark, DASHED, settings, locations, once=True).awaitTermination()
 
 
-@pytest.mark.integration
-def test_the_dashboard_shows_every_view_and_moves(spark, settings, locations, browser) -> None:
+def _choose(browser, view: str) -> dict:
+    """Pick ``view`` in the page's selector; what the page shows once it has drawn it."""
     from selenium.webdriver.support.ui import Select
 
+    Select(browser.find_element("id", "view")).select_by_value(view)
+    shown = _shown(browser, view=view)
+    assert f"view={view}" in browser.current_url  # a reload stays on the view chosen
+    browser.save_screenshot(str(ARTIFACTS / f"dashboard-{view}.png"))
+    return shown
+
+
+@pytest.mark.integration
+def test_the_dashboard_shows_every_view_and_moves(spark, settings, locations, browser) -> None:
     generator = ClickstreamGenerator(9, malformed_fraction=0.05, duplicate_fraction=0.05)
     generator.write(locations.landing, 400, files=2)
     _ingest(spark, settings, locations)
@@ -108,16 +130,16 @@ def test_the_dashboard_shows_every_view_and_moves(spark, settings, locations, br
         answer = Client(server.url).query(TOTAL)
         assert answer.pin["master_table_version"] == shown["master"]  # the same pin: nothing was ingested since
         assert shown["total"] == answer.table.column("n")[0].as_py() == 550
-        assert shown["view"] == "page_activity" and shown["views"] == ["page_activity", "minutes"]
+        assert shown["view"] == "page_activity" and shown["views"] == [v.name for v in DASHED.views]
         measures = [f"chart-measure-{m}" for m in PAGE_ACTIVITY.measures]
         assert shown["charts"] == ["chart-split", *measures, "chart-rate", "chart-reasons"]
         assert PAGE_ACTIVITY.description in shown["description"] and "keys: page" in shown["description"]
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))
 
-        Select(browser.find_element("id", "view")).select_by_value("minutes")
-        minutes = _shown(browser, view="minutes")
-        assert minutes["total"] == 550 and "no keys" in minutes["description"]
+        # Every view shows the same 550 events: a hopping window's count is not doubled in the total.
+        minutes = _choose(browser, "minutes")
+        assert minutes["total"] == 550 and "no keys" in minutes["description"] and "hopping" in minutes["description"]
         assert minutes["charts"] == [
             "chart-split",
             "chart-measure-events",
@@ -125,16 +147,42 @@ def test_the_dashboard_shows_every_view_and_moves(spark, settings, locations, br
             "chart-rate",
             "chart-reasons",
         ]
-        assert "view=minutes" in browser.current_url  # a reload stays on the view chosen
-        browser.save_screenshot(str(ARTIFACTS / "dashboard-minutes.png"))
+        totals = _choose(browser, "page_totals")
+        assert totals["total"] == 550 and "all-time totals" in totals["description"]
+        assert totals["charts"] == [
+            "chart-split",
+            "chart-measure-events",
+            "chart-measure-last_visit",
+            "chart-rate",
+            "chart-reasons",
+        ]
+        everything = _choose(browser, "everything")
+        assert everything["total"] == 550 and everything["charts"] == ["chart-split", "chart-rate", "chart-reasons"]
+        assert everything["figures"][0].splitlines() == ["550", "events = count()"]
+
+        response = requests_get(f"{server.url}/dashboard/data?view=nope")
+        assert response[0] == 400 and "has no view 'nope'" in response[1]
 
         generator.write(locations.landing, 80, files=1)
         _ingest(spark, settings, locations)
-        moved = _shown(browser, until_total=630, view="minutes")
-        assert moved["master"] > minutes["master"]
+        moved = _shown(browser, until_total=630, view="everything")
+        assert moved["master"] > everything["master"]
+        assert moved["figures"][0].splitlines()[0] == "630"
         browser.save_screenshot(str(ARTIFACTS / "dashboard-after-new-events.png"))
     finally:
         server.stop()
+
+
+def requests_get(url: str) -> tuple[int, str]:
+    """(status, body) of a GET, errors included."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
 
 
 # ---- the drawing of any view, from its declaration (a pure function: no Spark, no browser) ------------------
@@ -237,18 +285,27 @@ def test_a_windowed_view_without_keys_draws_one_series() -> None:
 
 
 def test_a_hopping_window_is_a_window_like_any_other() -> None:
-    shape = ViewShape(
+    view = View(
         "sliding",
-        "",
-        ("site",),
-        "10 minutes hopping every 5 minutes over ts",
-        (MeasureShape("n", "count()", True),),
-        overlap=2,
+        CLICKS,
+        ("page",),
+        HoppingWindow("event_time", "10 minutes", "5 minutes"),
+        {"n": count()},
     )
+    shape = shape_of(view)
+    assert shape.window == "10 minutes hopping every 5 minutes over event_time" and shape.overlap == 2
     rows = [{"key": "a", "window_start": "2026-01-01T00:00:00", "values": {"n": 4}}]
     drawn = drawing(_data(shape, rows, key_order=["a"]))
     assert drawn["charts"]["measure-n"]["mark"]["type"] == "line"
     assert "hopping" in drawn["charts"]["measure-n"]["encoding"]["x"]["title"]
+
+
+def test_the_shape_of_views_without_a_window() -> None:
+    shape = shape_of(DEVICE_TOTALS)  # the IoT example's all-time view
+    assert shape.window is None and shape.keys == ("device_id",) and shape.overlap == 1
+    assert [m.label for m in shape.measures] == ["count()", "min(ts)", "max(ts)"]
+    one_row = View("everything", CLICKS, measures={"events": count(), "longest": max_of("duration_ms")})
+    assert shape_of(one_row).keys == () and shape_of(one_row).window is None
 
 
 def test_a_view_without_a_window_draws_the_top_keys_of_each_measure() -> None:
