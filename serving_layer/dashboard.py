@@ -296,6 +296,7 @@ async function refresh() {
     const response = await fetch("dashboard/data" + location.search, {cache: "no-store"});
     const body = await response.json();
     if (!response.ok) { throw new Error(body.error || response.statusText); }
+    document.body.dataset.ready = "drawing";  // "true" again once every chart is drawn
     draw(body.data);
     document.getElementById("figures").replaceChildren(
       ...body.figures.map(f => figure(shown(f.value, f.type), f.name + " = " + f.label)));
