@@ -1,10 +1,12 @@
-"""The live dashboard of the query server: the merged view moving, and where the batch layer ends.
+"""The live dashboard of the query server: any view of the pipeline moving, and where the batch layer ends.
 
-What a newcomer should see is the one thing that sets this product apart: every window of the served view
-is the batch layer's share plus the speed layer's share, and the boundary between them moves each time a
-batch is published. The page (``/dashboard``) polls ``/dashboard/data`` and draws Vega-Lite charts built
-with altair on the server; the Vega libraries come from ``vl-convert-python``'s bundle, served by the same
-server, so the page needs no network beyond it.
+What a newcomer should see is the one thing that sets this product apart: every row of the served view is
+the batch layer's share plus the speed layer's share, and the boundary between them moves each time a batch
+is published. The page (``/dashboard``) lists every view of the pipeline with its description, polls
+``/dashboard/data?view=NAME`` and draws Vega-Lite charts built with altair on the server. What it draws
+follows the view's declaration alone (:mod:`.dashboard_charts`): its keys, its window if any, its measures.
+The Vega libraries come from ``vl-convert-python``'s bundle, served by the same server, so the page needs no
+network beyond it.
 
 Everything is read at one pin per update of the data, through :class:`ServingLayer` (the same relations the
 guard binds a query to), plus the Delta logs of master and quarantine for the ingest rate (commit files, no
@@ -15,34 +17,33 @@ from __future__ import annotations
 
 import functools
 import itertools
-from datetime import datetime
+import math
+from datetime import date, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from lambda_pipeline.core.deltalog import commits
 from lambda_pipeline.core.tables import table_version
 from lambda_pipeline.core.views import WINDOW_START, View
 from lambda_pipeline.serving_layer.catalog import ServingLayer
+from lambda_pipeline.serving_layer.dashboard_charts import OTHER, TOP_KEYS, drawing, shape_of
 from lambda_pipeline.serving_layer.pin import Pin
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
-__all__ = ["PAGE", "additive_measure", "charts", "dashboard_data", "vega_bundle"]
+__all__ = ["PAGE", "dashboard_data", "drawing", "vega_bundle"]
 
 RATE_COMMITS = 60
 """Ingest commits the rate chart shows (the newest ones)."""
 WINDOWS_SHOWN = 30
 """Event-time windows the charts show (the newest ones)."""
-
-
-def additive_measure(view: View) -> str:
-    """The measure whose batch and speed shares add up (a count, else a sum): the one the charts split."""
-    for name, aggregate in view.measures.items():
-        if aggregate.kind in {"count", "sum"}:
-            return name
-    raise ValueError(f"view '{view.name}' has no count or sum measure to draw")
+LAYER = "_dashboard_layer"
+KEY = "_dashboard_key"
+"""Columns the dashboard adds to a view's states: which layer a state comes from, and its key's label."""
 
 
 def _ingest_commits(spark: SparkSession, path: str, newest: int) -> list[dict[str, Any]]:
@@ -60,37 +61,131 @@ def _ingest_commits(spark: SparkSession, path: str, newest: int) -> list[dict[st
     return found[1:]
 
 
+def _plain(value: Any) -> Any:
+    """A value of a view's row as JSON: numbers, ISO times and text (None for NaN and infinities)."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, int | float | str):
+        return value
+    return str(value)
+
+
+def _kind(dtype: T.DataType) -> str:
+    """How Vega-Lite draws a measure of ``dtype``."""
+    if isinstance(dtype, T.NumericType):
+        return "quantitative"
+    return "temporal" if isinstance(dtype, T.TimestampType | T.TimestampNTZType | T.DateType) else "nominal"
+
+
+def _label(keys: tuple[str, ...]) -> Column:
+    """A key's label: its values joined by `` / ``."""
+    return F.concat_ws(" / ", *[F.coalesce(F.col(k).cast("string"), F.lit("null")) for k in keys])
+
+
+def _folded(keys: tuple[str, ...], shown: list[str]) -> Column:
+    """The key's label when it is one of ``shown``, else ``other``; null for a view without keys."""
+    if not keys:
+        return F.lit(None).cast("string")
+    return F.when(_label(keys).isin(shown), _label(keys)).otherwise(F.lit(OTHER))
+
+
+def _merged(view: View, measures: list[str] | None = None) -> list[Column]:
+    """The view's merge of states into its measures (of ``measures`` only, if given)."""
+    items = dict(zip(view.measures, view.merge_sql(), strict=True))
+    return [F.expr(items[m]) for m in measures or list(items)]
+
+
+def _row(row: Any, view: View, windowed: bool) -> dict[str, Any]:
+    return {
+        "key": row[KEY],
+        "window_start": row[WINDOW_START].isoformat() if windowed and row[WINDOW_START] is not None else None,
+        "values": {m: _plain(row[m]) for m in view.measures},
+    }
+
+
+def _shares(states: DataFrame, at: Column, measure: str, view: View, overlap: int = 1) -> list[dict[str, Any]]:
+    """Per layer and ``at`` (a window, a key, or all), the layer's share of ``measure``."""
+    rows = states.groupBy(LAYER, at.alias("at")).agg(*_merged(view, [measure])).collect()
+    return [
+        {
+            "at": _plain(r["at"]) if r["at"] is not None else "all",
+            "layer": r[LAYER],
+            "value": float(r[measure] or 0) / overlap,
+        }
+        for r in rows
+    ]
+
+
+def view_rows(serving: ServingLayer, view: View, pin: Pin) -> dict[str, Any]:
+    """What the charts of ``view`` need at ``pin``: its rows (merged from both layers), the layers' shares of
+    its first additive measure, the batch boundary and the totals. Every aggregate is merged from the view's
+    states, so ``other`` (the keys past the top ones) is exact for every measure."""
+    served = serving.relation("serving", view.name, pin)  # refuses states of another definition
+    shape = shape_of(view)
+    windowed = WINDOW_START in view.group_columns
+    batch = serving.relations.batch_states(view, pin).withColumn(LAYER, F.lit("batch"))
+    every = batch.unionByName(serving.relations.speed_states(view, pin).withColumn(LAYER, F.lit("speed")))
+    states = every
+    additive = shape.additive.name if shape.additive is not None else None
+    first = next(iter(view.measures))
+    keys: tuple[str, ...] = tuple(view.keys)
+    if windowed:
+        newest = states.select(WINDOW_START).distinct().orderBy(F.col(WINDOW_START).desc()).limit(WINDOWS_SHOWN)
+        states = states.join(F.broadcast(newest), WINDOW_START)
+        ranked = (
+            states.groupBy(_label(keys).alias(KEY))
+            .agg(*_merged(view, [first]))
+            .orderBy(F.col(first).desc_nulls_last(), KEY)
+            .limit(TOP_KEYS)
+            .collect()
+            if keys
+            else []
+        )
+        order = [r[KEY] for r in ranked]
+        rows = states.groupBy(_folded(keys, order).alias(KEY), WINDOW_START).agg(*_merged(view)).collect()
+        collected = [_row(r, view, windowed) for r in rows]
+        split = [] if additive is None else _shares(states, F.col(WINDOW_START), additive, view)
+        batch_starts = [s["at"] for s in split if s["layer"] == "batch"]
+        boundary = max(batch_starts) if batch_starts else None
+    else:
+        labelled = served.withColumn(KEY, _label(keys) if keys else F.lit(None).cast("string"))
+        if keys:  # the top keys of each measure, for its own chart
+            tops = [labelled.orderBy(F.col(m).desc_nulls_last(), KEY).limit(TOP_KEYS) for m in view.measures]
+            labelled = functools.reduce(lambda a, b: a.unionByName(b), tops)
+        collected = list({r["key"]: r for r in (_row(row, view, windowed) for row in labelled.collect())}.values())
+        if additive is not None and keys:
+            ranked_rows = sorted(collected, key=lambda r: -float(r["values"][additive] or 0))[:TOP_KEYS]
+            order = [r["key"] for r in ranked_rows]
+        else:
+            order = []
+        split = [] if additive is None else _shares(states, _folded(keys, order), additive, view)
+        boundary = None
+    totals = None
+    if additive is not None:  # over every window; a hopping window counts each event in `overlap` windows
+        totals = {"batch": 0.0, "speed": 0.0}
+        for share in _shares(every, F.lit(None), additive, view, shape.overlap):
+            totals[share["layer"]] += share["value"]
+    return {
+        "shape": shape.as_dict(),
+        "types": {m: _kind(served.schema[m].dataType) for m in view.measures},
+        "rows": collected,
+        "key_order": order + ([OTHER] if any(r["key"] == OTHER for r in collected) else []),
+        "split": split,
+        "batch_boundary": boundary,
+        "totals": totals,
+    }
+
+
 def dashboard_data(serving: ServingLayer, view_name: str | None = None) -> dict[str, Any]:
-    """What the page draws, at one fresh pin: per window and key the batch and speed shares, the boundary,
-    the freshness lag, the ingest rate and the quarantine reasons."""
+    """What the page draws, at one fresh pin: the view's rows and the layers' shares (:func:`view_rows`),
+    the freshness lag, the ingest rate, the quarantine reasons, and every view of the pipeline to choose from."""
     view = serving.pipeline.view(view_name) if view_name else serving.pipeline.views[0]
-    measure = additive_measure(view)
     pin: Pin = serving.take_pin()
-    key = view.keys[0] if view.keys else None
-    group = [WINDOW_START, *([key] if key else [])]
-
-    def shares(layer: str) -> list[dict[str, Any]]:
-        frame = serving.relation(layer, view.name, pin).groupBy(*group).agg(F.sum(measure).alias("value"))
-        newest = frame.select(WINDOW_START).distinct().orderBy(F.col(WINDOW_START).desc()).limit(WINDOWS_SHOWN)
-        rows = frame.join(newest, WINDOW_START).collect()
-        return [
-            {
-                "window_start": row[WINDOW_START].isoformat(),
-                "key": None if key is None else str(row[key]),
-                "layer": layer,
-                "value": float(row["value"] or 0),
-            }
-            for row in rows
-        ]
-
-    def total(layer: str) -> float:
-        row = serving.relation(layer, view.name, pin).agg(F.sum(measure)).first()
-        return float(row[0] or 0) if row is not None else 0.0
-
-    windows = shares("batch") + shares("speed")
-    starts = sorted({w["window_start"] for w in windows})[-WINDOWS_SHOWN:]
-    windows = [w for w in windows if w["window_start"] in starts]
-    batch_starts = [w["window_start"] for w in windows if w["layer"] == "batch"]
+    drawn = view_rows(serving, view, pin)
     provenance = serving.provenance(view.name, pin)
     quarantine = serving.relation("master", serving.locations.settings.tables.quarantine, pin)
     reasons = (
@@ -101,79 +196,14 @@ def dashboard_data(serving: ServingLayer, view_name: str | None = None) -> dict[
     spark = serving.session
     return {
         "view": view.name,
-        "measure": measure,
-        "key": key,
-        "windows": windows,
-        "batch_boundary": max(batch_starts) if batch_starts else None,
-        "totals": {layer: total(layer) for layer in ("batch", "speed")},
+        "views": [{"name": v.name, "description": v.description} for v in serving.pipeline.views],
+        **drawn,
         "freshness_lag_seconds": provenance.freshness_lag_seconds,
         "provenance": provenance.as_dict(),
         "pin": pin.as_dict(),
         "ingest": _ingest_commits(spark, serving.locations.master, table_version(spark, serving.locations.master) or 0),
         "quarantine_reasons": sorted(({"reason": r["reason"], "count": int(r["count"])} for r in reasons), key=str),
         "generated_at": datetime.now().isoformat(timespec="seconds"),
-    }
-
-
-def charts(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Vega-Lite specifications (altair) of the page's charts, data inlined."""
-    import altair as alt
-
-    measure, key = data["measure"], data["key"] or "all"
-    windows = alt.Data(values=data["windows"])
-    layer_colors = alt.Scale(domain=["batch", "speed"], range=["#4c78a8", "#f58518"])
-    split = (
-        alt.Chart(windows)
-        .mark_bar()
-        .encode(
-            x=alt.X("window_start:T", title="event-time window"),
-            y=alt.Y("sum(value):Q", title=measure),
-            color=alt.Color("layer:N", scale=layer_colors, title="layer"),
-            tooltip=["window_start:T", "layer:N", alt.Tooltip("sum(value):Q", title=measure)],
-        )
-    )
-    boundary = data["batch_boundary"]
-    if boundary is not None:
-        rule = (
-            alt.Chart(alt.Data(values=[{"at": boundary}]))
-            .mark_rule(color="black", strokeDash=[4, 3])
-            .encode(x="at:T", tooltip=[alt.Tooltip("at:T", title="newest window the batch layer holds")])
-        )
-        split = split + rule
-    per_key = (
-        alt.Chart(windows)
-        .mark_line(point=True)
-        .encode(
-            x=alt.X("window_start:T", title="event-time window"),
-            y=alt.Y("sum(value):Q", title=f"{measure} (batch + speed)"),
-            color=alt.Color("key:N", title=key),
-            tooltip=["window_start:T", "key:N", alt.Tooltip("sum(value):Q", title=measure)],
-        )
-    )
-    rate = (
-        alt.Chart(alt.Data(values=data["ingest"]))
-        .mark_line(point=True)
-        .encode(
-            x=alt.X("at_ms:T", title="master commit"),
-            y=alt.Y("events_per_second:Q", title="events/s ingested"),
-            tooltip=["version:Q", "rows:Q", "events_per_second:Q"],
-        )
-    )
-    reasons = (
-        alt.Chart(alt.Data(values=data["quarantine_reasons"]))
-        .mark_bar()
-        .encode(
-            x=alt.X("count:Q", title="lines"),
-            y=alt.Y("reason:N", title=None, sort="-x"),
-            tooltip=["reason:N", "count:Q"],
-        )
-    )
-    size = {"width": "container", "height": 220}
-    return {
-        "split": split.properties(**size, title="Batch and speed share of each window").to_dict(),
-        "per_key": per_key.properties(**size, title=f"{measure} per {key}").to_dict(),
-        "rate": rate.properties(**size, title="Ingest rate").to_dict(),
-        "reasons": reasons.properties(**size, title="Quarantine by reason").to_dict(),
     }
 
 
@@ -192,9 +222,12 @@ PAGE = """<!doctype html>
 <title>lambda-pipeline: live</title>
 <style>
   body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }
-  header { display: flex; gap: 2rem; align-items: baseline; flex-wrap: wrap; }
+  header, #figures { display: flex; gap: 2rem; align-items: baseline; flex-wrap: wrap; }
+  h1 { margin: 0; } select { font-size: 1rem; margin-left: 0.5rem; }
+  #description { color: #444; margin: 0.4rem 0 1rem; }
   .figure { font-size: 1.6rem; font-weight: 600; }
   .label { color: #666; font-size: 0.85rem; }
+  #figures { margin-top: 1rem; }
   .grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 1.5rem; margin-top: 1rem; }
   .chart { width: 100%; }
   #status { color: #a00; }
@@ -203,46 +236,93 @@ PAGE = """<!doctype html>
 </head>
 <body>
 <header>
-  <h1>serving.<span id="view">…</span></h1>
-  <div><div class="figure" id="total">…</div><div class="label">served in all (batch + speed)</div></div>
+  <h1>serving.<select id="view" aria-label="view"></select></h1>
+  <div><div class="figure" id="total">…</div>
+    <div class="label" id="total-label">served in all (batch + speed)</div></div>
   <div><div class="figure" id="speed-share">…</div><div class="label">of them from the speed layer</div></div>
   <div><div class="figure" id="lag">…</div><div class="label">freshness lag</div></div>
   <div><div class="figure" id="pin">…</div><div class="label">master version (batch covers up to)</div></div>
   <div id="status"></div>
 </header>
-<div class="grid">
-  <div class="chart" id="split"></div>
-  <div class="chart" id="per_key"></div>
-  <div class="chart" id="rate"></div>
-  <div class="chart" id="reasons"></div>
-</div>
+<p id="description"></p>
+<div id="figures"></div>
+<div class="grid" id="charts"></div>
 <script>
 const every = __REFRESH_MS__;
+let timer = null, running = false, again = false;
+function figure(value, label) {
+  const box = document.createElement("div");
+  const number = Object.assign(document.createElement("div"), {className: "figure", textContent: value});
+  box.append(number, Object.assign(document.createElement("div"), {className: "label", textContent: label}));
+  return box;
+}
+function shown(value, type) {
+  if (value == null) { return "–"; }
+  if (type === "quantitative") { return Number(value).toLocaleString("en", {maximumFractionDigits: 3}); }
+  return type === "temporal" ? new Date(value).toLocaleString("en") : String(value);
+}
+function draw(d) {
+  const select = document.getElementById("view");
+  if (select.options.length !== d.views.length) {
+    select.replaceChildren(...d.views.map(v => new Option(v.name, v.name)));
+  }
+  select.value = d.view;
+  document.title = "lambda-pipeline: serving." + d.view;
+  const shape = d.shape, additive = shape.measures.find(m => m.additive);
+  document.getElementById("description").textContent = [
+    shape.description,
+    shape.keys.length ? "keys: " + shape.keys.join(", ") : "no keys",
+    shape.window ? "windows: " + shape.window : "all-time totals (no window)",
+  ].filter(Boolean).join(" · ");
+  const total = d.totals ? d.totals.batch + d.totals.speed : null;
+  const totalBox = document.getElementById("total");
+  totalBox.textContent = total == null ? "–" : total.toLocaleString("en", {maximumFractionDigits: 3});
+  totalBox.dataset.value = total == null ? "" : String(total);
+  document.getElementById("total-label").textContent =
+    (additive ? additive.name + " " : "") + "served in all (batch + speed)";
+  const share = total ? (100 * d.totals.speed / total).toFixed(1) + " %" : "–";
+  document.getElementById("speed-share").textContent = share;
+  const lag = d.freshness_lag_seconds;
+  document.getElementById("lag").textContent = lag == null ? "–" : lag.toFixed(1) + " s";
+  document.getElementById("pin").textContent = d.pin.master_table_version + " (" + d.pin.covered_master_version + ")";
+  document.body.dataset.masterVersion = String(d.pin.master_table_version);
+  document.body.dataset.view = d.view;
+}
 async function refresh() {
+  if (running) { again = true; return; }
+  running = true;
+  clearTimeout(timer);
   try {
     const response = await fetch("dashboard/data" + location.search, {cache: "no-store"});
     const body = await response.json();
     if (!response.ok) { throw new Error(body.error || response.statusText); }
-    const d = body.data, total = d.totals.batch + d.totals.speed;
-    document.getElementById("view").textContent = d.view;
-    document.getElementById("total").textContent = total.toLocaleString("en");
-    document.getElementById("total").dataset.value = String(total);
-    const share = total ? (100 * d.totals.speed / total).toFixed(1) + " %" : "–";
-    document.getElementById("speed-share").textContent = share;
-    const lag = d.freshness_lag_seconds;
-    document.getElementById("lag").textContent = lag == null ? "–" : lag.toFixed(1) + " s";
-    document.getElementById("pin").textContent = d.pin.master_table_version + " (" + d.pin.covered_master_version + ")";
-    document.body.dataset.masterVersion = String(d.pin.master_table_version);
+    document.body.dataset.ready = "drawing";  // "true" again once every chart is drawn
+    draw(body.data);
+    document.getElementById("figures").replaceChildren(
+      ...body.figures.map(f => figure(shown(f.value, f.type), f.name + " = " + f.label)));
+    const grid = document.getElementById("charts"), names = Object.keys(body.charts);
+    if ([...grid.children].map(c => c.id).join() !== names.map(n => "chart-" + n).join()) {
+      const box = n => Object.assign(document.createElement("div"), {id: "chart-" + n, className: "chart"});
+      grid.replaceChildren(...names.map(box));
+    }
     for (const [name, spec] of Object.entries(body.charts)) {
-      await vegaEmbed("#" + name, spec, {actions: false, renderer: "svg"});
+      await vegaEmbed("#chart-" + name, spec, {actions: false, renderer: "svg"});
     }
     document.getElementById("status").textContent = "";
     document.body.dataset.ready = "true";
   } catch (error) {
     document.getElementById("status").textContent = "refresh failed: " + error.message;
   }
-  setTimeout(refresh, every);
+  running = false;
+  if (again) { again = false; refresh(); } else { timer = setTimeout(refresh, every); }
 }
+document.getElementById("view").addEventListener("change", event => {
+  const params = new URLSearchParams(location.search);
+  params.set("view", event.target.value);
+  history.replaceState(null, "", "?" + params.toString());
+  document.body.dataset.ready = "false";
+  refresh();
+});
 refresh();
 </script>
 </body>

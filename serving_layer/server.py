@@ -88,10 +88,11 @@ class QueryService:
         self._planning = threading.Lock()
         self._slots = threading.BoundedSemaphore(self.settings.max_concurrent)
         # The dashboard reads through a serving layer of its own (its own cache), one update of its data at a time;
-        # it reads each layer twice per update (shares and totals), so it keeps the newest pin's layers too.
+        # it reads each view's states several times per update (rows, shares, totals), so it keeps the newest
+        # pin's layers too. Its cache holds one drawing per view shown.
         self._dashboard_serving = ServingLayer(self.spark, self.pipeline, self.locations, cache_layers=True)
         self._dashboard_lock = threading.Lock()
-        self._dashboard_cache: tuple[float, dict[str, Any] | None] = (0.0, None)
+        self._dashboard_cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
 
     def answer(self, sql: str, *, as_of: str | None = None, max_rows: int | None = None) -> RemoteAnswer:
         limit = min(max_rows or self.settings.max_rows, self.settings.max_rows)
@@ -121,16 +122,18 @@ class QueryService:
     def _time_limit(self, sql: str) -> _TimeLimit:
         return _TimeLimit(self.spark, sql, duration_seconds(self.settings.query_timeout), self.settings.query_timeout)
 
-    def dashboard(self) -> dict[str, Any]:
-        """The dashboard's data and charts, recomputed at most once per second whatever the number of pages."""
-        from lambda_pipeline.serving_layer.dashboard import charts, dashboard_data
+    def dashboard(self, view: str | None = None) -> dict[str, Any]:
+        """The dashboard's data and drawing of ``view`` (the first view by default), recomputed at most once per
+        second per view whatever the number of pages."""
+        from lambda_pipeline.serving_layer.dashboard import dashboard_data, drawing
 
+        name = self.pipeline.view(view).name if view else self.pipeline.views[0].name
         with self._dashboard_lock:
-            cached_at, cached = self._dashboard_cache
+            cached_at, cached = self._dashboard_cache.get(name, (0.0, None))
             if cached is None or time.monotonic() - cached_at > DASHBOARD_CACHE_SECONDS:
-                data = dashboard_data(self._dashboard_serving)
-                cached = {"data": data, "charts": charts(data)}
-                self._dashboard_cache = (time.monotonic(), cached)
+                data = dashboard_data(self._dashboard_serving, name)
+                cached = {"data": data, **drawing(data)}
+                self._dashboard_cache[name] = (time.monotonic(), cached)
             return cached
 
     def health(self) -> dict[str, Any]:
@@ -268,13 +271,14 @@ def create_app(service: QueryService, *, token: str | None) -> Starlette:
             return JSONResponse({"error": f"Spark refused the statement: {first}"}, status_code=400)
         raise exc
 
-    def json_route(compute: Callable[[], dict[str, Any]]) -> Callable[[Request], Awaitable[Response]]:
-        """A GET route answering ``compute()`` as JSON (computed off the event loop)."""
+    def json_route(compute: Callable[..., dict[str, Any]], *params: str) -> Callable[[Request], Awaitable[Response]]:
+        """A GET route answering ``compute(*params)`` as JSON (computed off the event loop), ``params`` read
+        from the query string (None when absent)."""
 
         async def route(request: Request) -> Response:
             try:
                 authorized(request)
-                return JSONResponse(await run_in_threadpool(compute))
+                return JSONResponse(await run_in_threadpool(compute, *(request.query_params.get(p) for p in params)))
             except Exception as exc:
                 return failure(exc)
 
@@ -328,7 +332,7 @@ def create_app(service: QueryService, *, token: str | None) -> Starlette:
             Route("/query", query, methods=["GET", "POST"]),
             Route("/dashboard", dashboard_page),
             Route("/dashboard/vega.js", dashboard_script),
-            Route("/dashboard/data", json_route(service.dashboard)),
+            Route("/dashboard/data", json_route(service.dashboard, "view")),
         ],
     )
 
