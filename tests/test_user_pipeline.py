@@ -122,3 +122,32 @@ def test_a_user_view_changed_is_refused_until_refreshed_then_equals_the_recomput
     refresh(spark, after, loc, "failed_hourly")
     got = rows_of(changed.query(QUERIES["failed_hourly"].format(layer="serving")).collect(), "failed_hourly")
     assert_view_equals("refreshed", got, expected_views(lines.events, failed_above_cents=50_000)["failed_hourly"])
+
+
+def test_the_iot_example_runs_end_to_end(spark, tmp_path: Path) -> None:
+    """The second shipped example, from its own generator: nested fields, epoch-ms times, a filter, an
+    all-time view; each view agrees with master."""
+    from pyspark.sql import functions as F
+
+    from lambda_pipeline.pipelines.iot import IOT, OVERHEAT_CELSIUS
+    from lambda_pipeline.pipelines.iot_generator import IotGenerator
+
+    pipeline = IOT.check(spark)
+    settings = load_settings(None, ["ingest.trigger=200 milliseconds"])
+    loc = Locations.create(settings, tmp_path / "work")
+    loc.ensure_local_dirs()
+    written = IotGenerator(pipeline.source, seed=3, overheat_probability=0.01).write_file(loc.landing, 600)
+    start_ingest(spark, pipeline, settings, loc, once=True).awaitTermination(300)
+    run_batch(spark, pipeline, loc)
+    serving = ServingLayer(spark, pipeline, loc)
+    master = spark.read.format("delta").load(loc.master)
+    assert master.count() == written.events
+    totals = serving.query("SELECT sum(readings) AS n, count(*) AS devices FROM serving.device_totals").first()
+    assert totals is not None and totals.n == written.events
+    assert totals.devices == master.select("device.id").distinct().count()
+    hot = serving.query("SELECT coalesce(sum(readings), 0) AS n FROM serving.device_overheating").first()
+    assert hot is not None and hot.n == master.filter(F.col("metrics.temperature_c") > OVERHEAT_CELSIUS).count() > 0
+    sites = serving.query(
+        "SELECT sum(readings) AS n, max(p95_temperature) AS p95 FROM serving.site_temperature"
+    ).first()
+    assert sites is not None and sites.n == written.events and sites.p95 is not None
