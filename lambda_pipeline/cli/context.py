@@ -46,6 +46,8 @@ class Context:
     settings: Settings
     locations: Locations
     pipeline: Pipeline
+    pipeline_ref: str = "clickstream"
+    """How the pipeline was named (``--pipeline`` or the config): what a printed next command repeats."""
     short_lived: bool = False
     """The verb answers one request and exits: Spark starts tuned for that (``get_spark(short_lived=...)``)."""
     _spark: SparkSession | None = None
@@ -55,7 +57,8 @@ class Context:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Context:
         settings = load_settings(args.config, args.overrides)
-        return cls(settings, Locations.create(settings, args.workdir), pipeline_of(args, settings))
+        ref = getattr(args, "pipeline", None) or settings.pipeline
+        return cls(settings, Locations.create(settings, args.workdir), pipeline_of(args, settings), pipeline_ref=ref)
 
     @property
     def jvm_packages(self) -> tuple[str, ...]:
@@ -82,6 +85,11 @@ class Context:
             )
             self.pipeline.check(self._spark)  # every expression analysed before any job starts
         return self._spark
+
+    @property
+    def pipeline_option(self) -> str:
+        """`` --pipeline REF`` for a command printed for the user to run next; empty for the default pipeline."""
+        return "" if self.pipeline_ref == "clickstream" else f" --pipeline {self.pipeline_ref}"
 
     def close(self) -> None:
         """Stop the session this context started, cleanly, while this process can still answer the JVM.

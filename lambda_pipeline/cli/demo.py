@@ -266,5 +266,5 @@ def _report_views(ctx: Context, serving: ServingLayer) -> None:
     if first_view:
         print(
             f'\nTry: lambda-pipeline query "SELECT * FROM serving.{first_view} LIMIT 5" '
-            f"--workdir {ctx.locations.workdir}"
+            f"--workdir {ctx.locations.workdir}{ctx.pipeline_option}"
         )
