@@ -6,6 +6,10 @@ be imported from a zip, so they travel as a packed virtual environment through `
 Everything a deployment tool needs to know (file names, version, Maven coordinates) is written once,
 in ``manifest.json``, and read from there by ``emr-steps`` and the docs' commands.
 
+The user's pipeline travels in the same zip, at its top level (``deploy/includes.py``): the module a pipeline
+reference names (``--pipeline``, or the ``pipeline`` key of a config shipped with ``--add-config``) and what
+``--include`` adds; the manifest lists each with its files and digest.
+
 The output is deterministic (``reproducible``): entries sorted, fixed timestamps and permissions, so an
 unchanged source tree gives byte-identical files (and unchanged S3 uploads).
 """
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lambda_pipeline.core.errors import ConfigError, EnvironmentProblem, LambdaError
+from lambda_pipeline.deploy.includes import Include, find_includes
 from lambda_pipeline.deploy.packed_env import build_env
 from lambda_pipeline.deploy.project import ROOT, ProjectInfo, read_project
 from lambda_pipeline.deploy.reproducible import FIXED_EPOCH, copy_file, sha256, write_zip
@@ -101,22 +106,45 @@ def build_artifact(
     with_env: bool = False,
     env_python: str | None = None,
     extra_configs: Iterable[Path] = (),
+    pipelines: Iterable[str] = (),
+    includes: Iterable[Path] = (),
 ) -> dict[str, Any]:
     """Build the artifact in ``out`` and return its manifest (also written to ``out/manifest.json``).
 
-    ``out`` gets: the project's zip (for ``--py-files``), the jobs' entry files (spark-submit's main),
-    ``conf/*.yaml`` (for ``--files``), the Kafka token-provider jar, a bootstrap script and, with
-    ``with_env``, the packed environment (for ``--archives ...#env``).
+    ``out`` gets: the project's zip (for ``--py-files``) with the user's modules (``pipelines``' modules and
+    ``includes``) at its top level, the jobs' entry files (spark-submit's main), ``conf/*.yaml`` (for
+    ``--files``), the Kafka token-provider jar, a bootstrap script and, with ``with_env``, the packed
+    environment (for ``--archives ...#env``).
     """
+    from lambda_pipeline.core.config_loader import load_settings
     from lambda_pipeline.core.jvm_packages import token_provider_jar
 
     info = read_project(root)
+    configs: dict[str, Path] = {f"conf/{f.name}": f for _, f in _conf_files(root)}
+    references: list[tuple[str, Path | None, str]] = [(ref, None, "--pipeline") for ref in pipelines]
+    for extra in extra_configs:
+        extra = Path(extra)
+        if not extra.is_file():
+            raise ConfigError(str(extra), None, "file not found; pass the path of a YAML config file")
+        # As the jobs will read it (the builder's environment is not theirs); refused here if it would stop them.
+        references.append((load_settings(extra, environ={}).pipeline, extra, str(extra)))
+        name = f"conf/{extra.name}"
+        if name in configs and sha256(configs[name]) != sha256(extra):
+            raise ConfigError(str(extra), None, f"another {name} ships with the project: rename the file")
+        configs[name] = extra
+    carried = {package.split(".")[0] for package in info.packages}
+    user: list[Include] = find_includes(
+        [Path(p) for p in includes], references, carried=carried, requirements=info.dependencies
+    )
+
     out.mkdir(parents=True, exist_ok=True)
     for stale in _previous_files(out):
         stale.unlink(missing_ok=True)
     written: list[str] = []
 
     zip_entries = list(_package_files(root, info))
+    for include in user:
+        zip_entries += include.entries()
     write_zip(out / info.zip_name, zip_entries)
     written.append(info.zip_name)
 
@@ -126,18 +154,6 @@ def build_artifact(
         jobs[entry.name.removesuffix("_job.py")] = entry.name
         written.append(entry.name)
 
-    configs: dict[str, Path] = {f"conf/{f.name}": f for _, f in _conf_files(root)}
-    for extra in extra_configs:
-        extra = Path(extra)
-        if not extra.is_file():
-            raise ConfigError(str(extra), None, "file not found; pass the path of a YAML config file")
-        from lambda_pipeline.core.config_loader import load_settings
-
-        load_settings(extra)  # a config that would stop every job is refused here already
-        name = f"conf/{extra.name}"
-        if name in configs and sha256(configs[name]) != sha256(extra):
-            raise ConfigError(str(extra), None, f"another {name} ships with the project: rename the file")
-        configs[name] = extra
     for name, file in sorted(configs.items()):
         copy_file(file, out / name)
         written.append(name)
@@ -175,6 +191,7 @@ def build_artifact(
         "python_version": python_version,
         "packages": list(info.packages),
         "zip": info.zip_name,
+        "includes": [include.manifest_entry() for include in user],
         "jobs": jobs,
         "conf": sorted(configs),
         "jars": {"kafka_token_provider": f"jars/{jar.name}"},

@@ -1,7 +1,9 @@
 """``lambda-pipeline package``: the verb that builds the artifact, and its options.
 
-It takes none of the common options (--config, --workdir, --set, --verbose): one artifact serves every
-config, and the configs to ship besides ``conf/*.yaml`` are named with ``--add-config``.
+It takes none of the common options but --pipeline (--config, --workdir, --set, --verbose): one artifact serves
+every config, and the configs to ship besides ``conf/*.yaml`` are named with ``--add-config``. The user's pipeline
+travels in the zip: the module of each ``--pipeline`` reference and of each added config's ``pipeline`` key, and
+whatever ``--include`` names (deploy/includes.py).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ def add_package_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser
         "package",
         help="build the deployable artifact for spark-submit (zip, job entry files, conf, manifest)",
         description="Builds in --out: the project's zip for --py-files, the jobs' entry files, conf/*.yaml, "
-        "manifest.json and, with --with-env, a packed virtual environment for --archives.",
+        "manifest.json and, with --with-env, a packed virtual environment for --archives. Your own pipeline travels "
+        "in the zip, at its top level: the file a --pipeline reference (or an --add-config config's 'pipeline' key) "
+        "names, as the module the jobs import on the cluster, and each --include.",
     )
     package.add_argument("--out", default="dist", help="output folder (default: dist)")
     package.add_argument(
@@ -36,7 +40,24 @@ def add_package_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser
         action="append",
         default=[],
         metavar="FILE",
-        help="ship this config too, as conf/<name> (conf/*.yaml always ship); repeatable",
+        help="ship this config too, as conf/<name> (conf/*.yaml always ship), and the module its 'pipeline' "
+        "key names; repeatable",
+    )
+    package.add_argument(
+        "--pipeline",
+        action="append",
+        default=[],
+        metavar="REF",
+        help="carry the module this pipeline reference names ('path/to/file.py:ATTR' as <file>.py, "
+        "'package.module:ATTR' as package/) at the zip's top level; repeatable",
+    )
+    package.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="also carry this module (.py) or package folder at the zip's top level, e.g. a helper the "
+        "pipeline imports; repeatable",
     )
     return package
 
@@ -44,9 +65,19 @@ def add_package_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser
 def run_package(args: argparse.Namespace) -> int:
     out = Path(args.out)
     manifest = build_artifact(
-        out, with_env=args.with_env, env_python=args.env_python, extra_configs=[Path(p) for p in args.add_config]
+        out,
+        with_env=args.with_env,
+        env_python=args.env_python,
+        extra_configs=[Path(p) for p in args.add_config],
+        pipelines=args.pipeline,
+        includes=[Path(p) for p in args.include],
     )
     for entry in manifest["files"]:
         print(f"{out / entry['path']}  ({entry['bytes']:,} bytes)")
+    for include in manifest["includes"]:
+        files = include["files"]
+        what = files[0] if include["kind"] == "module" else f"{include['name']}/ ({len(files)} files)"
+        why = f" for {', '.join(include['references'])}" if include["references"] else ""
+        print(f"  carries {what} in {manifest['zip']}{why}")
     print(f"{out / MANIFEST}  (version {manifest['version']})")
     return 0

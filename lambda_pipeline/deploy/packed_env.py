@@ -20,7 +20,7 @@ from lambda_pipeline.core.errors import EnvironmentProblem
 from lambda_pipeline.deploy.project import ProjectInfo
 from lambda_pipeline.deploy.reproducible import FIXED_EPOCH
 
-__all__ = ["build_env"]
+__all__ = ["build_env", "requirement_name"]
 
 # Provided by the cluster's Spark: installing them in the packed environment would shadow it.
 _PROVIDED_BY_SPARK = ("pyspark",)
@@ -28,7 +28,7 @@ _PROVIDED_BY_SPARK = ("pyspark",)
 _INSTALL_WITHOUT_DEPS = ("delta-spark",)
 
 
-def _requirement_name(requirement: str) -> str:
+def requirement_name(requirement: str) -> str:
     match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
     return re.sub(r"[-_.]+", "-", match.group(1)).lower() if match else requirement
 
@@ -55,9 +55,9 @@ def build_env(info: ProjectInfo, target: Path, python_path: str) -> str:
         _run([sys.executable, "-m", "venv", "--without-pip", str(env)], "creating the virtual environment")
         pip = [sys.executable, "-m", "pip", "--python", str(env / "bin" / "python"), "install", "--quiet"]
         pip += ["--no-compile", "--disable-pip-version-check"]
-        wanted = [r for r in info.dependencies if _requirement_name(r) not in _PROVIDED_BY_SPARK]
-        with_deps = [r for r in wanted if _requirement_name(r) not in _INSTALL_WITHOUT_DEPS]
-        without_deps = [r for r in wanted if _requirement_name(r) in _INSTALL_WITHOUT_DEPS]
+        wanted = [r for r in info.dependencies if requirement_name(r) not in _PROVIDED_BY_SPARK]
+        with_deps = [r for r in wanted if requirement_name(r) not in _INSTALL_WITHOUT_DEPS]
+        without_deps = [r for r in wanted if requirement_name(r) in _INSTALL_WITHOUT_DEPS]
         if with_deps:
             _run([*pip, *with_deps], "pip install of the dependencies")
         if without_deps:
