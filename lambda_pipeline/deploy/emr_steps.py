@@ -10,6 +10,10 @@ Printed on stdout: the JSON list for ``aws emr add-steps --steps file://steps.js
 also written there: ``steps.json``, ``configurations.json`` (cluster classifications), ``cluster.json``
 (release, log URI, step concurrency, bootstrap action) and, in schedule mode, ``batch-schedule.json``
 (input of ``aws scheduler create-schedule --cli-input-json``). With Glue on: ``glue-tables.sql``.
+
+Every job gets the pipeline reference as ``--pipeline REF`` (``--pipeline``, else the config's ``pipeline`` as
+``--set`` and the environment leave it); a reference whose module the artifact does not carry, or carries in
+another version than the one here, is refused (``package --pipeline REF`` carries it, deploy/includes.py).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import posixpath
 import shlex
 import sys
@@ -29,6 +34,7 @@ from lambda_pipeline.core.config import Settings
 from lambda_pipeline.core.config_loader import DEFAULT_CONFIG, add_override_option, config_file, load_settings
 from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.errors import ConfigError
+from lambda_pipeline.core.pipeline import Pipeline
 
 __all__ = ["EmrPlan", "add_emr_steps_parser", "glue_spark_conf", "plan_emr", "rate_expression", "run_emr_steps"]
 
@@ -96,6 +102,26 @@ def _config_in_artifact(config: Path, manifest: dict[str, Any], dist: Path) -> s
     return name
 
 
+def _pipeline_in_artifact(ref: str, config: Path, origin: str, manifest: dict[str, Any], dist: Path) -> None:
+    """The module the jobs will import for ``ref`` must be in the artifact's zip, as it is here; the hint names
+    the config when the reference is the config's own (``--add-config`` carries it), else ``--pipeline``."""
+    from lambda_pipeline.deploy.includes import carried_module, local_include
+
+    name = carried_module(ref)
+    if name is None:
+        return
+    carried = {entry["name"]: entry for entry in manifest.get("includes", [])}
+    option = f"--add-config {config}" if origin == str(config) else f"--pipeline {shlex.quote(ref)}"
+    rebuild = f"rebuild it with 'lambda-pipeline package {option}'"
+    if name not in carried:
+        raise ConfigError(origin, "pipeline", f"{ref!r}: the artifact in {dist} carries no module '{name}': {rebuild}")
+    here = local_include(ref, config, origin)
+    if here is not None and here.digest() != carried[name]["sha256"]:
+        raise ConfigError(
+            origin, "pipeline", f"{ref!r}: {here.source} differs from the copy in the artifact in {dist}: {rebuild}"
+        )
+
+
 def _workdir(settings: Settings, source: str, bucket: str) -> str:
     """Jobs on EMR keep everything on S3: a relative workdir goes under the bucket."""
     workdir = settings.workdir
@@ -131,9 +157,18 @@ def plan_emr(
     artifact_uri: str | None = None,
     cluster_id: str | None = None,
     scheduler_role_arn: str | None = None,
+    pipeline: tuple[str, str, Pipeline] | None = None,
 ) -> EmrPlan:
-    """Build the steps and the cluster description for ``settings`` from the artifact's ``manifest``."""
+    """Build the steps and the cluster description for ``settings`` from the artifact's ``manifest``.
+
+    ``pipeline``: ``(reference, origin, loaded pipeline)``; by default the config's ``pipeline``.
+    """
+    from lambda_pipeline.pipelines.registry import load_pipeline
+
     source = str(config)
+    if pipeline is None:
+        pipeline = (settings.pipeline, source, load_pipeline(settings.pipeline, config_path=config, origin=source))
+    ref, origin, loaded = pipeline
     emr = settings.emr
     if emr.bucket is None:
         raise ConfigError(
@@ -150,6 +185,7 @@ def plan_emr(
         return f"{uri}/{_artifact(manifest, name, referenced, dist)}"
 
     config_name = _config_in_artifact(config, manifest, dist)
+    _pipeline_in_artifact(ref, config, origin, manifest, dist)
     config_uri = at(config_name)
     workdir = _workdir(settings, source, emr.bucket)
     maven = manifest["maven"]
@@ -201,7 +237,7 @@ def plan_emr(
             args += ["--jars", ",".join(jars)]
         args += list(emr.spark_submit_args)
         args.append(at(manifest["jobs"][job]))
-        args += [*job_args, "--config", posixpath.basename(config_name), "--workdir", workdir]
+        args += [*job_args, "--config", posixpath.basename(config_name), "--workdir", workdir, "--pipeline", ref]
         for override in overrides:  # the jobs see the same config; emr.* is read here only
             if not override.strip().startswith("emr."):
                 args += ["--set", override]
@@ -258,14 +294,14 @@ def plan_emr(
             f"the {long_running} long-running steps run at once: expected at least {long_running}, "
             f"got {emr.step_concurrency}",
         )
-    glue_sql = _glue_tables_sql(settings, workdir) if emr.glue.enabled else None
+    glue_sql = _glue_tables_sql(settings, workdir, loaded) if emr.glue.enabled else None
     return EmrPlan(steps, configurations, cluster, schedule, glue_sql, sorted(set(referenced)))
 
 
-def _glue_tables_sql(settings: Settings, workdir: str) -> str:
-    """Register the published tables in the Glue database (path-based Delta tables stay the source of truth)."""
+def _glue_tables_sql(settings: Settings, workdir: str, pipeline: Pipeline) -> str:
+    """Register the published tables in the Glue database (path-based Delta tables stay the source of truth):
+    master, quarantine, coverage and the batch table of each of the pipeline's views."""
     from lambda_pipeline.core.locations import Locations
-    from lambda_pipeline.pipelines.registry import load_pipeline
 
     locations = Locations.create(settings, workdir)
     database = settings.emr.glue.database
@@ -274,7 +310,7 @@ def _glue_tables_sql(settings: Settings, workdir: str) -> str:
         settings.tables.quarantine: locations.quarantine,
         f"batch_{settings.tables.coverage}": locations.coverage,
     }
-    for view in load_pipeline(settings.pipeline).views:
+    for view in pipeline.views:
         tables[f"batch_{view.name}"] = locations.batch_view(view.name)
     lines = [f"CREATE DATABASE IF NOT EXISTS {database};"]
     for name, path in tables.items():
@@ -302,6 +338,12 @@ def add_emr_steps_parser(verbs: argparse._SubParsersAction[argparse.ArgumentPars
         parser, "override a config value (repeatable); passed on to every job as the same --set, except emr.*"
     )
     parser.add_argument(
+        "--pipeline",
+        metavar="REF",
+        help="the pipeline every job runs, passed on as --pipeline; the artifact must carry its module "
+        "('package --pipeline REF') (default: $LAMBDA_PIPELINE_PIPELINE, else the config's 'pipeline')",
+    )
+    parser.add_argument(
         "--artifact-uri",
         help="where the artifact folder was uploaded (default: s3://<emr.bucket>/<emr.artifact_prefix>/<version>)",
     )
@@ -319,7 +361,15 @@ def run_emr_steps(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config, args.overrides)
     config = config_file(args.config)  # the same file load_settings read
-    load_pipeline(settings.pipeline, config_path=config, origin=str(config))  # refused as by every other verb
+    ref = args.pipeline or settings.pipeline
+    origin = str(config)  # where the reference came from, as the verbs name it (cli/context.py)
+    if args.pipeline:
+        origin = "--pipeline"
+    elif any(o.strip().startswith("pipeline=") for o in args.overrides):
+        origin = "--set"
+    elif os.environ.get("LAMBDA_PIPELINE_PIPELINE", "").strip():
+        origin = "environment variable LAMBDA_PIPELINE_PIPELINE"
+    pipeline = load_pipeline(ref, config_path=config, origin=origin)  # refused as by every other verb
     dist = Path(args.dist)
     plan = plan_emr(
         settings,
@@ -330,6 +380,7 @@ def run_emr_steps(args: argparse.Namespace) -> int:
         artifact_uri=args.artifact_uri,
         cluster_id=args.cluster_id,
         scheduler_role_arn=args.scheduler_role_arn,
+        pipeline=(ref, origin, pipeline),
     )
     if args.out and settings.emr.release_label is None:
         raise ConfigError(
