@@ -1,8 +1,7 @@
 """The deployable artifact: what ``lambda-pipeline package`` builds, and spark-submit running from it alone.
 
 The project is installed editable in the test venv, so "runs from the artifact" is only shown by a
-Python that cannot import the project any other way: a throwaway venv whose ``.pth`` file adds the
-test venv's site-packages (third-party packages) but not the editable install's finder.
+Python that cannot import the project any other way: ``isolated_python`` (tests/submit_support.py).
 """
 
 from __future__ import annotations
@@ -21,43 +20,15 @@ import pytest
 from lambda_pipeline.core.config_loader import load_settings
 from lambda_pipeline.deploy.artifact import MANIFEST, build_artifact
 from lambda_pipeline.deploy.project import read_project
+from tests.submit_support import probe_line, spark_submit
 
 ROOT = Path(__file__).resolve().parents[1]
-SITE_PACKAGES = next(Path(p) for p in sys.path if p.endswith("site-packages") and Path(p).is_dir())
-# Test-only probe in the throwaway venv: the driver reports where lambda_pipeline came from as it exits.
-PROBE = """import atexit, sys
-def _where():
-    module = sys.modules.get("lambda_pipeline")
-    if module is not None:
-        print(f"PROBE lambda_pipeline from {module.__file__}", file=sys.stderr, flush=True)
-atexit.register(_where)
-"""
 
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     dist = tmp_path_factory.mktemp("dist")
     return dist, build_artifact(dist)
-
-
-@pytest.fixture(scope="module")
-def isolated_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Python with the third-party packages of the test venv and no way to import the project."""
-    folder = tmp_path_factory.mktemp("isolated") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
-    site = next((folder / "lib").glob("python3*/site-packages"))
-    (site / "deps.pth").write_text(f"{SITE_PACKAGES}\n")
-    (site / "sitecustomize.py").write_text(PROBE)
-    python = folder / "bin" / "python"
-    probe = subprocess.run(
-        [str(python), "-c", "import pydantic, yaml, pyspark; import lambda_pipeline"],
-        capture_output=True,
-        text=True,
-        cwd=folder,
-        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
-    )
-    assert "No module named 'lambda_pipeline'" in probe.stderr, probe.stderr  # the deps import, the project does not
-    return python
 
 
 def test_zip_holds_the_packages_pyproject_lists_and_the_conf(artifact: tuple[Path, dict]) -> None:
@@ -79,6 +50,7 @@ def test_zip_holds_the_packages_pyproject_lists_and_the_conf(artifact: tuple[Pat
     assert times == {(1980, 1, 1, 0, 0, 0)}
     assert manifest["packages"] == list(info.packages) and manifest["version"] == info.version
     assert set(manifest["jobs"]) >= {"ingest", "speed", "batch", "query"}
+    assert manifest["includes"] == [] and {n.split("/")[0] for n in names} == {"lambda_pipeline"}  # nothing else
 
 
 def test_manifest_lists_every_file_with_its_digest(artifact: tuple[Path, dict]) -> None:
@@ -131,41 +103,6 @@ def test_default_config_loads_from_inside_the_zip(artifact: tuple[Path, dict], i
     assert values == f"{expected.pipeline} {expected.spark.master} {expected.batch.interval}"
 
 
-def _delta_jars(coordinate: str) -> list[str]:
-    """``--jars`` with the jar paths the session factory resolved before (no Ivy run per submit), else
-    ``--packages``, as on a cluster."""
-    try:
-        from lambda_pipeline.core.jvm_packages import _cached_jars, required_packages
-
-        jars = _cached_jars(required_packages())
-    except ImportError:  # the factory's cache changed shape: resolve like a cluster does
-        jars = None
-    return ["--jars", ",".join(jars)] if jars else ["--packages", coordinate]
-
-
-def _spark_submit(dist: Path, python: Path, job: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    import pyspark
-
-    from lambda_pipeline.core.jvm_packages import DELTA_COORDINATE
-
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYSPARK_SUBMIT_ARGS")}
-    env.update(SPARK_HOME=str(Path(pyspark.__file__).parent), PYSPARK_PYTHON=str(python))
-    env.update(PYSPARK_DRIVER_PYTHON=str(python), SPARK_LOCAL_IP="127.0.0.1")
-    command = [
-        str(Path(sys.executable).parent / "spark-submit"),
-        "--master",
-        "local[2]",
-        "--conf",
-        "spark.ui.enabled=false",
-        *_delta_jars(DELTA_COORDINATE),
-        "--py-files",
-        str(dist / json.loads((dist / MANIFEST).read_text())["zip"]),
-        str(dist / f"{job}_job.py"),
-        *args,
-    ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
-
-
 @pytest.mark.integration
 def test_spark_submit_runs_the_pipeline_from_the_artifact_alone(
     artifact: tuple[Path, dict], isolated_python: Path, request: pytest.FixtureRequest, tmp_path: Path
@@ -187,13 +124,11 @@ def test_spark_submit_runs_the_pipeline_from_the_artifact_alone(
 
     def submit(job: str, *args: str) -> str:
         started = time.perf_counter()
-        result = _spark_submit(dist, isolated_python, job, *args, "--workdir", str(workdir), cwd=tmp_path)
+        result = spark_submit(dist, isolated_python, job, *args, "--workdir", str(workdir), cwd=tmp_path)
         assert result.returncode == 0, f"{job}: {result.stderr[-3000:]}"
-        # The driver imported the project from the zip on --py-files, nothing else (spark-submit merges the
-        # Python driver's stderr into its stdout).
-        assert (
-            f"PROBE lambda_pipeline from {dist / manifest['zip'] / 'lambda_pipeline' / '__init__.py'}" in result.stdout
-        )
+        # The driver imported the project from the zip on --py-files, nothing else.
+        zipped = dist / manifest["zip"]
+        assert probe_line("lambda_pipeline", zipped / "lambda_pipeline" / "__init__.py") in result.stdout
         print(f"{job} {' '.join(args)}: {time.perf_counter() - started:.1f}s")
         return result.stdout
 

@@ -1,0 +1,141 @@
+"""Pytest plugin: spark-submit of the built artifact by a Python that can import the project from the zip alone.
+
+Register it once, in ``tests/conftest.py``: ``pytest_plugins = ["tests.submit_support"]``. Then::
+
+    def test_something(isolated_python, tmp_path):
+        result = spark_submit(dist, isolated_python, "batch", "--workdir", str(work), cwd=tmp_path)
+
+The project is installed editable in the test venv, so "runs from the artifact" is only shown by a Python
+that cannot import the project any other way: a throwaway venv whose ``.pth`` file adds the test venv's
+site-packages (third-party packages) but not the editable install's finder. Its ``sitecustomize`` reports,
+as the driver exits, where ``lambda_pipeline`` (and each module named in ``PROBE_MODULES``) came from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lambda_pipeline.deploy.artifact import MANIFEST
+
+__all__ = ["USER_PIPELINE", "isolated_python", "probe_line", "spark_submit"]
+
+SITE_PACKAGES = next(Path(p) for p in sys.path if p.endswith("site-packages") and Path(p).is_dir())
+# Test-only probe in the throwaway venv: the driver reports where the modules came from as it exits.
+PROBE = """import atexit, os, sys
+def _where():
+    for name in ["lambda_pipeline", *os.environ.get("PROBE_MODULES", "").split()]:
+        module = sys.modules.get(name)
+        if module is not None:
+            print(f"PROBE {name} from {module.__file__}", file=sys.stderr, flush=True)
+atexit.register(_where)
+"""
+
+# A user's own pipeline, as a file outside the package (tests/test_user_artifact.py, tests/test_emr_steps.py):
+# epoch-millisecond times, a view with a derived key from a nested field and a filter, and an all-time view.
+USER_PIPELINE = """\"\"\"Payments: a user's own pipeline.\"\"\"
+
+from pyspark.sql import types as T
+
+import lambda_pipeline as lp
+
+# imports
+
+MERCHANT = T.StructType([T.StructField("id", T.StringType()), T.StructField("country", T.StringType())])
+PAYMENTS = lp.EventSource(
+    "payments",
+    T.StructType(
+        [
+            T.StructField("payment_id", T.StringType()),
+            T.StructField("ts", T.TimestampType()),
+            T.StructField("merchant", MERCHANT),
+            T.StructField("status", T.StringType()),
+            T.StructField("amount", T.LongType()),
+        ]
+    ),
+    id_column="payment_id",
+    time_column="ts",
+    required=("payment_id", "ts"),
+    time_format="epoch_millis",
+)
+FAILED_BY_COUNTRY = lp.View(
+    "failed_by_country",
+    PAYMENTS,
+    keys=("country",),
+    columns={"country": "lower(merchant.country)"},
+    where="status = 'failed'",
+    window=lp.TumblingWindow("ts", "1 hour"),
+    measures={"payments": lp.count(), "amount": lp.sum_of("amount")},
+)
+TOTALS = lp.View("totals", PAYMENTS, keys=("status",), measures={"payments": lp.count(), "amount": lp.sum_of("amount")})
+PIPELINE = lp.Pipeline("payments", PAYMENTS, [FAILED_BY_COUNTRY, TOTALS])
+"""
+
+
+@pytest.fixture(scope="session")
+def isolated_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Python with the third-party packages of the test venv and no way to import the project."""
+    folder = tmp_path_factory.mktemp("isolated") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
+    site = next((folder / "lib").glob("python3*/site-packages"))
+    (site / "deps.pth").write_text(f"{SITE_PACKAGES}\n")
+    (site / "sitecustomize.py").write_text(PROBE)
+    python = folder / "bin" / "python"
+    probe = subprocess.run(
+        [str(python), "-c", "import pydantic, yaml, pyspark; import lambda_pipeline"],
+        capture_output=True,
+        text=True,
+        cwd=folder,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+    assert "No module named 'lambda_pipeline'" in probe.stderr, probe.stderr  # the deps import, the project does not
+    return python
+
+
+def probe_line(module: str, file: Path) -> str:
+    """What the probe prints (spark-submit merges the Python driver's stderr into its stdout)."""
+    return f"PROBE {module} from {file}"
+
+
+def _delta_jars(coordinate: str) -> list[str]:
+    """``--jars`` with the jar paths the session factory resolved before (no Ivy run per submit), else
+    ``--packages``, as on a cluster."""
+    try:
+        from lambda_pipeline.core.jvm_packages import _cached_jars, required_packages
+
+        jars = _cached_jars(required_packages())
+    except ImportError:  # the factory's cache changed shape: resolve like a cluster does
+        jars = None
+    return ["--jars", ",".join(jars)] if jars else ["--packages", coordinate]
+
+
+def spark_submit(
+    dist: Path, python: Path, job: str, *args: str, cwd: Path, probe: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """spark-submit of the artifact's ``<job>_job.py`` in local mode, with the zip on --py-files only;
+    ``probe``: more modules whose origin the driver reports besides lambda_pipeline."""
+    import pyspark
+
+    from lambda_pipeline.core.jvm_packages import DELTA_COORDINATE
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYSPARK_SUBMIT_ARGS")}
+    env.update(SPARK_HOME=str(Path(pyspark.__file__).parent), PYSPARK_PYTHON=str(python))
+    env.update(PYSPARK_DRIVER_PYTHON=str(python), SPARK_LOCAL_IP="127.0.0.1", PROBE_MODULES=" ".join(probe))
+    command = [
+        str(Path(sys.executable).parent / "spark-submit"),
+        "--master",
+        "local[2]",
+        "--conf",
+        "spark.ui.enabled=false",
+        *_delta_jars(DELTA_COORDINATE),
+        "--py-files",
+        str(dist / json.loads((dist / MANIFEST).read_text())["zip"]),
+        str(dist / f"{job}_job.py"),
+        *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
