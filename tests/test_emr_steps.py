@@ -16,6 +16,7 @@ from lambda_pipeline.cli.parser import build_parser
 from lambda_pipeline.core.config_loader import load_settings
 from lambda_pipeline.deploy.artifact import build_artifact
 from lambda_pipeline.deploy.emr_steps import GLUE_FACTORY, rate_expression
+from tests.submit_support import USER_PIPELINE
 
 ROOT = Path(__file__).resolve().parents[1]
 EMR_CONF = ROOT / "conf" / "emr.yaml"
@@ -105,6 +106,7 @@ def test_job_arguments_are_what_the_cli_accepts_with_the_shipped_config(dist: Pa
         # --files ships conf/emr.yaml; the driver finds it in its working directory by that name.
         assert parsed.config == "emr.yaml" and parsed.workdir == "s3://lambda-test-bucket/lambda"
         assert parsed.overrides == ["ingest.trigger=30 seconds"]  # emr.* is the generator's, not the jobs'
+        assert parsed.pipeline == "clickstream"  # every job is told the pipeline, whatever its environment
         settings = load_settings(EMR_CONF, parsed.overrides)
         assert settings.ingest.trigger == "30 seconds" and settings.spark.master == "yarn"
     assert verbs == [("ingest", False, None), ("batch", None, "config"), ("maintain", None, "config")]
@@ -266,3 +268,57 @@ def test_packaged_extra_config_is_accepted(tmp_path: Path) -> None:
     args = json.loads(result.stdout)[0]["HadoopJarStep"]["Args"]
     assert "s3://prod-bucket/artifacts/lambda-pipeline/0.1.0/conf/prod.yaml" in args
     assert "upload first: aws s3 sync" in result.stderr and shlex.quote(str(folder)) in result.stderr
+
+
+# ---- the user's own pipeline -----------------------------------------------------------------------------
+
+
+def _user_project(folder: Path) -> Path:
+    """A user's EMR config outside conf/, naming the pipeline file beside it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pipeline.py").write_text(USER_PIPELINE)
+    config = folder / "payments-emr.yaml"
+    config.write_text(EMR_CONF.read_text().replace("pipeline: clickstream", "pipeline: pipeline.py:PIPELINE"))
+    return config
+
+
+def test_steps_run_the_user_pipeline_the_artifact_carries(tmp_path: Path) -> None:
+    config = _user_project(tmp_path / "project")
+    folder = tmp_path / "dist"
+    build_artifact(folder, extra_configs=[config])  # the config brings the pipeline file it names
+    out = tmp_path / "emr"
+    glue = ["--set", "emr.glue.enabled=true", *RELEASE]
+    result = emr_steps("--config", str(config), *BUCKET, *ON_NODES, *glue, "--out", str(out), dist=folder)
+    assert result.returncode == 0, result.stderr
+    for step in json.loads(result.stdout):
+        args = step["HadoopJarStep"]["Args"]
+        main = next(i for i, a in enumerate(args) if a.endswith("_job.py"))
+        parsed = build_parser().parse_args([Path(args[main]).name.removesuffix("_job.py"), *args[main + 1 :]])
+        # On the node, no pipeline.py beside emr.yaml: the loader imports the module 'pipeline' from the zip.
+        assert parsed.pipeline == "pipeline.py:PIPELINE" and parsed.config == "payments-emr.yaml"
+    sql = (out / "glue-tables.sql").read_text()
+    tables = {line.split()[5] for line in sql.splitlines() if line.startswith("CREATE TABLE")}
+    assert {"lambda_pipeline.batch_failed_by_country", "lambda_pipeline.batch_totals"} <= tables
+    assert not any("page_activity" in t for t in tables)
+
+
+def test_a_pipeline_the_artifact_does_not_carry_as_it_is_here_is_refused(dist: Path, tmp_path: Path) -> None:
+    config = _user_project(tmp_path / "project")
+    ref = f"{config.parent / 'pipeline.py'}:PIPELINE"
+    missing = emr_steps("--config", str(EMR_CONF), *BUCKET, *ON_NODES, "--pipeline", ref, dist=dist)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip() == (
+        f"error: --pipeline: key 'pipeline': '{ref}': the artifact in {dist} carries no module 'pipeline': "
+        f"rebuild it with 'lambda-pipeline package --pipeline {ref}'"
+    )
+
+    folder = tmp_path / "dist"
+    build_artifact(folder, extra_configs=[config])
+    (config.parent / "pipeline.py").write_text(USER_PIPELINE + "# edited after packaging\n")
+    edited = emr_steps("--config", str(config), *BUCKET, *ON_NODES, dist=folder)
+    assert edited.returncode == 2
+    (line,) = edited.stderr.strip().splitlines()
+    assert line == (
+        f"error: {config}: key 'pipeline': 'pipeline.py:PIPELINE': {config.parent / 'pipeline.py'} differs from "
+        f"the copy in the artifact in {folder}: rebuild it with 'lambda-pipeline package --add-config {config}'"
+    )
