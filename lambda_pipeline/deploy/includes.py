@@ -167,7 +167,7 @@ def _refuse_left_behind(ref: str, file: Path, loaded: set[str], covered: set[Pat
         raise ConfigError(
             origin,
             "pipeline",
-            f"{ref!r}: {file.name} imports {', '.join(p.name for p in sorted(behind))} from its folder, which the "
+            f"{ref!r}: {file.name} imports {', '.join(p.stem for p in sorted(behind))} from its folder, which the "
             f"artifact would not carry: add {paths}",
         )
 
