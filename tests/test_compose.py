@@ -11,8 +11,11 @@ from __future__ import annotations
 import ast
 import importlib
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,7 @@ THIRD_PARTY_VARIABLES = {
     "JAVA_HOME": "Spark's launch scripts and lambda_pipeline.core.java.check_java find Java through it",
     "PYSPARK_PYTHON": "PySpark: the Python that executors on the Spark worker start for Python code",
     "PYTHONUNBUFFERED": "CPython: progress lines reach 'docker compose logs' at once",
+    "PYTHONPATH": "CPython: /project, the mounted user project, is on the path: the loader imports its modules",
     "PIP_NO_CACHE_DIR": "pip, at build time only: no wheel cache left in the image",
     "PIP_DISABLE_PIP_VERSION_CHECK": "pip, at build time only: no network check for a newer pip",
 }
@@ -50,8 +54,33 @@ KAFKA_IMAGE_VARIABLES = re.compile(r"^(KAFKA_[A-Z0-9_]+|CLUSTER_ID)$")
 EXPECTED_VERBS = {"kafka", "generate", "ingest", "batch", "maintain", "query", "serve"}
 
 
-def _compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+# The host's variables the file interpolates on purpose: the address published ports bind to, the query
+# server's token (a secret: from the host's environment, never from the file), the user's project folder and
+# pipeline, and the question of the 'query' service.
+INTERPOLATED = {
+    "LAMBDA_PIPELINE_PUBLISH_ADDRESS",
+    "LAMBDA_PIPELINE_SERVE_TOKEN",
+    "LAMBDA_PIPELINE_PROJECT",
+    "LAMBDA_PIPELINE_PIPELINE",
+    "LAMBDA_PIPELINE_QUERY_SQL",
+}
+INTERPOLATION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(text: str, environ: dict[str, str]) -> str:
+    """Compose's interpolation of ``${NAME}``, ``${NAME:-default}`` (default when unset or empty) and ``$$``."""
+
+    def value(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return environ.get(match.group(1)) or (match.group(2) or "")
+
+    return INTERPOLATION.sub(value, text)
+
+
+def _compose(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """The file as compose reads it with the host's ``environ`` (default: none of the variables set)."""
+    return yaml.safe_load(_interpolate(COMPOSE_FILE.read_text(encoding="utf-8"), environ or {}))
 
 
 def _app_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -110,21 +139,20 @@ def test_compose_file_is_valid_under_the_compose_specification() -> None:
 
 
 PUBLISH_ADDRESS = "${LAMBDA_PIPELINE_PUBLISH_ADDRESS:-127.0.0.1}"
-SERVE_TOKEN = "${LAMBDA_PIPELINE_SERVE_TOKEN:-}"
 
 
 def test_compose_file_has_no_interpolation_by_accident() -> None:
     """Compose replaces ``$NAME`` with the host's environment: a '$' meant for a container would vanish.
-
-    The interpolations on purpose: the address published ports bind to, and the query server's token (a
-    secret, so it comes from the host's environment, never from the file).
-    """
-    text = COMPOSE_FILE.read_text(encoding="utf-8").replace(PUBLISH_ADDRESS, "").replace(SERVE_TOKEN, "")
-    assert re.findall(r"(?<!\$)\$(?!\$)", text) == []
+    Only the variables of INTERPOLATED are interpolated, each on purpose."""
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    used = {m.group(1) for m in INTERPOLATION.finditer(text) if m.group(0) != "$$"}
+    assert used == INTERPOLATED
+    assert re.findall(r"\$", INTERPOLATION.sub("", text)) == []
 
 
 def test_published_ports_bind_to_loopback_unless_overridden() -> None:
-    published = [(name, port) for name, svc in _compose()["services"].items() for port in svc.get("ports", [])]
+    raw = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    published = [(name, port) for name, svc in raw["services"].items() for port in svc.get("ports", [])]
     assert published, "the compose file publishes the Kafka and Spark UI ports"
     for name, port in published:
         assert isinstance(port, str) and port.startswith(PUBLISH_ADDRESS + ":"), (name, port)
@@ -152,6 +180,72 @@ def test_the_query_service_reads_views_and_tables_that_exist() -> None:
     args = build_parser().parse_args(call)
     named = set(re.findall(r"\b(?:serving|batch|speed|master)\.\w+", args.sql))
     assert named and named <= known
+
+
+def test_a_user_project_mounted_at_project_runs_in_every_service(tmp_path: Path) -> None:
+    """With the host's LAMBDA_PIPELINE_PROJECT and _PIPELINE set, every application container mounts the folder
+    read-only at /project and loads the user's pipeline from there: each service's lambda-pipeline calls run
+    here, in a process standing in for the container (/project mapped to the folder, another working
+    directory), up to the loaded pipeline."""
+    from tests.submit_support import USER_PIPELINE
+
+    default = _compose()  # without the variables: the folder ./project, which exists, and the demo's pipeline
+    assert all("./project:/project:ro" in s["volumes"] for s in _app_services(default).values())
+    assert (ROOT / "project" / "README.md").is_file() and _docker_ignored("project")  # mounted, never baked in
+    assert {_environment(s)["LAMBDA_PIPELINE_PIPELINE"] for s in _app_services(default).values()} == {"clickstream"}
+
+    project = tmp_path / "payments"
+    project.mkdir()
+    (project / "pipeline.py").write_text(USER_PIPELINE)
+    host = {
+        "LAMBDA_PIPELINE_PROJECT": str(project),
+        "LAMBDA_PIPELINE_PIPELINE": "pipeline.py:PIPELINE",
+        "LAMBDA_PIPELINE_QUERY_SQL": "SELECT status, payments FROM serving.totals ORDER BY payments DESC",
+    }
+    compose = _compose(host)
+    jsonschema = pytest.importorskip("jsonschema")
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text(encoding="utf-8")))
+    assert [e.message for e in validator.iter_errors(compose)] == []
+    assert all(f"{project}:/project:ro" in s["volumes"] for s in _app_services(compose).values()), (
+        "the jobs and the Spark worker (its Python workers) see the same modules"
+    )
+    (query,) = list(_lambda_pipeline_calls(compose["services"]["query"]))
+    assert query[1] == host["LAMBDA_PIPELINE_QUERY_SQL"]
+
+    code = """import json, sys
+from lambda_pipeline.cli.context import pipeline_of
+from lambda_pipeline.cli.parser import build_parser
+from lambda_pipeline.core.config_loader import load_settings
+for argv in json.loads(sys.argv[1]):
+    args = build_parser().parse_args(argv)
+    pipeline = pipeline_of(args, load_settings(args.config, args.overrides))
+    print(argv[0], pipeline.name, [v.name for v in pipeline.views], sys.modules["pipeline"].__file__)
+"""
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    loaded = 0
+    for name, service in _app_services(compose).items():
+        calls = [c for c in _lambda_pipeline_calls(service) if c[0] != "kafka"]
+        if not calls:
+            continue
+        env = _environment(service)
+        assert (
+            env["PYTHONPATH"].split(":") == ["/project"] and env["LAMBDA_PIPELINE_PIPELINE"] == "pipeline.py:PIPELINE"
+        )
+        env |= {"PYTHONPATH": str(project), "LAMBDA_PIPELINE_CONFIG": str(ROOT / "conf" / "docker.yaml")}
+        result = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(calls)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=elsewhere,
+            env={k: v for k, v in os.environ.items() if not k.startswith(("LAMBDA_PIPELINE_", "PYTHON"))} | env,
+        )
+        assert result.returncode == 0, f"{name}: {result.stderr}"
+        for line, call in zip(result.stdout.splitlines(), calls, strict=True):
+            assert line == f"{call[0]} payments ['failed_by_country', 'totals'] {project / 'pipeline.py'}", name
+            loaded += 1
+    assert loaded >= 5  # generate, ingest, batch, maintain, query, serve
 
 
 def test_jobs_start_after_kafka_is_healthy_and_the_topic_exists() -> None:
