@@ -23,7 +23,7 @@ import pytest
 
 from lambda_pipeline.deploy.artifact import MANIFEST
 
-__all__ = ["USER_PIPELINE", "isolated_python", "probe_line", "spark_submit"]
+__all__ = ["isolated_python", "probe_line", "spark_submit"]
 
 SITE_PACKAGES = next(Path(p) for p in sys.path if p.endswith("site-packages") and Path(p).is_dir())
 # Test-only probe in the throwaway venv: the driver reports where the modules came from as it exits.
@@ -34,46 +34,6 @@ def _where():
         if module is not None:
             print(f"PROBE {name} from {module.__file__}", file=sys.stderr, flush=True)
 atexit.register(_where)
-"""
-
-# A user's own pipeline, as a file outside the package (tests/test_user_artifact.py, tests/test_emr_steps.py):
-# epoch-millisecond times, a view with a derived key from a nested field and a filter, and an all-time view.
-USER_PIPELINE = """\"\"\"Payments: a user's own pipeline.\"\"\"
-
-from pyspark.sql import types as T
-
-import lambda_pipeline as lp
-
-# imports
-
-MERCHANT = T.StructType([T.StructField("id", T.StringType()), T.StructField("country", T.StringType())])
-PAYMENTS = lp.EventSource(
-    "payments",
-    T.StructType(
-        [
-            T.StructField("payment_id", T.StringType()),
-            T.StructField("ts", T.TimestampType()),
-            T.StructField("merchant", MERCHANT),
-            T.StructField("status", T.StringType()),
-            T.StructField("amount", T.LongType()),
-        ]
-    ),
-    id_column="payment_id",
-    time_column="ts",
-    required=("payment_id", "ts"),
-    time_format="epoch_millis",
-)
-FAILED_BY_COUNTRY = lp.View(
-    "failed_by_country",
-    PAYMENTS,
-    keys=("country",),
-    columns={"country": "lower(merchant.country)"},
-    where="status = 'failed'",
-    window=lp.TumblingWindow("ts", "1 hour"),
-    measures={"payments": lp.count(), "amount": lp.sum_of("amount")},
-)
-TOTALS = lp.View("totals", PAYMENTS, keys=("status",), measures={"payments": lp.count(), "amount": lp.sum_of("amount")})
-PIPELINE = lp.Pipeline("payments", PAYMENTS, [FAILED_BY_COUNTRY, TOTALS])
 """
 
 

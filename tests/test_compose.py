@@ -187,7 +187,7 @@ def test_a_user_project_mounted_at_project_runs_in_every_service(tmp_path: Path)
     read-only at /project and loads the user's pipeline from there: each service's lambda-pipeline calls run
     here, in a process standing in for the container (/project mapped to the folder, another working
     directory), up to the loaded pipeline."""
-    from tests.submit_support import USER_PIPELINE
+    from tests.user_pipeline import write_module
 
     default = _compose()  # without the variables: the folder ./project, which exists, and the demo's pipeline
     assert all("./project:/project:ro" in s["volumes"] for s in _app_services(default).values())
@@ -195,12 +195,11 @@ def test_a_user_project_mounted_at_project_runs_in_every_service(tmp_path: Path)
     assert {_environment(s)["LAMBDA_PIPELINE_PIPELINE"] for s in _app_services(default).values()} == {"clickstream"}
 
     project = tmp_path / "payments"
-    project.mkdir()
-    (project / "pipeline.py").write_text(USER_PIPELINE)
+    write_module(project, "pipeline.py")
     host = {
         "LAMBDA_PIPELINE_PROJECT": str(project),
         "LAMBDA_PIPELINE_PIPELINE": "pipeline.py:PIPELINE",
-        "LAMBDA_PIPELINE_QUERY_SQL": "SELECT status, payments FROM serving.totals ORDER BY payments DESC",
+        "LAMBDA_PIPELINE_QUERY_SQL": "SELECT merchant_id, payments FROM serving.merchant_all_time ORDER BY 2 DESC",
     }
     compose = _compose(host)
     jsonschema = pytest.importorskip("jsonschema")
@@ -243,7 +242,8 @@ for argv in json.loads(sys.argv[1]):
         )
         assert result.returncode == 0, f"{name}: {result.stderr}"
         for line, call in zip(result.stdout.splitlines(), calls, strict=True):
-            assert line == f"{call[0]} payments ['failed_by_country', 'totals'] {project / 'pipeline.py'}", name
+            views = "['failed_hourly', 'country_hopping', 'merchant_all_time', 'everything']"
+            assert line == f"{call[0]} payments {views} {project / 'pipeline.py'}", name
             loaded += 1
     assert loaded >= 5  # generate, ingest, batch, maintain, query, serve
 

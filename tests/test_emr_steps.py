@@ -16,7 +16,7 @@ from lambda_pipeline.cli.parser import build_parser
 from lambda_pipeline.core.config_loader import load_settings
 from lambda_pipeline.deploy.artifact import build_artifact
 from lambda_pipeline.deploy.emr_steps import GLUE_FACTORY, rate_expression
-from tests.submit_support import USER_PIPELINE
+from tests.user_pipeline import write_module
 
 ROOT = Path(__file__).resolve().parents[1]
 EMR_CONF = ROOT / "conf" / "emr.yaml"
@@ -275,8 +275,7 @@ def test_packaged_extra_config_is_accepted(tmp_path: Path) -> None:
 
 def _user_project(folder: Path) -> Path:
     """A user's EMR config outside conf/, naming the pipeline file beside it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "pipeline.py").write_text(USER_PIPELINE)
+    write_module(folder, "pipeline.py")
     config = folder / "payments-emr.yaml"
     config.write_text(EMR_CONF.read_text().replace("pipeline: clickstream", "pipeline: pipeline.py:PIPELINE"))
     return config
@@ -298,7 +297,8 @@ def test_steps_run_the_user_pipeline_the_artifact_carries(tmp_path: Path) -> Non
         assert parsed.pipeline == "pipeline.py:PIPELINE" and parsed.config == "payments-emr.yaml"
     sql = (out / "glue-tables.sql").read_text()
     tables = {line.split()[5] for line in sql.splitlines() if line.startswith("CREATE TABLE")}
-    assert {"lambda_pipeline.batch_failed_by_country", "lambda_pipeline.batch_totals"} <= tables
+    views = ("failed_hourly", "country_hopping", "merchant_all_time", "everything")
+    assert {f"lambda_pipeline.batch_{view}" for view in views} <= tables
     assert not any("page_activity" in t for t in tables)
 
 
@@ -314,7 +314,8 @@ def test_a_pipeline_the_artifact_does_not_carry_as_it_is_here_is_refused(dist: P
 
     folder = tmp_path / "dist"
     build_artifact(folder, extra_configs=[config])
-    (config.parent / "pipeline.py").write_text(USER_PIPELINE + "# edited after packaging\n")
+    with (config.parent / "pipeline.py").open("a") as module:
+        module.write("# edited after packaging\n")
     edited = emr_steps("--config", str(config), *BUCKET, *ON_NODES, dist=folder)
     assert edited.returncode == 2
     (line,) = edited.stderr.strip().splitlines()

@@ -20,7 +20,8 @@ import pytest
 
 from lambda_pipeline.core.errors import ConfigError
 from lambda_pipeline.deploy.artifact import MANIFEST, build_artifact
-from tests.submit_support import USER_PIPELINE, probe_line, spark_submit
+from tests.submit_support import probe_line, spark_submit
+from tests.user_pipeline import KEYS, MODULE, QUERIES, assert_view_equals, expected_views, payment_lines, write_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = "pipeline.py:PIPELINE"
@@ -36,7 +37,9 @@ def _package(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def _project(folder: Path) -> Path:
     """A user's project: the pipeline, a helper module it imports, a package folder with a data file."""
     folder.mkdir(parents=True)
-    (folder / "pipeline.py").write_text(USER_PIPELINE.replace("# imports", "import payment_rules  # noqa: F401"))
+    (folder / "pipeline.py").write_text(
+        MODULE.replace("import lambda_pipeline as lp", "import payment_rules\nimport lambda_pipeline as lp")
+    )
     (folder / "payment_rules.py").write_text("FAILED = 'failed'\n")
     (folder / "lookups").mkdir()
     (folder / "lookups" / "__init__.py").write_text("")
@@ -98,7 +101,7 @@ def test_a_pipeline_that_imports_a_neighbour_left_behind_is_refused(tmp_path: Pa
 def test_the_config_added_to_the_artifact_brings_its_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     project = tmp_path / "project"
     project.mkdir()
-    (project / "pipeline.py").write_text(USER_PIPELINE)
+    (project / "pipeline.py").write_text(MODULE)
     config = project / "payments.yaml"
     config.write_text((ROOT / "conf" / "local.yaml").read_text().replace("pipeline: clickstream", f"pipeline: {REF}"))
     monkeypatch.chdir(tmp_path)  # the reference is found beside the config, as the verbs find it
@@ -136,7 +139,7 @@ def test_what_cannot_travel_is_refused_in_one_line(
     pipelines: list[str], includes: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     project = tmp_path / "project"
-    _write(project, "pipeline.py", USER_PIPELINE)
+    _write(project, "pipeline.py", MODULE)
     for name in ("notes.txt", "my-helpers.py", "json.py", "yaml.py", "a/util.py", "b/util.py", "other/pipeline.py"):
         _write(project, name)
     _write(project, "lambda_pipeline/__init__.py")
@@ -150,54 +153,14 @@ def test_what_cannot_travel_is_refused_in_one_line(
 # ---- spark-submit, outside the checkout ----------------------------------------------------------------
 
 
-def _events() -> tuple[list[str], list[dict]]:
-    """JSON lines with epoch-millisecond times over the last two hours, and the valid, distinct events among
-    them: a repeated line and a malformed one go to quarantine."""
-    hour = 3_600_000
-    start = (int(time.time() * 1000) // hour - 2) * hour
-    rows = [
-        ("p-01", 5, "FR", "failed", 120),
-        ("p-02", 9, "fr", "failed", 80),
-        ("p-03", 14, "Fr", "ok", 999),
-        ("p-04", 20, "DE", "failed", 50),
-        ("p-05", 61, "de", "failed", 70),
-        ("p-06", 65, "FR", "failed", 10),
-        ("p-07", 70, "DE", "ok", 300),
-        ("p-08", 95, "es", "refunded", 40),
+def _one_query() -> str:
+    """Every view's query of tests/user_pipeline.py in one statement (one spark-submit): a row per view row,
+    its columns as JSON."""
+    parts = [
+        f"SELECT '{view}' AS view, to_json(struct(*)) AS row FROM ({sql.format(layer='serving')})"
+        for view, sql in QUERIES.items()
     ]
-    events = [
-        {
-            "payment_id": pid,
-            "ts": start + minute * 60_000 + 123,
-            "merchant": {"id": f"m-{i % 3}", "country": country},
-            "status": status,
-            "amount": amount,
-        }
-        for i, (pid, minute, country, status, amount) in enumerate(rows)
-    ]
-    lines = [json.dumps(e) for e in events]
-    return [*lines, lines[1], "{not json"], events
-
-
-def _expected(events: list[dict]) -> list[list]:
-    """The views recomputed by hand: failed payments per lower-cased country and hour; all-time per status."""
-    hour = 3_600_000
-    failed: dict[tuple, list[int]] = {}
-    totals: dict[tuple, list[int]] = {}
-    for e in events:
-        if e["status"] == "failed":
-            cell = failed.setdefault(("failed", e["merchant"]["country"].lower(), e["ts"] // hour * hour), [0, 0])
-            cell[0], cell[1] = cell[0] + 1, cell[1] + e["amount"]
-        cell = totals.setdefault(("totals", e["status"], None), [0, 0])
-        cell[0], cell[1] = cell[0] + 1, cell[1] + e["amount"]
-    return sorted(([*k, *v] for k, v in (failed | totals).items()), key=json.dumps)
-
-
-SQL = (
-    "SELECT 'failed' AS view, country AS k, unix_millis(window_start) AS w, payments, amount "
-    "FROM serving.failed_by_country "
-    "UNION ALL SELECT 'totals', status, NULL, payments, amount FROM serving.totals"
-)
+    return " UNION ALL ".join(parts)
 
 
 @pytest.mark.integration
@@ -206,7 +169,7 @@ def test_spark_submit_runs_the_user_pipeline_from_the_artifact_outside_the_check
 ) -> None:
     project = tmp_path / "project"
     project.mkdir()
-    (project / "pipeline.py").write_text(USER_PIPELINE)
+    (project / "pipeline.py").write_text(MODULE)
     built = _package(project, "--pipeline", REF, "--out", "dist")
     assert built.returncode == 0, built.stderr
 
@@ -216,10 +179,9 @@ def test_spark_submit_runs_the_user_pipeline_from_the_artifact_outside_the_check
     assert ROOT not in run.parents and not list(run.rglob("pipeline.py"))
     dist = run / "dist"
     zipped = dist / json.loads((dist / MANIFEST).read_text())["zip"]
-    lines, events = _events()
     work = run / "work"
-    (work / "landing").mkdir(parents=True)
-    (work / "landing" / "payments.jsonl").write_text("\n".join(lines) + "\n")
+    payments = payment_lines(120, seed=3, now_ms=int(time.time() * 1000))
+    write_lines(work / "landing", payments.lines, "payments.jsonl")
 
     def submit(job: str, *args: str) -> str:
         started = time.perf_counter()
@@ -229,12 +191,18 @@ def test_spark_submit_runs_the_user_pipeline_from_the_artifact_outside_the_check
         # Both the project and the user's module came from the zip on --py-files, nothing else.
         assert probe_line("lambda_pipeline", zipped / "lambda_pipeline" / "__init__.py") in result.stdout
         assert probe_line("pipeline", zipped / "pipeline.py") in result.stdout
-        print(f"{job} {' '.join(args)}: {time.perf_counter() - started:.1f}s")
+        print(f"{job} {' '.join(args[:1])[:40]}: {time.perf_counter() - started:.1f}s")
         return result.stdout
 
     submit("ingest", "--once")
     assert "batch: published run" in submit("batch")
-    output = submit("query", SQL, "--format", "json")
-    answer = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
-    got = sorted(([row["view"], row["k"], row["w"], row["payments"], row["amount"]] for row in answer), key=json.dumps)
-    assert got == _expected(events)
+    output = submit("query", _one_query(), "--format", "json", "--limit", "100000")
+    got: dict[str, dict[tuple, dict]] = {view: {} for view in QUERIES}
+    for line in output.splitlines():
+        if line.startswith("{"):
+            answer = json.loads(line)
+            row = json.loads(answer["row"])
+            got[answer["view"]][tuple(row.pop(k, None) for k in KEYS[answer["view"]])] = row
+    want = expected_views(payments.events)
+    for view in QUERIES:
+        assert_view_equals(f"serving.{view}", got[view], want[view])
