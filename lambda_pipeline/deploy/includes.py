@@ -154,13 +154,13 @@ def _refuse_left_behind(ref: str, file: Path, loaded: set[str], covered: set[Pat
     folder = file.parent
     behind = set()
     for module_name in loaded:
+        top = module_name.split(".")[0]
         path = _source_of(sys.modules.get(module_name))
-        if path is None or path == file or not path.is_relative_to(folder):
+        if top == "lambda_pipeline" or path is None or path == file or not path.is_relative_to(folder):
             continue
-        parts = path.relative_to(folder).parts
-        if any(p.startswith(".") or p == "site-packages" for p in parts):
-            continue  # a virtual environment inside the project folder
-        behind.add(folder / parts[0])
+        first = path.relative_to(folder).parts[0]
+        if first.removesuffix(".py") == top:  # found through the folder on the path (not a venv inside it)
+            behind.add(folder / first)
     behind -= covered
     if behind:
         paths = " ".join(f"--include {p}" for p in sorted(behind))
