@@ -200,7 +200,7 @@ def _options(verb: str) -> set[str]:
 
 @pytest.mark.parametrize(
     ("verb", "common"),
-    [("emr-steps", {"--config", "--set"}), ("package", set()), ("init", set()), ("ingest", COMMON_OPTIONS)],
+    [("emr-steps", {"--config", "--set"}), ("package", set()), ("new", set()), ("ingest", COMMON_OPTIONS)],
 )
 def test_verbs_take_only_the_common_options_they_use(verb: str, common: set[str]) -> None:
     assert _options(verb) & COMMON_OPTIONS == common

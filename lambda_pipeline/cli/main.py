@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from lambda_pipeline.cli.context import Context
-from lambda_pipeline.cli.init import run_init
+from lambda_pipeline.cli.new import run_new
 from lambda_pipeline.cli.parser import build_parser
 from lambda_pipeline.cli.verbs import COMMANDS
 from lambda_pipeline.core.errors import LambdaError
@@ -31,8 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.verb == "package":
             return run_package(args)
-        if args.verb == "init":
-            return run_init(args)
+        if args.verb == "new":
+            return run_new(args)
         if args.verb == "emr-steps":
             return run_emr_steps(args)
         ctx = Context.from_args(args)

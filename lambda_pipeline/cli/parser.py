@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 
 from lambda_pipeline.cli.generate import add_generate_parser
-from lambda_pipeline.cli.init import add_init_parser
 from lambda_pipeline.cli.kafka import add_kafka_parser
+from lambda_pipeline.cli.new import add_new_parser
 from lambda_pipeline.cli.s3 import add_s3_parser
 from lambda_pipeline.core.config_loader import add_override_option
 from lambda_pipeline.deploy.emr_steps import add_emr_steps_parser
@@ -26,7 +26,7 @@ def common_options(parser: argparse.ArgumentParser, *, pipeline: bool = True) ->
     parser.add_argument(
         "--config",
         help="YAML config file (default: $LAMBDA_PIPELINE_CONFIG, else the shipped local.yaml; "
-        "'lambda-pipeline init DIR' writes editable copies)",
+        "'lambda-pipeline new DIR' writes a project with its own)",
     )
     parser.add_argument(
         "--workdir",
@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     s3 = add_s3_parser(verbs)
     generate = add_generate_parser(verbs)
     add_package_parser(verbs)  # no --config: one artifact serves every config
-    add_init_parser(verbs)  # writes the configs: needs none
+    add_new_parser(verbs)  # writes a project and its config: reads none
     add_emr_steps_parser(verbs)  # its own --config and --set: the jobs' work directory is the config's, on S3
     for sub in (ingest, speed, batch, query, serve, maintain, refresh, audit, demo, generate):
         common_options(sub)

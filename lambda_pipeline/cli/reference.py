@@ -356,7 +356,7 @@ def configuration_reference() -> str:
         "",
         "# Configuration reference",
         "",
-        "Every key of a config file (`conf/*.yaml`; `lambda-pipeline init DIR` writes editable copies). A key is",
+        "Every key of a config file (`conf/*.yaml`; `lambda-pipeline new DIR` writes a project's own). A key is",
         "set in the file, or over it with `--set section.key=value` (repeatable) or the environment variable",
         "`LAMBDA_PIPELINE_SET`. Unknown keys and bad values stop a verb that reads the config with the file (or the",
         "override that set it), the dotted key and the expected form. A duration is written like `500 ms`,",
