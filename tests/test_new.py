@@ -25,7 +25,7 @@ from lambda_pipeline.cli.parser import build_parser
 from lambda_pipeline.core.config_loader import load_settings, shipped_configs
 from tests.wheel_support import ROOT, build_wheel, outside_env, venv_with_wheel
 
-TEMPLATE = ROOT / "lambda_pipeline" / "templates" / "project"
+TEMPLATE = ROOT / "lambda_pipeline" / "project-template"
 EPOCH = datetime(1970, 1, 1)
 
 

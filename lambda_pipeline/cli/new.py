@@ -3,7 +3,7 @@
 It writes ``pipeline.py`` (a source and two views, declared with ``import lambda_pipeline as lp``),
 ``config.yaml`` (``pipeline: pipeline.py:PIPELINE``, the work directory in the project), sample input lines
 (one of them malformed, to show the quarantine) and a README whose first shell block runs it all. The files
-ship inside the package (``lambda_pipeline/templates/project``). ``--configs`` adds editable copies of the
+ship inside the package (``lambda_pipeline/project-template``). ``--configs`` adds editable copies of the
 shipped configs for docker compose, S3 and EMR, pointed at the project's pipeline.
 """
 
@@ -37,7 +37,7 @@ _SHELL_BLOCK = re.compile(r"^```(?:bash|sh|shell)\n(.*?)^```", re.MULTILINE | re
 
 
 def _template() -> Traversable:
-    return resources.files("lambda_pipeline").joinpath("templates").joinpath("project")
+    return resources.files("lambda_pipeline").joinpath("project-template")
 
 
 def _walk(folder: Traversable, prefix: PurePosixPath) -> list[tuple[PurePosixPath, str]]:
