@@ -11,7 +11,7 @@ from pyspark.sql import types as T
 import lambda_pipeline as lp
 
 # One JSON object per line, for instance (ts: epoch milliseconds, UTC):
-# {"payment_id": "p-0001", "ts": 1767603720123, "merchant": "m-coffee", "amount_cents": 450,
+# {"payment_id": "p-0001", "ts": 1709542920123, "merchant": "m-coffee", "amount_cents": 450,
 #  "status": "ok", "card": {"brand": "visa", "country": "FR"}}
 PAYMENTS = lp.EventSource(
     name="payments",
@@ -31,7 +31,7 @@ PAYMENTS = lp.EventSource(
     id_column="payment_id",  # a payment_id seen again is quarantined as a duplicate
     time_column="ts",  # event time: what the windows group by
     required=("payment_id", "ts", "merchant", "amount_cents", "status", "card"),
-    time_format="epoch_millis",  # or "epoch_seconds", or "iso8601" ("2026-01-05T09:02:00.123Z")
+    time_format="epoch_millis",  # or "epoch_seconds", or "iso8601" ("2024-03-04T09:02:00.123Z")
 )
 
 # Failed payments per merchant, card country and hour of event time. The country is a derived column (a SQL
