@@ -50,7 +50,8 @@ def test_new_writes_the_project_and_says_what_to_run(tmp_path: Path, capsys: pyt
     out = capsys.readouterr().out
     assert all(f"new: wrote {project / name}" in out for name in written)
     commands = run_commands((project / "README.md").read_text())
-    assert commands and out.endswith("".join(f"  {c}\n" for c in [f"cd {project}", *commands]))
+    assert "".join(f"  {c}\n" for c in [f"cd {project}", *commands]) in out
+    assert out.endswith("new: or the whole pipeline on generated events: lambda-pipeline demo --config config.yaml\n")
     assert load_settings(project / "config.yaml").pipeline == PROJECT_PIPELINE
 
 
@@ -191,7 +192,7 @@ def test_new_then_the_readme_commands_from_the_installed_wheel(tmp_path_factory:
     new = run("lambda-pipeline new payments", elsewhere, 60)
     project = elsewhere / "payments"
     commands = run_commands((project / "README.md").read_text())
-    assert new.stdout.endswith("".join(f"  {c}\n" for c in ["cd payments", *commands]))
+    assert "".join(f"  {c}\n" for c in ["cd payments", *commands]) in new.stdout
 
     answers: dict[str, list[dict[str, str]]] = {}
     for command in commands:

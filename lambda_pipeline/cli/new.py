@@ -130,8 +130,9 @@ def run_new(args: argparse.Namespace) -> int:
     written = write_project(target, force=args.force, configs=args.configs)
     for path in written:
         print(f"new: wrote {path}")
-    print(f"new: next, from {target} (README.md says what each step does):")
+    print(f"new: next, the sample lines through both layers ({target / 'README.md'} says what each step does):")
     print(f"  cd {shlex.quote(str(target))}")
     for command in run_commands((target / "README.md").read_text(encoding="utf-8")):
         print(f"  {command}")
+    print("new: or the whole pipeline on generated events: lambda-pipeline demo --config config.yaml")
     return 0
