@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from lambda_pipeline.cli.main import main
-from lambda_pipeline.cli.new import PROJECT_PIPELINE, project_files, run_commands
+from lambda_pipeline.cli.new import PROJECT_PIPELINE, project_config_name, project_files, run_commands
 from lambda_pipeline.cli.parser import build_parser
 from lambda_pipeline.core.config_loader import load_settings, shipped_configs
 from tests.wheel_support import ROOT, build_wheel, outside_env, venv_with_wheel
@@ -79,13 +79,12 @@ def test_new_refuses_a_folder_that_holds_anything_unless_forced(
 def test_new_with_configs_writes_the_shipped_configs_pointed_at_the_project(tmp_path: Path) -> None:
     assert main(["new", str(tmp_path / "mine"), "--configs"]) == 0
     shipped = sorted(f.name for f in shipped_configs().iterdir() if f.name.endswith(".yaml"))
-    for name in shipped:
-        if name == "local.yaml":  # the project's config.yaml takes its place
-            assert not (tmp_path / "mine" / name).exists()
-            continue
-        settings = load_settings(tmp_path / "mine" / name)
-        assert settings.pipeline == PROJECT_PIPELINE, name
-    assert "--config emr.yaml" in (tmp_path / "mine" / "emr.yaml").read_text()
+    written = sorted(p.name for p in (tmp_path / "mine").glob("config.*.yaml"))
+    # Not the shipped names: 'package --add-config' refuses a config named like one the artifact ships.
+    assert written == sorted(project_config_name(name) for name in shipped if name != "local.yaml")
+    for name in written:
+        assert load_settings(tmp_path / "mine" / name).pipeline == PROJECT_PIPELINE, name
+    assert "--config config.emr.yaml" in (tmp_path / "mine" / "config.emr.yaml").read_text()
 
 
 def test_the_readme_uses_only_verbs_and_options_that_exist() -> None:

@@ -4,7 +4,7 @@ It writes ``pipeline.py`` (a source and two views, declared with ``import lambda
 ``config.yaml`` (``pipeline: pipeline.py:PIPELINE``, the work directory in the project), sample input lines
 (one of them malformed, to show the quarantine) and a README whose first shell block runs it all. The files
 ship inside the package (``lambda_pipeline/project-template``). ``--configs`` adds editable copies of the
-shipped configs for docker compose, S3 and EMR, pointed at the project's pipeline.
+shipped configs for docker compose, S3 and EMR (``config.emr.yaml``, ...), pointed at the project's pipeline.
 """
 
 from __future__ import annotations
@@ -26,7 +26,15 @@ if TYPE_CHECKING:
     else:
         from importlib.abc import Traversable
 
-__all__ = ["PROJECT_PIPELINE", "add_new_parser", "project_files", "run_commands", "run_new", "write_project"]
+__all__ = [
+    "PROJECT_PIPELINE",
+    "add_new_parser",
+    "project_config_name",
+    "project_files",
+    "run_commands",
+    "run_new",
+    "write_project",
+]
 
 PROJECT_PIPELINE = "pipeline.py:PIPELINE"
 """The reference every config of a new project holds: resolved in the current folder, else beside the config."""
@@ -52,17 +60,24 @@ def _walk(folder: Traversable, prefix: PurePosixPath) -> list[tuple[PurePosixPat
     return files
 
 
+def project_config_name(shipped: str) -> str:
+    """What a shipped config is called in a project: ``config.emr.yaml`` for ``emr.yaml``. Not the shipped
+    name, which ``package --add-config`` would refuse as a clash with the artifact's own ``conf/emr.yaml``."""
+    return f"config.{shipped}"
+
+
 def _shipped_configs() -> list[tuple[PurePosixPath, str]]:
-    """The shipped configs but the local default (the project's config.yaml takes its place), their
-    ``pipeline`` line pointed at the project's pipeline."""
+    """The shipped configs but the local default (the project's config.yaml takes its place), renamed
+    (:func:`project_config_name`), their ``pipeline`` line pointed at the project's pipeline."""
     line = f"pipeline: {PROJECT_PIPELINE}   # this project's pipeline, beside this file"
     out = []
     for config in sorted(shipped_configs().iterdir(), key=lambda f: f.name):
         if not config.name.endswith(".yaml") or config.name == DEFAULT_CONFIG.name:
             continue
-        text = re.sub(rf"(?<=\s)conf/{re.escape(config.name)}", config.name, config.read_text(encoding="utf-8"))
+        name = project_config_name(config.name)
+        text = re.sub(rf"(?<=\s)conf/{re.escape(config.name)}", name, config.read_text(encoding="utf-8"))
         text, found = _PIPELINE_LINE.subn(line, text, count=1)
-        out.append((PurePosixPath(config.name), text if found else f"{line}\n{text}"))
+        out.append((PurePosixPath(name), text if found else f"{line}\n{text}"))
     return out
 
 
@@ -120,7 +135,7 @@ def add_new_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--configs",
         action="store_true",
         help="also write editable copies of the shipped configs for docker compose, S3 and EMR "
-        f"(docker.yaml, s3-local.yaml, emr.yaml), with 'pipeline: {PROJECT_PIPELINE}'",
+        f"(config.docker.yaml, config.s3-local.yaml, config.emr.yaml), with 'pipeline: {PROJECT_PIPELINE}'",
     )
     return parser
 
