@@ -56,3 +56,18 @@ def test_a_time_in_another_format_is_quarantined_with_the_reason(
     lines = spark.createDataFrame([(f'{{"id": "a", "ts": {value}}}', "f")], "raw string, source_file string")
     row = parse_events(lines, source).first()
     assert row is not None and row.reason is not None and row.reason.startswith(reason), row.reason
+
+
+def test_a_nested_field_given_a_plain_value_is_quarantined(spark) -> None:
+    nested = T.StructType(
+        [*SCHEMA.fields, T.StructField("device", T.StructType([T.StructField("site", T.StringType())]))]
+    )
+    source = lp.EventSource("s", nested, "id", "ts")
+    raws = [
+        '{"id": "a", "ts": "2026-12-07T10:00:00Z", "device": "p3"}',
+        '{"id": "b", "ts": "2026-12-07T10:00:00Z", "device": {"site": "p3"}}',
+    ]
+    lines = spark.createDataFrame([(r, "f") for r in raws], "raw string, source_file string")
+    rows = {r.id: r for r in parse_events(lines, source).collect()}
+    assert rows["a"].reason.startswith("wrong_type: device expected struct<site:string>, got p3"), rows["a"].reason
+    assert rows["b"].reason is None and rows["b"].device.site == "p3"

@@ -47,7 +47,7 @@ def test_the_public_api_is_what_a_user_declares_with() -> None:
         (lambda: lp.View("v", SOURCE, columns={"r": "rand() * 2"}, measures={"n": lp.count()}), "rand() draws"),
         (lambda: lp.View("v", SOURCE, where="ts < current_timestamp", measures={"n": lp.count()}), "reads the clock"),
         (lambda: lp.View("v", SOURCE, columns={"u": "uuid()"}, measures={"n": lp.count()}), "uuid() draws"),
-        (lambda: lp.View("v", SOURCE, measures={"t": lp.sum_of("name")}), "needs a column of type"),
+        (lambda: lp.View("v", SOURCE, measures={"t": lp.sum_of("name")}), "view 'v': measure 't': sum(name) needs a"),
         (lambda: lp.View("v", SOURCE, measures={"m": "median"}), "approx_quantile(column, 0.5)"),
         (lambda: lp.View("v", SOURCE, measures={}), "declare at least one measure"),
         (lambda: lp.View("v", SOURCE, columns={"name": "lower(name)"}, measures={"n": lp.count()}), "hides"),

@@ -48,6 +48,8 @@ class Context:
     pipeline: Pipeline
     pipeline_ref: str = "clickstream"
     """How the pipeline was named (``--pipeline`` or the config): what a printed next command repeats."""
+    config: str | None = None
+    """The --config given, if any: repeated in a printed next command too."""
     short_lived: bool = False
     """The verb answers one request and exits: Spark starts tuned for that (``get_spark(short_lived=...)``)."""
     _spark: SparkSession | None = None
@@ -58,7 +60,8 @@ class Context:
     def from_args(cls, args: argparse.Namespace) -> Context:
         settings = load_settings(args.config, args.overrides)
         ref = getattr(args, "pipeline", None) or settings.pipeline
-        return cls(settings, Locations.create(settings, args.workdir), pipeline_of(args, settings), pipeline_ref=ref)
+        pipeline = pipeline_of(args, settings)
+        return cls(settings, Locations.create(settings, args.workdir), pipeline, pipeline_ref=ref, config=args.config)
 
     @property
     def jvm_packages(self) -> tuple[str, ...]:
@@ -88,8 +91,9 @@ class Context:
 
     @property
     def pipeline_option(self) -> str:
-        """`` --pipeline REF`` for a command printed for the user to run next; empty for the default pipeline."""
-        return "" if self.pipeline_ref == "clickstream" else f" --pipeline {self.pipeline_ref}"
+        """`` --config FILE --pipeline REF`` for a command printed for the user to run next, as far as needed."""
+        config = f" --config {self.config}" if self.config else ""
+        return config + ("" if self.pipeline_ref == "clickstream" else f" --pipeline {self.pipeline_ref}")
 
     def close(self) -> None:
         """Stop the session this context started, cleanly, while this process can still answer the JVM.

@@ -93,13 +93,13 @@ class Aggregate:
     def state_name(self, measure: str, state: State) -> str:
         return f"{measure}{state.suffix}"
 
-    def check_input(self, measure: str, dtype: T.DataType) -> None:
-        """Refuse an input column of a type this aggregate cannot take, naming both."""
+    def check_input(self, measure: str, dtype: T.DataType, where: str = "") -> None:
+        """Refuse an input column of a type this aggregate cannot take, naming both (and ``where``: the view)."""
         if self.accepts and not isinstance(dtype, self.accepts):
             kinds = ", ".join(sorted(t.__name__.removesuffix("Type").lower() for t in self.accepts))
             raise ViewDefinitionError(
-                f"measure '{measure}': {self.kind}({self.column}) needs a column of type {kinds}, "
-                f"but '{self.column}' is {dtype.simpleString()}"
+                f"{where + ': ' if where else ''}measure '{measure}': {self.kind}({self.column}) needs a column "
+                f"of type {kinds}, but '{self.column}' is {dtype.simpleString()}"
             )
 
 

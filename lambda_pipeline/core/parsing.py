@@ -47,7 +47,9 @@ def typed_value(text: Column, dtype: T.DataType, time_format: str = "iso8601") -
     if isinstance(dtype, T.TimestampType):
         return F.try_to_timestamp(text)
     if isinstance(dtype, (T.StructType, T.ArrayType, T.MapType)):
-        return F.from_json(text, dtype.simpleString())
+        # from_json reads a plain value ("p3") as a struct of nulls: only an object (an array) is one.
+        opening = "[" if isinstance(dtype, T.ArrayType) else "{"
+        return F.when(F.ltrim(text).startswith(opening), F.from_json(text, dtype.simpleString()))
     return text.try_cast(dtype)
 
 

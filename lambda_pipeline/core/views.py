@@ -195,7 +195,7 @@ class View:
                         f"source '{self.source.name}' and the derived columns have {known}"
                     )
                 if aggregate.column in self.source.schema.fieldNames():
-                    aggregate.check_input(measure, self.source.column_type(aggregate.column))
+                    aggregate.check_input(measure, self.source.column_type(aggregate.column), where)
             for state in aggregate.states:
                 name = aggregate.state_name(measure, state)
                 if name in taken:
@@ -233,7 +233,7 @@ class View:
         object.__setattr__(self, "_types", types)
         for measure, aggregate in self.measures.items():
             if aggregate.column in types:
-                aggregate.check_input(measure, types[aggregate.column])
+                aggregate.check_input(measure, types[aggregate.column], where)
         window = self.window.column if self.window is not None else None
         if window in types and not isinstance(types[window], T.TimestampType):
             raise ViewDefinitionError(f"{where}: window column '{window}' must be a timestamp")
