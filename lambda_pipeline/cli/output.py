@@ -6,6 +6,7 @@ import csv
 import json
 import sys
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -49,20 +50,15 @@ def print_rows(columns: list[str], rows: Sequence[Sequence[object]], fmt: str, l
 def print_frame(frame: DataFrame, fmt: str, limit: int) -> int:
     """:func:`print_rows` of a DataFrame, reading at most ``limit + 1`` rows of it."""
     from pyspark.sql import Row
-    from pyspark.sql import functions as F
-    from pyspark.sql import types as T
 
-    def plain(value: object) -> object:  # JSON shows a nested row as an object
-        return value.asDict(recursive=True) if isinstance(value, Row) else value
+    def plain(value: object) -> object:
+        if isinstance(value, Row):  # JSON shows a nested row as an object
+            return value.asDict(recursive=True)
+        if isinstance(value, datetime):  # collect() gives this machine's local time: back to the session's UTC
+            return value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value
 
-    # Timestamps as the session (pinned to UTC) writes them: collect() would turn them into this machine's time.
-    # Columns by position: an answer may repeat a name.
-    positional = frame.toDF(*[f"_{i}" for i in range(len(frame.columns))])
-    texts = [
-        F.col(f"_{i}").cast("string") if isinstance(f.dataType, T.TimestampType) else F.col(f"_{i}")
-        for i, f in enumerate(frame.schema.fields)
-    ]
-    rows = [tuple(plain(v) for v in row) for row in positional.select(*texts).limit(limit + 1).collect()]
+    rows = [tuple(plain(v) for v in row) for row in frame.limit(limit + 1).collect()]
     return print_rows(frame.columns, rows, fmt, limit)
 
 
