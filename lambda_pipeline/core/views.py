@@ -9,11 +9,11 @@ the aggregates' partial states with :meth:`View.partials`; serving merges any un
 >>> hot = lp.View(  # doctest: +SKIP
 ...     "device_overheating",
 ...     source=readings,
-...     columns={"device_id": "device.id"},
-...     where="metrics.temperature_c > 80",
+...     columns={"device_id": "device.id", "temperature": "metrics.temperature_c"},
+...     where="temperature > 80",
 ...     keys=("device_id",),
 ...     window=lp.TumblingWindow("ts", "1 hour"),
-...     measures={"readings": lp.count(), "max_temp": lp.max_of("device_id")},
+...     measures={"readings": lp.count(), "max_temp": lp.max_of("temperature")},
 ... )
 """
 
