@@ -6,9 +6,10 @@ What a user declares a pipeline with, and nothing internal::
 
     readings = lp.EventSource("readings", schema, id_column="reading_id", time_column="ts",
                               time_format="epoch_millis")
-    per_site = lp.View("site_temperature", readings, keys=("site",), columns={"site": "device.site"},
+    per_site = lp.View("site_temperature", readings, keys=("site",),
+                       columns={"site": "device.site", "temperature": "metrics.temperature_c"},
                        window=lp.TumblingWindow("ts", "5 minutes"),
-                       measures={"readings": lp.count(), "p95": lp.approx_quantile("metrics.temperature_c", 0.95)})
+                       measures={"readings": lp.count(), "p95": lp.approx_quantile("temperature", 0.95)})
     PIPELINE = lp.Pipeline("iot", readings, [per_site])
 
 Point a config's ``pipeline`` key (or ``--pipeline``) at ``path/to/file.py:PIPELINE`` or
