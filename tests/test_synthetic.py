@@ -358,10 +358,9 @@ def test_the_pipeline_chooses_its_generator() -> None:
 
 def test_the_shipped_iot_pipeline_gets_the_iot_generator() -> None:
     """The lead's lambda_pipeline/pipelines/iot.py must declare what the IoT generator writes."""
-    registry = pytest.importorskip("lambda_pipeline.pipelines.registry")
-    if not hasattr(registry, "load_pipeline"):
-        pytest.skip("load_pipeline(ref) and the shipped 'iot' pipeline land with the lead's registry")
-    iot = registry.load_pipeline("iot")
+    from lambda_pipeline.pipelines.registry import load_pipeline
+
+    iot = load_pipeline("iot")
     assert IotGenerator.fits(iot.source) and type(generator_for(iot, 1)) is IotGenerator
     assert getattr(iot.source, "time_format", None) == "epoch_millis"
 
@@ -425,10 +424,6 @@ def test_ingest_parses_what_it_generates(spark: Any) -> None:
     assert sum(r[REASON] is None for r in rows) == 300 + stats.duplicates  # parsing keeps repeats: dedup comes later
 
 
-@pytest.mark.skipif(
-    "time_format" not in getattr(EventSource, "__dataclass_fields__", {}),
-    reason="EventSource(time_format=...) and nested fields in ingest land with the lead's core change",
-)
 def test_ingest_parses_iot_readings_in_epoch_millis(spark: Any) -> None:
     from lambda_pipeline.ingestion.routing import REASON, parse_events
 
