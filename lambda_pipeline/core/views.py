@@ -221,6 +221,9 @@ class View:
         """
         if self._types is not None:
             return self
+        if not self.columns and self.where is None:  # nothing for Spark to analyse
+            object.__setattr__(self, "_types", {})
+            return self
         from pyspark.sql import SparkSession
 
         session = spark if isinstance(spark, SparkSession) else SparkSession.getActiveSession()
