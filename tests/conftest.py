@@ -13,6 +13,7 @@ from lambda_pipeline.core.locations import Locations
 pytest_plugins = [
     "tests.kafka_support",  # kafka_broker (real broker on loopback) and kafka_topic
     "tests.s3_support",  # s3_server (moto's S3 server on loopback) and s3_bucket
+    "tests.cluster_support",  # spark_cluster: a Spark standalone master and worker on loopback
     "tests.submit_support",  # isolated_python: spark-submit's driver imports the project from the artifact only
 ]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from lambda_pipeline.cli.cluster import run_cluster
 from lambda_pipeline.cli.context import Context
 from lambda_pipeline.cli.new import run_new
 from lambda_pipeline.cli.parser import build_parser
@@ -35,6 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_new(args)
         if args.verb == "emr-steps":
             return run_emr_steps(args)
+        if args.verb == "cluster":
+            return run_cluster(args)
         ctx = Context.from_args(args)
         try:
             return COMMANDS[args.verb](ctx, args)

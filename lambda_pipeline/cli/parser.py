@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from lambda_pipeline.cli.cluster import add_cluster_parser
 from lambda_pipeline.cli.generate import add_generate_parser
 from lambda_pipeline.cli.kafka import add_kafka_parser
 from lambda_pipeline.cli.new import add_new_parser
@@ -161,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate = add_generate_parser(verbs)
     add_package_parser(verbs)  # no --config: one artifact serves every config
     add_new_parser(verbs)  # writes a project and its config: reads none
+    add_cluster_parser(verbs)  # a local Spark cluster: serves any config
     add_emr_steps_parser(verbs)  # its own --config and --set: the jobs' work directory is the config's, on S3
     for sub in (ingest, speed, batch, query, serve, maintain, refresh, audit, demo, generate):
         common_options(sub)

@@ -1,0 +1,8 @@
+"""spark-submit entry: `spark-submit --packages <delta> pipelines/jobs/audit_job.py [options]`."""
+
+import sys
+
+from lambda_pipeline.cli.main import main
+
+if __name__ == "__main__":
+    sys.exit(main(["audit", *sys.argv[1:]]))
