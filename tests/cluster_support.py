@@ -10,17 +10,14 @@ JVMs the worker launches, with the jars the application carries.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
-from lambda_pipeline.deploy.artifact import MANIFEST
 from lambda_pipeline.local_services.process import free_port
 from lambda_pipeline.local_services.spark_cluster import LocalCluster
 
@@ -73,40 +70,6 @@ def stop_group(process: subprocess.Popen[str], sig: signal.Signals) -> None:
         process.wait(timeout=30)
 
 
-def _command(
-    cluster: LocalCluster, dist: Path, jars: Sequence[str], node: Sequence[str], job: str, args: Sequence[str]
-) -> list[str]:
-    manifest = json.loads((dist / MANIFEST).read_text())
-    on_node = ":".join(node)  # installed on the node (as EMRFS is on EMR): on the class paths, never copied
-    return [
-        str(Path(sys.executable).parent / "spark-submit"),
-        "--master",
-        cluster.master_url,
-        "--deploy-mode",
-        "client",
-        "--conf",
-        "spark.ui.enabled=false",
-        "--conf",
-        "spark.cores.max=1",
-        "--conf",
-        "spark.executor.cores=1",
-        "--conf",
-        "spark.executor.memory=700m",
-        "--conf",
-        "spark.driver.memory=700m",
-        "--conf",
-        f"spark.executor.extraClassPath={on_node}",
-        "--driver-class-path",
-        on_node,
-        "--jars",
-        ",".join(jars),
-        "--py-files",
-        str(dist / manifest["zip"]),
-        str(dist / f"{job}_job.py"),
-        *args,
-    ]
-
-
 def _env(python: Path, extra: Mapping[str, str]) -> dict[str, str]:
     import pyspark
 
@@ -131,7 +94,7 @@ def cluster_submit(
     """Start ``<job>_job.py`` of the artifact in ``dist`` on ``cluster``, in the background; output to ``log``."""
     with log.open("w") as out:
         process = subprocess.Popen(
-            _command(cluster, dist, jars, executor_class_path, job, args),
+            cluster.submit_command(dist, job, args, jars=jars, node_jars=executor_class_path),
             stdout=out,
             stderr=subprocess.STDOUT,
             text=True,

@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -212,6 +212,44 @@ class LocalCluster:
         """Stop the worker (and with it the executors it launched), then the master; False if one was killed."""
         worker_clean = self.worker.stop(timeout)
         return self.master.stop(timeout) and worker_clean
+
+    def submit_command(
+        self,
+        dist: Path,
+        job: str,
+        args: Sequence[str] = (),
+        *,
+        jars: Sequence[str] = (),
+        node_jars: Sequence[str] = (),
+        conf: Mapping[str, str] | None = None,
+    ) -> list[str]:
+        """``spark-submit`` of the artifact in ``dist`` (``lambda-pipeline package``): its ``<job>_job.py`` on this
+        cluster, in client mode, with the project's zip on ``--py-files`` and ``jars`` on ``--jars``.
+
+        ``node_jars`` are on the driver's and the executors' class paths and are never copied: jars installed on
+        every node, as EMRFS is on EMR (here, hadoop-aws and its 690 MB AWS SDK, which the worker would otherwise
+        copy into each application's folder). Each job takes one core (``spark.cores.max``) unless ``conf`` says
+        otherwise.
+        """
+        manifest = json.loads((dist / "manifest.json").read_text(encoding="utf-8"))
+        settings = {
+            "spark.cores.max": "1",
+            "spark.executor.cores": "1",
+            "spark.executor.memory": "700m",
+            "spark.driver.memory": "700m",
+            "spark.ui.enabled": "false",
+            **(conf or {}),
+        }
+        if node_jars:
+            settings["spark.executor.extraClassPath"] = ":".join(node_jars)
+        command = [str(spark_home() / "bin" / "spark-submit"), "--master", self.master_url, "--deploy-mode", "client"]
+        for key, value in settings.items():
+            command += ["--conf", f"{key}={value}"]
+        if node_jars:
+            command += ["--driver-class-path", ":".join(node_jars)]
+        if jars:
+            command += ["--jars", ",".join(jars)]
+        return [*command, "--py-files", str(dist / manifest["zip"]), str(dist / f"{job}_job.py"), *args]
 
     def status(self) -> ClusterStatus:
         """Pids, the master's URLs, and the cores and applications it reports (from any process)."""
