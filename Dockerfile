@@ -17,7 +17,7 @@ ENV JAVA_HOME=/opt/java \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYSPARK_PYTHON=python3 \
     LAMBDA_PIPELINE_CONFIG=/app/conf/docker.yaml \
-    LAMBDA_PIPELINE_WORKDIR=/data/lambda-work
+    LAMBDA_PIPELINE_WORKDIR=file:///data/lambda-work
 
 # A fixed, unprivileged user: the named volumes take the owner of the folders they are mounted on.
 RUN useradd --create-home --uid 1000 app \

@@ -7,7 +7,7 @@ clickstream demo's generator, whose returned stats are the ground truth the test
 :mod:`.synthetic` generates for any declared source, :mod:`.iot_generator` for the shipped IoT readings.
 
 Files are written under a hidden name and renamed into the landing folder (on S3,
-uploaded whole under their final name), so the ingest stream never reads half a file.
+uploaded whole under their final name), so the ingest stream never reads half a file, on any file system.
 """
 
 from __future__ import annotations
@@ -169,24 +169,26 @@ class EventGenerator(ABC):
     def write_file(self, landing: str | Path, events: int, *, spark: SparkSession | None = None) -> GeneratedFile:
         """Write one file atomically into ``landing``: the ingest stream must never see half of it.
 
-        A local folder (or ``file:`` URI) gets a hidden name first, then a rename. Any other URI
-        (``s3a://``) is written through Spark's Hadoop file system (``spark``, else the active session),
-        straight under its final name: S3 makes an object visible only once its upload completed.
+        A local folder (or ``file:`` URI) gets a hidden name first, then a rename. Any other URI is written
+        through Spark's Hadoop file system (``spark``, else the active session): on an object store (``s3a://``)
+        straight under its final name, since an object becomes visible only once its upload completed; on
+        HDFS and any other file system under a hidden name in the same folder (Spark's file source skips names
+        that start with ``.``), then renamed, which HDFS does atomically.
         """
         lines, stats = self.lines(events)
         self._files += 1
         name = f"{self.prefix}-{self.seed:x}-{self._files:06d}-{time.time_ns()}.jsonl"
-        text = "\n".join(lines) + "\n"
+        data = ("\n".join(lines) + "\n").encode("utf-8")
         target = str(landing)
         if "://" in target and not target.startswith("file:"):
             uri = posixpath.join(target, name)
-            _write_through_hadoop(spark, uri, text.encode("utf-8"))
+            _write_through_hadoop(spark, target, name, data)
             stats.path, stats.written_at = PurePosixPath(urlsplit(uri).path), time.time()
             return stats
         folder = Path(urlsplit(target).path if target.startswith("file:") else target)
         folder.mkdir(parents=True, exist_ok=True)
         hidden = folder / f".{name}.tmp"
-        hidden.write_text(text, encoding="utf-8")
+        hidden.write_bytes(data)
         final = folder / name
         os.replace(hidden, final)
         stats.path, stats.written_at = final, time.time()
@@ -331,15 +333,27 @@ class ClickstreamGenerator(EventGenerator):
         return json.dumps(record, separators=(",", ":")).encode(), None
 
 
-def _write_through_hadoop(spark: SparkSession | None, uri: str, data: bytes) -> None:
-    """One object written whole: Hadoop's S3A client uploads it when the stream closes, in one request."""
+OBJECT_STORE_SCHEMES = ("s3a", "s3", "s3n", "gs")
+"""Where a file is an object, visible only once its upload completed, and a rename is a copy."""
+
+
+def _write_through_hadoop(spark: SparkSession | None, folder: str, name: str, data: bytes) -> None:
+    """One file written whole into ``folder`` through Hadoop's file system, never visible half-written."""
     if spark is None:
         from pyspark.sql import SparkSession
 
         spark = SparkSession.getActiveSession()
     if spark is None:
         raise LambdaError(
-            f"writing {uri} needs Spark's Hadoop file system (hadoop-aws for s3a://); start a Spark session "
+            f"writing into {folder} needs Spark's Hadoop file system (hadoop-aws for s3a://); start a Spark session "
             "first (lambda_pipeline.core.session.get_spark) or pass it as spark="
         )
-    HadoopPath(spark, uri).write_new(data)  # never overwrite: names are unique, a clash is a bug
+    landing = HadoopPath(spark, folder)
+    final = landing.child(name)
+    # Never overwrite: names are unique, so a clash is a bug.
+    if urlsplit(folder).scheme.lower() in OBJECT_STORE_SCHEMES:
+        final.write_new(data)  # S3A uploads when the stream closes, in one request
+        return
+    hidden = landing.child(f".{name}.tmp")
+    hidden.write_new(data)
+    hidden.rename(final)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from lambda_pipeline.core.config import ServeSettings
 from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.errors import LambdaError
-from lambda_pipeline.core.locations import Locations
+from lambda_pipeline.core.locations import Locations, local_path
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.serving_layer.catalog import ServingLayer
 from lambda_pipeline.serving_layer.client import ANSWER_HEADER, ARROW_STREAM, RemoteAnswer
@@ -362,9 +362,8 @@ def check_bind(settings: ServeSettings) -> str | None:
 
 def server_file(locations: Locations) -> Path | None:
     """Where a running server of this work directory says where it listens (local work directories only)."""
-    if "://" in locations.workdir:
-        return None
-    return Path(locations.workdir) / SERVER_FILE
+    workdir = local_path(locations.workdir)
+    return None if workdir is None else workdir / SERVER_FILE
 
 
 class QueryServer:

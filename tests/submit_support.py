@@ -62,40 +62,40 @@ def probe_line(module: str, file: Path) -> str:
     return f"PROBE {module} from {file}"
 
 
-def _delta_jars(coordinate: str) -> list[str]:
-    """``--jars`` with the jar paths the session factory resolved before (no Ivy run per submit), else
-    ``--packages``, as on a cluster."""
-    try:
-        from lambda_pipeline.core.jvm_packages import _cached_jars, required_packages
-
-        jars = _cached_jars(required_packages())
-    except ImportError:  # the factory's cache changed shape: resolve like a cluster does
-        jars = None
-    return ["--jars", ",".join(jars)] if jars else ["--packages", coordinate]
-
-
 def spark_submit(
-    dist: Path, python: Path, job: str, *args: str, cwd: Path, probe: tuple[str, ...] = ()
+    dist: Path,
+    python: Path,
+    job: str,
+    *args: str,
+    cwd: Path,
+    probe: tuple[str, ...] = (),
+    groups: tuple[str, ...] = ("delta",),
+    conf: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """spark-submit of the artifact's ``<job>_job.py`` in local mode, with the zip on --py-files only;
-    ``probe``: more modules whose origin the driver reports besides lambda_pipeline."""
+    """spark-submit of the artifact's ``<job>_job.py`` in local mode, with the zip on --py-files only and the
+    artifact's own jars of ``groups`` on --jars (as the EMR steps pass them: nothing resolved);
+    ``probe``: more modules whose origin the driver reports besides lambda_pipeline; ``conf``: more --conf;
+    ``env``: more environment variables."""
     import pyspark
 
-    from lambda_pipeline.core.jvm_packages import DELTA_COORDINATE
-
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYSPARK_SUBMIT_ARGS")}
-    env.update(SPARK_HOME=str(Path(pyspark.__file__).parent), PYSPARK_PYTHON=str(python))
-    env.update(PYSPARK_DRIVER_PYTHON=str(python), SPARK_LOCAL_IP="127.0.0.1", PROBE_MODULES=" ".join(probe))
+    manifest = json.loads((dist / MANIFEST).read_text())
+    jars = [str(dist / jar) for group in groups for jar in manifest["jars"][group]]
+    environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYSPARK_SUBMIT_ARGS")}
+    environ.update(SPARK_HOME=str(Path(pyspark.__file__).parent), PYSPARK_PYTHON=str(python))
+    environ.update(PYSPARK_DRIVER_PYTHON=str(python), SPARK_LOCAL_IP="127.0.0.1", PROBE_MODULES=" ".join(probe))
+    environ.update(env or {})
+    settings = {"spark.ui.enabled": "false", **(conf or {})}
     command = [
         str(Path(sys.executable).parent / "spark-submit"),
         "--master",
         "local[2]",
-        "--conf",
-        "spark.ui.enabled=false",
-        *_delta_jars(DELTA_COORDINATE),
+        *(item for key, value in settings.items() for item in ("--conf", f"{key}={value}")),
+        "--jars",
+        ",".join(jars),
         "--py-files",
-        str(dist / json.loads((dist / MANIFEST).read_text())["zip"]),
+        str(dist / manifest["zip"]),
         str(dist / f"{job}_job.py"),
         *args,
     ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd, env=environ)

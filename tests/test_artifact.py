@@ -66,6 +66,33 @@ def test_manifest_lists_every_file_with_its_digest(artifact: tuple[Path, dict]) 
     assert manifest["maven"]["hadoop_aws"].startswith("org.apache.hadoop:hadoop-aws:")
 
 
+def test_the_jars_folder_carries_every_jar_the_jobs_load_by_group(artifact: tuple[Path, dict]) -> None:
+    """A cluster in a private subnet has no internet: Delta, the Kafka connector and their dependencies travel in
+    jars/, by group; hadoop-aws (690 MB with the AWS SDK) and MSK IAM only when asked."""
+    dist, manifest = artifact
+    groups = manifest["jars"]
+    assert set(groups) == {"delta", "kafka"}
+    listed = {entry["path"] for entry in manifest["files"]}
+    on_disk = {f"jars/{p.name}" for p in (dist / "jars").iterdir()}
+    assert on_disk == set(groups["delta"]) | set(groups["kafka"]) <= listed
+    assert not set(groups["delta"]) & set(groups["kafka"])  # the kafka group is what Kafka adds to Delta's
+
+    def holds(group: str, *prefixes: str) -> None:
+        names = [jar.removeprefix("jars/") for jar in groups[group]]
+        for prefix in prefixes:
+            assert any(name.startswith(prefix) for name in names), (group, prefix, names)
+
+    holds("delta", "io.delta_delta-spark_4.2_2.13-", "io.delta_delta-storage-")
+    holds(
+        "kafka",
+        "org.apache.spark_spark-sql-kafka-0-10_2.13-",
+        "org.apache.kafka_kafka-clients-",
+        "org.apache.commons_commons-pool2-",
+        "spark-token-provider-kafka-0-10_2.13-",
+    )
+    assert not any("hadoop-aws" in name or "awssdk" in name for name in on_disk)
+
+
 def test_rebuild_is_byte_identical_and_removes_stale_files(artifact: tuple[Path, dict], tmp_path: Path) -> None:
     dist, manifest = artifact
     again = tmp_path / "again"
@@ -156,6 +183,60 @@ def test_spark_submit_runs_the_pipeline_from_the_artifact_alone(
     for path in (locations.master, locations.coverage, locations.speed_partials("page_activity")):
         for key in ("delta.logRetentionDuration", "delta.deletedFileRetentionDuration"):
             assert table_property(spark, path, key) == "interval 604800 seconds", (path, key)
+
+
+@pytest.mark.integration
+def test_spark_submit_with_the_artifacts_jars_ingests_from_kafka_without_fetching_anything(
+    artifact: tuple[Path, dict], isolated_python: Path, kafka_broker, kafka_topic: str, tmp_path: Path, request
+) -> None:
+    """Under spark-submit the driver fetches nothing (no internet on the cluster): not through Ivy, which is pointed
+    at an empty folder, and not the token-provider jar, whose cache is empty and whose repository is unreachable."""
+    from lambda_pipeline.cli.main import main
+
+    dist, _ = artifact
+    kafka = [f"ingest.kafka.bootstrap_servers={kafka_broker.bootstrap_servers}", f"ingest.kafka.topic={kafka_topic}"]
+    sets = [item for s in ["ingest.source=kafka", *kafka] for item in ("--set", s)]
+    sent = ["generate", "--to", "kafka", "--rate", "50", "--seconds", "1", "--seed", "9", "--workdir", str(tmp_path)]
+    assert main([*sent, *sets]) == 0
+    ivy, cache, workdir = tmp_path / "ivy", tmp_path / "cache", tmp_path / "work"
+    result = spark_submit(
+        dist,
+        isolated_python,
+        "ingest",
+        "--once",
+        "--workdir",
+        str(workdir),
+        *sets,
+        cwd=tmp_path,
+        groups=("delta", "kafka"),
+        conf={"spark.jars.ivy": str(ivy)},
+        env={"LAMBDA_PIPELINE_CACHE": str(cache), "LAMBDA_PIPELINE_MAVEN_REPO": "http://127.0.0.1:9/unreachable"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "resolving dependencies" not in output and "fetching the JVM packages" not in output
+    assert not ivy.exists() and not list(cache.rglob("*.jar"))
+    from lambda_pipeline.core.config_loader import load_settings as load
+    from lambda_pipeline.core.locations import Locations
+
+    spark = request.getfixturevalue("spark")  # started only now: no idle JVM beside the submitted one
+    master = spark.read.format("delta").load(Locations.create(load(None), workdir).master)
+    assert master.count() >= 50  # 50 valid events (and repeats) came through the connector from --jars
+
+
+def test_a_jar_missing_under_spark_submit_is_named_in_one_line(
+    artifact: tuple[Path, dict], isolated_python: Path, tmp_path: Path
+) -> None:
+    dist, _ = artifact
+    sets = ["--set", "ingest.source=kafka", "--set", "ingest.kafka.bootstrap_servers=127.0.0.1:9"]
+    result = spark_submit(
+        dist, isolated_python, "ingest", "--once", "--workdir", str(tmp_path / "w"), *sets, cwd=tmp_path
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr  # spark-submit passes the Python driver's stderr on to its stdout
+    (line,) = [line for line in output.splitlines() if "spark-submit started this driver without" in line]
+    assert "spark-sql-kafka-0-10_2.13-" in line and "kafka-clients-<version>.jar" in line and "--jars" in line
+    assert "Traceback" not in output
 
 
 @pytest.mark.integration

@@ -26,7 +26,7 @@ import yaml
 from lambda_pipeline.cli.parser import build_parser
 from lambda_pipeline.core.config_loader import ENVIRONMENT_VARIABLES, load_settings
 from lambda_pipeline.core.errors import ConfigError
-from lambda_pipeline.core.locations import Locations
+from lambda_pipeline.core.locations import Locations, local_path
 from lambda_pipeline.deploy.project import read_project
 from lambda_pipeline.pipelines.registry import load_pipeline
 
@@ -292,7 +292,7 @@ def test_the_ingest_healthcheck_looks_where_ingest_writes_the_master_table() -> 
     env = _environment(services["ingest"])
     settings = load_settings(None, environ=env | {"LAMBDA_PIPELINE_CONFIG": str(ROOT / "conf" / "docker.yaml")})
     test = services["ingest"]["healthcheck"]["test"]
-    assert test == ["CMD", "test", "-d", f"{Locations.create(settings).master}/_delta_log"]
+    assert test == ["CMD", "test", "-d", f"{local_path(Locations.create(settings).master)}/_delta_log"]
 
 
 def test_the_config_the_containers_read_loads_and_matches_the_services() -> None:
@@ -308,7 +308,7 @@ def test_the_config_the_containers_read_loads_and_matches_the_services() -> None
         # The file and the service's own overrides load together, as the job will load them.
         settings = load_settings(None, environ=env | {"LAMBDA_PIPELINE_CONFIG": str(local)})
         mounts = {v.split(":")[1] for v in service["volumes"]}
-        assert settings.workdir in mounts, f"{name}: the work directory must be on the shared volume"
+        assert str(local_path(settings.workdir)) in mounts, f"{name}: the work directory must be on the shared volume"
         assert settings.ingest.source == "kafka"
         assert settings.ingest.kafka.bootstrap_servers in _advertised(services["kafka"])
         if name not in {"query", "serve", "maintain"}:  # these run in local mode on purpose

@@ -162,3 +162,33 @@ def test_kafka_literal_secrets_are_refused_whatever_else_the_value_holds(key: st
 def test_kafka_credentials_from_the_environment_are_accepted(key: str, value: str) -> None:
     settings = load_settings(None, [f"ingest.kafka.options={{{key!r}: {value!r}}}"])
     assert settings.ingest.kafka.options[key] == value
+
+
+def test_a_workdir_without_a_scheme_is_refused_with_a_cluster_master(tmp_path: Path, capsys) -> None:
+    """Spark would look for it on fs.defaultFS (HDFS on EMR), Python on this machine's disk: refused before any
+    Spark starts, in one line that says how to write it."""
+    from lambda_pipeline.cli.main import main
+
+    cluster = ["--set", "spark.master=spark://127.0.0.1:7077"]
+    assert main(["batch", "--workdir", str(tmp_path / "work"), *cluster]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: --workdir: key 'workdir': ") and "spark.master is spark://127.0.0.1:7077" in line
+    assert "file:///shared/mount/..." in line and "s3a://..." in line and "hdfs://..." in line
+    assert not (tmp_path / "work").exists()  # nothing was created for it
+
+    # An absolute warehouse outside the work directory is a root too; the config file is named for it.
+    config = write(tmp_path, "spark:\n  master: yarn\nwarehouse: /data/warehouse\n")
+    assert main(["batch", "--config", str(config), "--workdir", f"file://{tmp_path}/work"]) == 2
+    assert f"{config}: key 'warehouse': '/data/warehouse' has no scheme" in capsys.readouterr().err
+
+
+def test_a_file_uri_workdir_is_a_local_folder_for_python_too(tmp_path: Path) -> None:
+    from lambda_pipeline.core.locations import Locations, local_path
+
+    settings = load_settings(DEFAULT_CONFIG, ["spark.master=spark://127.0.0.1:7077"])
+    locations = Locations.create(settings, f"file://{tmp_path}/shared/../work")
+    assert locations.workdir == f"file://{tmp_path}/work" and locations.landing == f"file://{tmp_path}/work/landing"
+    locations.ensure_local_dirs()  # Python's side: no Spark needed for a folder on this machine
+    assert (tmp_path / "work" / "landing").is_dir() and (tmp_path / "work" / "warehouse").is_dir()
+    assert local_path(locations.master) == tmp_path / "work" / "warehouse" / "master" / "master_events"
+    assert local_path("s3a://bucket/work") is None and local_path("relative/work") == Path("relative/work")

@@ -28,7 +28,7 @@ RELEASE = ["--set", "emr.release_label=emr-8.0.0"]  # cluster.json, written with
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("dist")
-    build_artifact(folder)
+    build_artifact(folder, with_msk_iam=True)  # conf/emr.yaml authenticates to MSK with IAM
     return folder
 
 
@@ -69,7 +69,7 @@ def test_steps_run_the_three_jobs_from_files_the_manifest_lists(dist: Path) -> N
     manifest = json.loads((dist / "manifest.json").read_text())
     listed = {entry["path"] for entry in manifest["files"]}
 
-    mains = []
+    mains, job_jars = [], []
     for step in steps:
         assert step["ActionOnFailure"] == "CONTINUE"
         jar = step["HadoopJarStep"]
@@ -84,13 +84,37 @@ def test_steps_run_the_three_jobs_from_files_the_manifest_lists(dist: Path) -> N
         main = next(a for a in args if a.endswith("_job.py"))
         mains.append(main.removeprefix(uri))
         assert "spark.yarn.appMasterEnv.PYSPARK_PYTHON=/usr/bin/python3.11" in args
-        packages = args[args.index("--packages") + 1].split(",")
-        assert manifest["maven"]["delta"] in packages
+        # Nothing is resolved on the cluster (no internet there): every jar comes from the artifact.
+        assert not {"--packages", "--exclude-packages", "--repositories"} & set(args)
+        jars = [j.removeprefix(uri) for j in args[args.index("--jars") + 1].split(",")]
+        assert set(jars) <= listed and jars[: len(manifest["jars"]["delta"])] == manifest["jars"]["delta"]
+        job_jars.append(jars)
     assert mains == ["ingest_job.py", "batch_job.py", "maintain_job.py"]
-    ingest_packages = steps[0]["HadoopJarStep"]["Args"]
-    assert manifest["maven"]["kafka"] in ingest_packages[ingest_packages.index("--packages") + 1]
-    assert manifest["maven"]["msk_iam"] in ingest_packages[ingest_packages.index("--packages") + 1]
-    assert manifest["jars"]["kafka_token_provider"] in _referenced(ingest_packages, _artifact_uri(ingest_packages))
+    groups = manifest["jars"]
+    assert job_jars[0] == groups["delta"] + groups["kafka"] + groups["msk_iam"]  # ingest from MSK with IAM
+    assert job_jars[1] == job_jars[2] == groups["delta"]
+    names = " ".join(groups["kafka"] + groups["msk_iam"])
+    for jar in (
+        "spark-sql-kafka-0-10_2.13-",
+        "kafka-clients-",
+        "spark-token-provider-kafka-0-10_2.13-",
+        "aws-msk-iam-auth",
+    ):
+        assert jar in names, jar
+
+
+def test_an_artifact_without_a_group_a_job_needs_is_refused_with_the_flag_that_adds_it(
+    dist: Path, tmp_path: Path
+) -> None:
+    without = tmp_path / "dist"
+    without.mkdir()
+    manifest = json.loads((dist / "manifest.json").read_text())
+    del manifest["jars"]["msk_iam"]
+    (without / "manifest.json").write_text(json.dumps(manifest))
+    result = emr_steps("--config", str(EMR_CONF), *BUCKET, *ON_NODES, dist=without)
+    assert result.returncode == 2
+    assert "the artifact carries no msk_iam jars, which the ingest job needs" in result.stderr
+    assert "'lambda-pipeline package --with-msk-iam'" in result.stderr
 
 
 def test_job_arguments_are_what_the_cli_accepts_with_the_shipped_config(dist: Path) -> None:
@@ -262,7 +286,7 @@ def test_packaged_extra_config_is_accepted(tmp_path: Path) -> None:
     prod = tmp_path / "prod.yaml"
     prod.write_text(EMR_CONF.read_text().replace("bucket: null", "bucket: prod-bucket"))
     folder = tmp_path / "dist"
-    build_artifact(folder, extra_configs=[prod])
+    build_artifact(folder, extra_configs=[prod], with_msk_iam=True)
     result = emr_steps("--config", str(prod), *ON_NODES, dist=folder)
     assert result.returncode == 0, result.stderr
     args = json.loads(result.stdout)[0]["HadoopJarStep"]["Args"]
@@ -284,7 +308,7 @@ def _user_project(folder: Path) -> Path:
 def test_steps_run_the_user_pipeline_the_artifact_carries(tmp_path: Path) -> None:
     config = _user_project(tmp_path / "project")
     folder = tmp_path / "dist"
-    build_artifact(folder, extra_configs=[config])  # the config brings the pipeline file it names
+    build_artifact(folder, extra_configs=[config], with_msk_iam=True)  # the config brings the pipeline file it names
     out = tmp_path / "emr"
     glue = ["--set", "emr.glue.enabled=true", *RELEASE]
     result = emr_steps("--config", str(config), *BUCKET, *ON_NODES, *glue, "--out", str(out), dist=folder)
@@ -313,7 +337,7 @@ def test_a_pipeline_the_artifact_does_not_carry_as_it_is_here_is_refused(dist: P
     )
 
     folder = tmp_path / "dist"
-    build_artifact(folder, extra_configs=[config])
+    build_artifact(folder, extra_configs=[config], with_msk_iam=True)
     with (config.parent / "pipeline.py").open("a") as module:
         module.write("# edited after packaging\n")
     edited = emr_steps("--config", str(config), *BUCKET, *ON_NODES, dist=folder)

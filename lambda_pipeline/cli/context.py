@@ -39,6 +39,17 @@ def pipeline_of(args: argparse.Namespace, settings: Settings) -> Pipeline:
     return load_pipeline(settings.pipeline, config_path=config, origin=origin)
 
 
+def _workdir_origin(args: argparse.Namespace, config: str) -> str:
+    """Where the work directory came from, in the order they win: --workdir, --set, the environment, the config."""
+    if args.workdir is not None:
+        return "--workdir"
+    if any(o.strip().startswith("workdir=") for o in args.overrides):
+        return "--set"
+    if os.environ.get("LAMBDA_PIPELINE_WORKDIR", "").strip():
+        return "environment variable LAMBDA_PIPELINE_WORKDIR"
+    return config
+
+
 @dataclass
 class Context:
     """What every verb needs: validated settings, locations, the pipeline, and (lazily) Spark."""
@@ -58,10 +69,15 @@ class Context:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Context:
+        from lambda_pipeline.core.config_loader import config_file
+
         settings = load_settings(args.config, args.overrides)
         ref = getattr(args, "pipeline", None) or settings.pipeline
         pipeline = pipeline_of(args, settings)
-        return cls(settings, Locations.create(settings, args.workdir), pipeline, pipeline_ref=ref, config=args.config)
+        source = str(config_file(args.config))
+        origin = _workdir_origin(args, source)
+        locations = Locations.create(settings, args.workdir, source=source, workdir_source=origin)
+        return cls(settings, locations, pipeline, pipeline_ref=ref, config=args.config)
 
     @property
     def jvm_packages(self) -> tuple[str, ...]:

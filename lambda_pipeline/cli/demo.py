@@ -19,11 +19,11 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lambda_pipeline.cli.generate import generator_for
-from lambda_pipeline.core.errors import LambdaError
+from lambda_pipeline.core.errors import EnvironmentProblem, LambdaError
+from lambda_pipeline.core.locations import local_path
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator, EventGenerator
 
 if TYPE_CHECKING:
@@ -171,7 +171,13 @@ def _local_broker(ctx: Context) -> KafkaBroker | None:
     if host not in ("127.0.0.1", "localhost"):
         create_topic(kafka.bootstrap_servers, str(kafka.topic), kafka.partitions)
         return None  # a real cluster: use it as it is
-    broker = KafkaBroker(Path(ctx.locations.workdir) / "kafka", port=int(port))
+    workdir = local_path(ctx.locations.workdir)
+    if workdir is None:
+        raise EnvironmentProblem(
+            f"the demo's Kafka broker keeps its storage on this machine, but the work directory is "
+            f"{ctx.locations.workdir}; pass a local --workdir"
+        )
+    broker = KafkaBroker(workdir / "kafka", port=int(port))
     ours = not broker.status().running  # else started by 'lambda-pipeline kafka start': leave it running
     if ours:
         broker.start()

@@ -18,12 +18,15 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Protocol
 
 from lambda_pipeline.core.errors import ConfigError
+from lambda_pipeline.core.locations import local_path
 from lambda_pipeline.pipelines.clickstream import CLICKS
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator, EventGenerator
 from lambda_pipeline.pipelines.iot_generator import IotGenerator
 from lambda_pipeline.pipelines.synthetic import SyntheticGenerator
 
 if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
     from lambda_pipeline.cli.context import Context
     from lambda_pipeline.core.pipeline import Pipeline
 
@@ -145,18 +148,26 @@ class _KafkaSink:
 
 
 class _FileSink:
-    """Whole files, renamed into the landing folder, as ingest expects them."""
+    """Whole files into the landing folder, never visible half-written, as ingest expects them.
+
+    A landing folder on this machine is written by Python alone; one on ``s3a://``, ``hdfs://`` or another
+    Hadoop file system through Spark's (the session factory's session, started here for it).
+    """
 
     def __init__(self, ctx: Context, generator: EventGenerator) -> None:
-        ctx.locations.ensure_local_dirs()
         self.generator = generator
         self.landing = ctx.locations.landing
+        self.spark: SparkSession | None = None
+        if local_path(self.landing) is None:
+            self.spark = ctx.spark
+        else:
+            ctx.locations.ensure_local_dirs()
         self.where = f"landing folder {self.landing}"
 
     def send(self, events: int, hostile: int) -> Counter[str]:
         if events == 0:
             return Counter()
-        written = self.generator.write_file(self.landing, events)
+        written = self.generator.write_file(self.landing, events, spark=self.spark)
         return Counter(
             events=written.events,
             duplicates=written.duplicates,
@@ -166,7 +177,7 @@ class _FileSink:
         )
 
     def flush(self) -> None:
-        """Files are complete when renamed into place."""
+        """Files are complete once in place under their final name."""
 
 
 def make_sink(ctx: Context, generator: EventGenerator, to: str) -> _Sink:

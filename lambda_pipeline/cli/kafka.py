@@ -11,6 +11,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from lambda_pipeline.core.errors import ConfigError, EnvironmentProblem
+from lambda_pipeline.core.locations import local_path
 
 if TYPE_CHECKING:
     from lambda_pipeline.cli.context import Context
@@ -53,11 +54,11 @@ def local_port(bootstrap_servers: str) -> int | None:
 def _broker(ctx: Context, args: argparse.Namespace) -> KafkaBroker:
     from lambda_pipeline.local_services.kafka_broker import KafkaBroker
 
-    workdir = ctx.locations.workdir
-    if "://" in workdir:
+    workdir = local_path(ctx.locations.workdir)
+    if workdir is None:
         raise EnvironmentProblem(
-            f"the local Kafka broker keeps its storage on this machine, but the work directory is {workdir}; "
-            "pass a local --workdir"
+            f"the local Kafka broker keeps its storage on this machine, but the work directory is "
+            f"{ctx.locations.workdir}; pass a local --workdir"
         )
     base_dir = f"{workdir}/kafka"
     servers = ctx.settings.ingest.kafka.bootstrap_servers

@@ -24,6 +24,8 @@ need                           why the JVM                                     p
 :func:`set_log_level`          silence Spark's stack trace of a failure the    ``SparkContext.setLogLevel`` (all
                                job reports itself                              loggers at once, not one)
 :func:`gateway_pid`            which JVM process this Python drives            none
+:func:`missing_classes`        which needed classes spark-submit's classpath   none
+                               lacks (``--jars``), named before a job fails
 :func:`parse_plan`,            the query guard's allow-list works on Spark's   none: Spark Connect's plans are
 :func:`analyzed_plan`,         own parse and resolved plans, and binds the     protobuf, built client-side, with no
 :func:`dataset_of_plan`,       pinned relations into them (serving)            analyzer access
@@ -56,6 +58,7 @@ __all__ = [
     "hadoop_setting",
     "java_exception_names",
     "kafka_offsets",
+    "missing_classes",
     "parse_plan",
     "scala_list",
     "scala_tuple3",
@@ -163,6 +166,13 @@ class HadoopPath:
         finally:
             stream.close()  # S3A uploads here, in one request
 
+    def rename(self, target: HadoopPath) -> None:
+        """Rename this file to ``target`` on the same file system: atomic on HDFS (one NameNode operation), so
+        a reader sees the whole file under its new name or nothing. Hadoop answers a refused rename with
+        ``false`` rather than an error; here it is an error."""
+        if not bool(self._fs.rename(self._path, target._path)):
+            raise OSError(f"the file system refused to rename {self.uri} to {target.uri} (does the target exist?)")
+
     def delete(self, *, recursive: bool = False) -> None:
         self._fs.delete(self._path, recursive)
 
@@ -262,6 +272,22 @@ def gateway_pid() -> int | None:
 
     process = getattr(SparkContext._gateway, "proc", None)
     return None if process is None else int(process.pid)
+
+
+def missing_classes(spark: SparkSession, names: Sequence[str]) -> list[str]:
+    """The classes of ``names`` the driver cannot load, looked up as py4j looks them up (the calling thread's
+    context class loader, which holds spark-submit's ``--jars``), without initialising any."""
+    jvm = _jvm(spark)
+    loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
+    missing = []
+    for name in names:
+        try:
+            jvm.java.lang.Class.forName(name, False, loader)
+        except Exception as error:
+            if "ClassNotFoundException" not in java_exception_names(error):
+                raise
+            missing.append(name)
+    return missing
 
 
 # ---- Spark's plans: the query guard and the pinned relations --------------------------------------------

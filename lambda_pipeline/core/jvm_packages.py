@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 __all__ = [
     "DELTA_COORDINATE",
     "KAFKA_COORDINATE",
+    "MSK_IAM_COORDINATE",
     "TOKEN_PROVIDER",
+    "classpath_probes",
     "hadoop_aws_coordinate",
     "hadoop_version",
     "ivy_jar_name",
@@ -101,6 +103,36 @@ def hadoop_aws_coordinate() -> str:
 TOKEN_PROVIDER = ("org.apache.spark", f"spark-token-provider-kafka-0-10_{SCALA_BINARY}")
 TOKEN_PROVIDER_FALLBACK = "4.0.0"
 MAVEN_REPO = os.environ.get("LAMBDA_PIPELINE_MAVEN_REPO", "https://repo1.maven.org/maven2")
+
+
+# Amazon MSK IAM authentication for the Kafka client (SASL mechanism AWS_MSK_IAM).
+MSK_IAM_COORDINATE = "software.amazon.msk:aws-msk-iam-auth:2.3.5"
+
+
+def classpath_probes(coordinate: str) -> tuple[tuple[str, str], ...]:
+    """(class, jar that holds it) for the classes a package brings that its users load: how a driver that
+    spark-submit started, with whatever ``--jars`` it was given, finds a missing jar before a job fails on it."""
+    _, artifact, version = coordinate.split(":")[:3]
+    if artifact.startswith("delta-spark_"):
+        return (
+            ("io.delta.sql.DeltaSparkSessionExtension", f"{artifact}-{version}.jar"),
+            ("io.delta.storage.LogStore", f"delta-storage-{version}.jar"),
+        )
+    if artifact.startswith("spark-sql-kafka-0-10_"):
+        return (
+            ("org.apache.spark.sql.kafka010.KafkaSourceProvider", f"{artifact}-{version}.jar"),
+            ("org.apache.spark.kafka010.KafkaTokenUtil", f"{TOKEN_PROVIDER[1]}-<version>.jar"),
+            ("org.apache.kafka.clients.consumer.KafkaConsumer", "kafka-clients-<version>.jar"),
+            ("org.apache.commons.pool2.impl.GenericKeyedObjectPool", "commons-pool2-<version>.jar"),
+        )
+    if artifact == "hadoop-aws":
+        return (
+            ("org.apache.hadoop.fs.s3a.S3AFileSystem", f"{artifact}-{version}.jar"),
+            ("software.amazon.awssdk.services.s3.S3Client", "bundle-<version>.jar (the AWS SDK v2)"),
+        )
+    if artifact == "aws-msk-iam-auth":
+        return (("software.amazon.msk.auth.iam.IAMLoginModule", f"{artifact}-{version}.jar"),)
+    return ()
 
 
 def token_provider_jar() -> Path:

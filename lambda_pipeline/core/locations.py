@@ -1,6 +1,12 @@
 """Where every table, checkpoint and folder of a deployment lives, derived from the work directory and the config.
 
 The layers never import each other: they find each other's tables here.
+
+A path without a scheme means two things on a cluster: Python on the driver reads it on the driver's disk,
+Spark resolves it against ``fs.defaultFS`` (HDFS on EMR). So when ``spark.master`` is not ``local...``, every
+root must say where it is (:func:`check_cluster_roots`): ``file:///shared/mount/...`` for a folder every node
+mounts, ``s3a://...`` or ``hdfs://...``. A ``file:`` URI is a local folder for the Python side as well
+(:func:`local_path`).
 """
 
 from __future__ import annotations
@@ -12,16 +18,43 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from lambda_pipeline.core.config import Settings
+from lambda_pipeline.core.errors import ConfigError
 from lambda_pipeline.core.jvm import HadoopPath
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["Locations"]
+__all__ = ["Locations", "local_path"]
 
 
 def _is_uri(root: str) -> bool:
-    return "://" in root
+    return "://" in root or root.startswith("file:")
+
+
+def local_path(location: str) -> Path | None:
+    """The folder on this machine that ``location`` names (a plain path or a ``file:`` URI), else None."""
+    if location.startswith("file:"):
+        return Path(urlsplit(location).path)
+    return None if _is_uri(location) else Path(location)
+
+
+def _check_cluster_roots(settings: Settings, workdir: str, source: str, workdir_source: str) -> None:
+    """Refuse a root without a scheme when Spark does not run locally: Python and Spark would disagree on it."""
+    if settings.spark.master.startswith("local"):
+        return
+    keys = ("warehouse", "checkpoints", "ingest.landing_dir", "ingest.landing_archive")
+    values = (settings.warehouse, settings.checkpoints, settings.ingest.landing_dir, settings.ingest.landing_archive)
+    refused = [("workdir", workdir, workdir_source)] if not _is_uri(workdir) else []
+    refused += [(key, value, source) for key, value in zip(keys, values, strict=True) if posixpath.isabs(value)]
+    if refused:
+        key, value, where = refused[0]
+        raise ConfigError(
+            where,
+            key,
+            f"{value!r} has no scheme and spark.master is {settings.spark.master}: Spark would look for it on "
+            "fs.defaultFS, Python on this machine's disk; write file:///shared/mount/... (a folder every node "
+            "mounts), s3a://... or hdfs://...",
+        )
 
 
 @dataclass(frozen=True)
@@ -32,9 +65,22 @@ class Locations:
     settings: Settings
 
     @classmethod
-    def create(cls, settings: Settings, workdir: str | Path | None = None) -> Locations:
+    def create(
+        cls,
+        settings: Settings,
+        workdir: str | Path | None = None,
+        *,
+        source: str = "the config",
+        workdir_source: str | None = None,
+    ) -> Locations:
+        """``source`` and ``workdir_source`` (default: ``--workdir`` if ``workdir`` is given, else ``source``):
+        where the settings and the work directory came from, named when a root is refused."""
         root = str(workdir) if workdir is not None else settings.workdir
-        if not _is_uri(root):
+        given = "--workdir" if workdir is not None else source
+        _check_cluster_roots(settings, root, source, workdir_source or given)
+        if root.startswith("file:"):
+            root = f"file://{Path(urlsplit(root).path).expanduser().resolve()}"
+        elif not _is_uri(root):
             root = str(Path(root).expanduser().resolve())
         return cls(root, settings)
 
@@ -94,9 +140,11 @@ class Locations:
         return tuple(dict.fromkeys(b for b in buckets if b))
 
     def ensure_local_dirs(self) -> None:
+        """Create the landing folder and the warehouse where they are on this machine (a path or ``file:``)."""
         for path in (self.landing, self.warehouse):
-            if not _is_uri(path):
-                Path(path).mkdir(parents=True, exist_ok=True)
+            folder = local_path(path)
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
 
     def ensure_dirs(self, spark: SparkSession) -> None:
         """Like :meth:`ensure_local_dirs`, and URI folders through Hadoop's file system.
@@ -106,7 +154,7 @@ class Locations:
         """
         self.ensure_local_dirs()
         for path in (self.landing, self.warehouse):
-            if _is_uri(path):
+            if local_path(path) is None:
                 folder = HadoopPath(spark, path)
                 if not folder.exists():
                     folder.mkdirs()

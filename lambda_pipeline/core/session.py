@@ -15,11 +15,11 @@ from lambda_pipeline.core.class_archive import note_recording_jvm, quick_start_o
 from lambda_pipeline.core.config import SparkSettings
 from lambda_pipeline.core.errors import EnvironmentProblem
 from lambda_pipeline.core.java import check_java
-from lambda_pipeline.core.jvm import hadoop_setting
+from lambda_pipeline.core.jvm import hadoop_setting, missing_classes
 from lambda_pipeline.core.jvm_packages import (
-    DELTA_COORDINATE,
     KAFKA_COORDINATE,
     TOKEN_PROVIDER,
+    classpath_probes,
     ivy_jar_name,
     required_packages,
     resolve_jars,
@@ -98,7 +98,7 @@ def _reuse(spark: SparkSession, settings: SparkSettings, conf: dict[str, str], p
         else:
             fixed.append(key)  # the key alone: a value may be a credential
     if fixed:
-        origin = "that spark-submit started" if "PYSPARK_GATEWAY_PORT" in os.environ else "already running here"
+        origin = "that spark-submit started" if launched_by_submit() else "already running here"
         print(
             f"lambda-pipeline: reusing the Spark session {origin}; these settings need a new session and are "
             f"not applied: {', '.join(fixed)}",
@@ -128,8 +128,10 @@ def get_spark(
     The first call on a machine fetches the JVM packages from Maven Central
     (:func:`~lambda_pipeline.core.jvm_packages.resolve_jars`: about 90 MB, cached under ~/.ivy2.5.2; with
     hadoop-aws for ``s3a://`` about 690 MB more), once, under a lock; later starts read the recorded jar
-    paths. Under ``spark-submit`` the JVM already runs: pass ``--packages`` there. Spark's start-up log
-    lines are dropped unless :func:`~lambda_pipeline.core.verbosity.verbose` (its errors stay).
+    paths. Under ``spark-submit`` nothing is fetched (a cluster may have no internet): its JVM already runs
+    with the jars it was given (``--jars``, the artifact's ``jars/``), and a missing one is named in one line
+    (:func:`_check_submitted_jars`). Spark's start-up log lines are dropped unless
+    :func:`~lambda_pipeline.core.verbosity.verbose` (its errors stay).
     """
     from pyspark.sql import SparkSession
 
@@ -144,13 +146,11 @@ def get_spark(
     if settings.master.startswith("local"):
         # Local runs talk to loopback only (and skip the "hostname resolves to a loopback address" warning).
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    extra_jars = []
-    if KAFKA_COORDINATE in wanted:
-        conf = {"spark.jars.excludes": ":".join(TOKEN_PROVIDER), **conf}
-        extra_jars.append(str(token_provider_jar()))
-    # spark-submit starts the JVM first and hands Python its gateway port: packages come from --packages.
-    launched_by_submit = "PYSPARK_GATEWAY_PORT" in os.environ
-    if not launched_by_submit:
+    if not launched_by_submit():
+        extra_jars = []
+        if KAFKA_COORDINATE in wanted:
+            conf = {"spark.jars.excludes": ":".join(TOKEN_PROVIDER), **conf}
+            extra_jars.append(str(token_provider_jar()))
         jars = resolve_jars(wanted, conf)
         conf["spark.jars"] = ",".join(dict.fromkeys([*jars, *extra_jars]))
         if "spark.driver.extraJavaOptions" not in conf:
@@ -174,9 +174,32 @@ def get_spark(
     else:  # Spark's WARN lines (AQE off for streams, long plan strings) are for --verbose
         spark.sparkContext.setLogLevel("ERROR")
         quiet_pyspark_loggers()
+    if launched_by_submit():
+        _check_submitted_jars(spark, wanted)
     _check_delta(spark)
     note_recording_jvm()
     return spark
+
+
+def launched_by_submit() -> bool:
+    """Whether spark-submit started this process's JVM: pyspark then connects to the gateway port it was
+    handed (``PYSPARK_GATEWAY_PORT``, what ``pyspark.java_gateway.launch_gateway`` reads) instead of
+    launching a JVM, so the classpath is spark-submit's and nothing this process asks for can be added."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def _check_submitted_jars(spark: SparkSession, packages: tuple[str, ...]) -> None:
+    """Name, in one line, every jar of ``packages`` that spark-submit's classpath lacks, before a job fails
+    on a missing class; nothing is fetched under spark-submit (a cluster in a private subnet has no internet)."""
+    probes = dict(probe for package in packages for probe in classpath_probes(package))
+    missing = missing_classes(spark, list(probes))
+    if missing:
+        jars = ", ".join(dict.fromkeys(probes[name] for name in missing))
+        raise EnvironmentProblem(
+            f"spark-submit started this driver without {jars} (missing {', '.join(missing)}): pass "
+            "--jars with the jars/ folder of the artifact ('lambda-pipeline package' lists them in manifest.json); "
+            "nothing is downloaded under spark-submit"
+        )
 
 
 def _check_delta(spark: SparkSession) -> None:
@@ -186,5 +209,5 @@ def _check_delta(spark: SparkSession) -> None:
         DeltaTable.isDeltaTable(spark, "file:///nonexistent-lambda-pipeline-probe")
     except Exception:
         raise EnvironmentProblem(
-            f"the Delta Lake jars are not on Spark's classpath; under spark-submit pass --packages {DELTA_COORDINATE}"
+            "the Delta Lake jars are not on Spark's classpath; under spark-submit pass the artifact's jars/ with --jars"
         ) from None

@@ -3,8 +3,13 @@
 spark-submit takes the job's main file as a ``.py`` path and the project's code through ``--py-files``
 (a zip, imported by zipimport); compiled third-party packages (pydantic-core, confluent-kafka) cannot
 be imported from a zip, so they travel as a packed virtual environment through ``--archives``.
-Everything a deployment tool needs to know (file names, version, Maven coordinates) is written once,
-in ``manifest.json``, and read from there by ``emr-steps`` and the docs' commands.
+Everything a deployment tool needs to know (file names, version, jars) is written once, in ``manifest.json``,
+and read from there by ``emr-steps`` and the docs' commands.
+
+The artifact carries every jar the jobs load beyond Spark's own, in ``jars/``, resolved from Maven Central here,
+at package time (:func:`jar_groups`): a cluster in a private subnet has no internet, and spark-submit's
+``--packages`` would need it at every start. The manifest lists them by group (``delta`` for every job, ``kafka``
+for ingest from Kafka, and when asked ``msk_iam`` and ``hadoop_aws``), and the steps pass them with ``--jars``.
 
 The user's pipeline travels in the same zip, at its top level (``deploy/includes.py``): the module a pipeline
 reference names (``--pipeline``, or the ``pipeline`` key of a config shipped with ``--add-config``) and what
@@ -29,31 +34,58 @@ from lambda_pipeline.deploy.packed_env import build_env
 from lambda_pipeline.deploy.project import ROOT, ProjectInfo, read_project
 from lambda_pipeline.deploy.reproducible import FIXED_EPOCH, copy_file, sha256, write_zip
 
-__all__ = ["MANIFEST", "build_artifact", "load_manifest", "maven_coordinates"]
+__all__ = ["JAR_GROUPS", "MANIFEST", "build_artifact", "jar_groups", "load_manifest", "maven_coordinates"]
 
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 1
-# Amazon MSK IAM authentication for the Kafka client (SASL mechanism AWS_MSK_IAM).
-MSK_IAM_COORDINATE = "software.amazon.msk:aws-msk-iam-auth:2.3.5"
+MANIFEST_FORMAT = 2
+"""2: ``jars`` lists every jar by group (format 1 named the token-provider jar alone and left the rest to
+``--packages``)."""
+JAR_GROUPS = ("delta", "kafka", "msk_iam", "hadoop_aws")
+"""The jar groups an artifact may carry; ``delta`` and ``kafka`` always, the others when asked."""
 
 
 def maven_coordinates() -> dict[str, str]:
-    """The JVM packages the jobs may need, by purpose; the step generator picks per job and config."""
+    """The Maven package each jar group of the artifact was resolved from (with its dependencies)."""
     from lambda_pipeline.core.jvm_packages import (
         DELTA_COORDINATE,
         KAFKA_COORDINATE,
-        TOKEN_PROVIDER,
+        MSK_IAM_COORDINATE,
         hadoop_aws_coordinate,
     )
 
     return {
         "delta": DELTA_COORDINATE,
         "kafka": KAFKA_COORDINATE,
-        # Not on Maven Central at pyspark's version: excluded, and shipped as a jar (see core/jvm_packages.py).
-        "kafka_exclude": ":".join(TOKEN_PROVIDER),
         "hadoop_aws": hadoop_aws_coordinate(),
         "msk_iam": MSK_IAM_COORDINATE,
     }
+
+
+def jar_groups(*, msk_iam: bool = False, hadoop_aws: bool = False) -> dict[str, list[Path]]:
+    """The jars of each group, resolved from Maven Central now (once per machine, through the session factory's
+    resolver and cache, :func:`~lambda_pipeline.core.jvm_packages.resolve_jars`).
+
+    ``delta``: Delta Lake and its dependencies, for every job. Each other group is what its package adds to
+    Delta's jars when resolved together (as a session resolves them), so a job passes ``delta`` plus the groups
+    it needs. ``kafka`` also holds the connector's token-provider jar, which resolution excludes (see
+    core/jvm_packages.py). ``hadoop_aws`` (``s3a://``) is about 690 MB, for its AWS SDK bundle: EMR reaches S3
+    through EMRFS (``s3://``) without it.
+    """
+    from lambda_pipeline.core.jvm_packages import TOKEN_PROVIDER, required_packages, resolve_jars, token_provider_jar
+
+    coordinates = maven_coordinates()
+    delta = [Path(jar) for jar in resolve_jars(required_packages(), {})]
+    names = {jar.name for jar in delta}
+    groups = {"delta": delta}
+    wanted = {"kafka": True, "msk_iam": msk_iam, "hadoop_aws": hadoop_aws}
+    for group, asked in wanted.items():
+        if not asked:
+            continue
+        conf = {"spark.jars.excludes": ":".join(TOKEN_PROVIDER)} if group == "kafka" else {}
+        jars = [Path(jar) for jar in resolve_jars(required_packages((coordinates[group],)), conf)]
+        groups[group] = [jar for jar in jars if jar.name not in names]
+    groups["kafka"].append(token_provider_jar())
+    return groups
 
 
 def _package_files(root: Path, info: ProjectInfo) -> Iterator[tuple[str, Path]]:
@@ -108,16 +140,18 @@ def build_artifact(
     extra_configs: Iterable[Path] = (),
     pipelines: Iterable[str] = (),
     includes: Iterable[Path] = (),
+    with_msk_iam: bool = False,
+    with_hadoop_aws: bool = False,
 ) -> dict[str, Any]:
     """Build the artifact in ``out`` and return its manifest (also written to ``out/manifest.json``).
 
     ``out`` gets: the project's zip (for ``--py-files``) with the user's modules (``pipelines``' modules and
     ``includes``) at its top level, the jobs' entry files (spark-submit's main), ``conf/*.yaml`` (for
-    ``--files``), the Kafka token-provider jar, a bootstrap script and, with ``with_env``, the packed
-    environment (for ``--archives ...#env``).
+    ``--files``), every jar the jobs load in ``jars/`` (for ``--jars``, :func:`jar_groups`; MSK IAM and
+    hadoop-aws when asked), a bootstrap script and, with ``with_env``, the packed environment (for
+    ``--archives ...#env``).
     """
     from lambda_pipeline.core.config_loader import load_settings
-    from lambda_pipeline.core.jvm_packages import token_provider_jar
 
     info = read_project(root)
     configs: dict[str, Path] = {f"conf/{f.name}": f for _, f in _conf_files(root)}
@@ -158,9 +192,15 @@ def build_artifact(
         copy_file(file, out / name)
         written.append(name)
 
-    jar = token_provider_jar()
-    copy_file(jar, out / "jars" / jar.name)
-    written.append(f"jars/{jar.name}")
+    jars: dict[str, list[str]] = {}
+    for group, files in jar_groups(msk_iam=with_msk_iam, hadoop_aws=with_hadoop_aws).items():
+        jars[group] = []
+        for jar in files:
+            name = f"jars/{jar.name}"
+            if name not in written:
+                copy_file(jar, out / name)
+                written.append(name)
+            jars[group].append(name)
 
     python_version = f"{sys.version_info.major}.{sys.version_info.minor}"
     bootstrap = out / "bootstrap-python.sh"
@@ -194,7 +234,7 @@ def build_artifact(
         "includes": [include.manifest_entry() for include in user],
         "jobs": jobs,
         "conf": sorted(configs),
-        "jars": {"kafka_token_provider": f"jars/{jar.name}"},
+        "jars": jars,
         "bootstrap": bootstrap.name,
         "env": env,
         "maven": maven_coordinates(),

@@ -14,6 +14,9 @@ also written there: ``steps.json``, ``configurations.json`` (cluster classificat
 Every job gets the pipeline reference as ``--pipeline REF`` (``--pipeline``, else the config's ``pipeline`` as
 ``--set`` and the environment leave it); a reference whose module the artifact does not carry, or carries in
 another version than the one here, is refused (``package --pipeline REF`` carries it, deploy/includes.py).
+
+Every jar a job loads comes from the artifact's ``jars/`` (``--jars``, by the manifest's groups), never from
+Maven (no ``--packages``): a cluster in a private subnet has no internet.
 """
 
 from __future__ import annotations
@@ -142,6 +145,30 @@ def _workdir(settings: Settings, source: str, bucket: str) -> str:
     return f"s3://{bucket}/{workdir.strip('/')}"
 
 
+def _job_jars(job: str, settings: Settings, workdir: str, manifest: dict[str, Any], dist: Path) -> list[str]:
+    """The artifact's jars a job loads, by the manifest's groups: Delta's for every job, the Kafka connector's
+    for ingest from Kafka (and MSK IAM's when its options use it), hadoop-aws's for an ``s3a://`` workdir when
+    the artifact carries it (EMRFS serves ``s3://`` without it)."""
+    groups = manifest["jars"]
+    wanted = ["delta"]
+    if job == "ingest" and settings.ingest.source == "kafka":
+        wanted.append("kafka")
+        if _kafka_needs_msk_iam(settings):
+            wanted.append("msk_iam")
+    if workdir.startswith("s3a://") and "hadoop_aws" in groups:
+        wanted.append("hadoop_aws")
+    flags = {"msk_iam": " --with-msk-iam", "hadoop_aws": " --with-hadoop-aws"}
+    for group in wanted:
+        if group not in groups:
+            raise ConfigError(
+                str(dist / "manifest.json"),
+                None,
+                f"the artifact carries no {group} jars, which the {job} job needs: rebuild it with "
+                f"'lambda-pipeline package{flags.get(group, '')}'",
+            )
+    return [jar for group in wanted for jar in groups[group]]
+
+
 def _kafka_needs_msk_iam(settings: Settings) -> bool:
     options = settings.ingest.kafka.options
     return options.get("sasl.mechanism") == "AWS_MSK_IAM" or "IAMLoginModule" in options.get("sasl.jaas.config", "")
@@ -188,7 +215,6 @@ def plan_emr(
     _pipeline_in_artifact(ref, config, origin, manifest, dist)
     config_uri = at(config_name)
     workdir = _workdir(settings, source, emr.bucket)
-    maven = manifest["maven"]
 
     submit_conf: dict[str, str] = {}
     archives: list[str] = []
@@ -212,15 +238,7 @@ def plan_emr(
     zip_uri = at(manifest["zip"])
 
     def step(job: str, job_args: list[str], name: str) -> dict[str, Any]:
-        packages = [maven["delta"]]
-        jars: list[str] = []
-        excludes: list[str] = []
-        if job == "ingest" and settings.ingest.source == "kafka":
-            packages.append(maven["kafka"])
-            excludes.append(maven["kafka_exclude"])
-            jars.append(at(manifest["jars"]["kafka_token_provider"]))
-            if _kafka_needs_msk_iam(settings):
-                packages.append(maven["msk_iam"])
+        jars = [at(jar) for jar in _job_jars(job, settings, workdir, manifest, dist)]
         # Cluster mode: the driver runs in a YARN container, so a step ends only when its application does,
         # and the config shipped by --files lands in the driver's working directory under its own name.
         args = ["spark-submit", "--deploy-mode", "cluster", "--master", "yarn"]
@@ -230,11 +248,7 @@ def plan_emr(
             args += ["--archives", ",".join(archives)]
         for key, value in submit_conf.items():
             args += ["--conf", f"{key}={value}"]
-        args += ["--packages", ",".join(packages)]
-        if excludes:
-            args += ["--exclude-packages", ",".join(excludes)]
-        if jars:
-            args += ["--jars", ",".join(jars)]
+        args += ["--jars", ",".join(jars)]  # the artifact's: the cluster downloads nothing
         args += list(emr.spark_submit_args)
         args.append(at(manifest["jobs"][job]))
         args += [*job_args, "--config", posixpath.basename(config_name), "--workdir", workdir, "--pipeline", ref]

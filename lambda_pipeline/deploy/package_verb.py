@@ -22,7 +22,9 @@ def add_package_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser
         "package",
         help="build the deployable artifact for spark-submit (zip, job entry files, conf, manifest)",
         description="Builds in --out: the project's zip for --py-files, the jobs' entry files, conf/*.yaml, "
-        "manifest.json and, with --with-env, a packed virtual environment for --archives. Your own pipeline travels "
+        "jars/ for --jars (Delta Lake and the Kafka connector with their dependencies, resolved from Maven Central "
+        "now, so that the cluster downloads nothing), manifest.json and, with --with-env, a packed virtual "
+        "environment for --archives. Your own pipeline travels "
         "in the zip, at its top level: the file a --pipeline reference (or an --add-config config's 'pipeline' key) "
         "names, as the module the jobs import on the cluster, and each --include.",
     )
@@ -34,6 +36,16 @@ def add_package_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser
         "--env-python",
         metavar="PATH",
         help="interpreter the packed env runs on the cluster nodes (default: /usr/bin/python3.<this minor>)",
+    )
+    package.add_argument(
+        "--with-msk-iam",
+        action="store_true",
+        help="also carry the Amazon MSK IAM authentication jars (Kafka options with sasl.mechanism AWS_MSK_IAM)",
+    )
+    package.add_argument(
+        "--with-hadoop-aws",
+        action="store_true",
+        help="also carry hadoop-aws and the AWS SDK bundle for s3a:// (about 690 MB; EMR's s3:// needs neither)",
     )
     package.add_argument(
         "--add-config",
@@ -71,6 +83,8 @@ def run_package(args: argparse.Namespace) -> int:
         extra_configs=[Path(p) for p in args.add_config],
         pipelines=args.pipeline,
         includes=[Path(p) for p in args.include],
+        with_msk_iam=args.with_msk_iam,
+        with_hadoop_aws=args.with_hadoop_aws,
     )
     for entry in manifest["files"]:
         print(f"{out / entry['path']}  ({entry['bytes']:,} bytes)")
