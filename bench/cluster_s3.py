@@ -38,12 +38,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import RESULTS_DIR, summary, write_results  # noqa: E402
-from _kafka_load import ProducerProcess  # noqa: E402
+from _common import RESULTS_DIR, summary, write_results
+from _kafka_load import ProducerProcess
 
-from lambda_pipeline.core.config_loader import load_settings  # noqa: E402
+from lambda_pipeline.core.config_loader import load_settings
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local", "AWS_REGION": "us-east-1"}
+ENV_CREDENTIALS = "software.amazon.awssdk.auth.credentials.EnvironmentVariableCredentialsProvider"
 QUERY = "SELECT coalesce(sum(events), 0) AS n FROM serving.page_activity"
 
 
@@ -58,7 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", default=str(RESULTS_DIR / "cluster_s3.json"))
     # What ProducerProcess reads: a clean load, so that a total says exactly which bursts are in.
     parser.set_defaults(
-        generator="fast", seed=11, ticks_per_second=4.0, late_fraction=0.0, duplicate_fraction=0.0,
+        generator="fast",
+        seed=11,
+        ticks_per_second=4.0,
+        late_fraction=0.0,
+        duplicate_fraction=0.0,
         malformed_fraction=0.0,
     )
     return parser.parse_args(argv)
@@ -75,7 +80,11 @@ class Deployment:
         log = (self.folder / f"{len(self.jobs):02d}-{job}.log").open("wb")
         process = subprocess.Popen(
             self._command(job, [*args, "--config", str(self.config)]),
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.folder, env=self.env, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.folder,
+            env=self.env,
+            start_new_session=True,
         )
         self.jobs.append(process)
         return process
@@ -155,7 +164,9 @@ def batch_seconds(output: str) -> float | None:
     return float(found[-1]) if found else None
 
 
-def run_deployment(dep: Deployment, kafka_settings: Any, topic: str, args: argparse.Namespace, s3: Any) -> dict[str, Any]:
+def run_deployment(
+    dep: Deployment, kafka_settings: Any, topic: str, args: argparse.Namespace, s3: Any
+) -> dict[str, Any]:
     from lambda_pipeline.local_services.process import free_port
     from lambda_pipeline.serving_layer.client import Client
 
@@ -188,8 +199,7 @@ def run_deployment(dep: Deployment, kafka_settings: Any, topic: str, args: argpa
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from lambda_pipeline.core.jvm_packages import KAFKA_COORDINATE, hadoop_aws_coordinate, required_packages, resolve_jars
-    from lambda_pipeline.deploy.artifact import build_artifact
+    from lambda_pipeline.deploy.artifact import build_artifact, jar_groups
     from lambda_pipeline.local_services.kafka_broker import KafkaBroker
     from lambda_pipeline.local_services.process import free_port
     from lambda_pipeline.local_services.s3_server import S3Server
@@ -208,11 +218,25 @@ def main(argv: list[str] | None = None) -> int:
             topic = f"bench-{name}-{uuid.uuid4().hex[:6]}"
             broker.create_topic(topic, partitions=2)
             kafka = {"bootstrap_servers": broker.bootstrap_servers, "topic": topic, "starting_offsets": "earliest"}
-            settings = load_settings(None, [f"ingest.kafka.bootstrap_servers={broker.bootstrap_servers}", f"ingest.kafka.topic={topic}"])
+            settings = load_settings(
+                None, [f"ingest.kafka.bootstrap_servers={broker.bootstrap_servers}", f"ingest.kafka.topic={topic}"]
+            )
             env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYSPARK_SUBMIT_ARGS")}
             if name == "local":
-                config = write_config(folder, str(folder / "work"), kafka, args.trigger, {"spark": {"master": "local[2]", "shuffle_partitions": 2, "log_level": "WARN"}})
-                dep = Deployment(name, folder, config, lambda job, rest: [sys.executable, "-m", "lambda_pipeline.cli", job, *rest], env)
+                config = write_config(
+                    folder,
+                    str(folder / "work"),
+                    kafka,
+                    args.trigger,
+                    {"spark": {"master": "local[2]", "shuffle_partitions": 2, "log_level": "WARN"}},
+                )
+                dep = Deployment(
+                    name,
+                    folder,
+                    config,
+                    lambda job, rest: [sys.executable, "-m", "lambda_pipeline.cli", job, *rest],
+                    env,
+                )
                 print(f"[{name}] running {args.warmup + args.seconds:.0f}s at {args.rate:.0f} events/s", flush=True)
                 results[name] = run_deployment(dep, settings.ingest.kafka, topic, args, None)
                 continue
@@ -226,15 +250,15 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 dist = root / "dist"
                 build_artifact(dist)
-                every = resolve_jars(required_packages((KAFKA_COORDINATE, hadoop_aws_coordinate())), {})
-                project = set(resolve_jars(required_packages((KAFKA_COORDINATE,)), {}))
-                node = [j for j in every if j not in project]
+                groups = json.loads((dist / "manifest.json").read_text())["jars"]
+                project = [str(dist / jar) for group in ("delta", "kafka") for jar in groups[group]]
+                node = [str(jar) for jar in jar_groups(hadoop_aws=True)["hadoop_aws"]]
                 extra = {
                     "spark": {"master": cluster.master_url, "shuffle_partitions": 2, "log_level": "WARN"},
                     "s3": {
                         "endpoint": s3.endpoint,
                         "path_style_access": True,
-                        "credentials_provider": "software.amazon.awssdk.auth.credentials.EnvironmentVariableCredentialsProvider",
+                        "credentials_provider": ENV_CREDENTIALS,
                     },
                 }
                 config = write_config(folder, f"s3a://{bucket}/work", kafka, args.trigger, extra)
@@ -242,8 +266,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 env.update(S3_ENV, SPARK_HOME=str(Path(pyspark.__file__).parent), PYSPARK_PYTHON=sys.executable)
 
-                def submit(job: str, rest: list[str]) -> list[str]:
-                    return cluster.submit_command(dist, job, rest, jars=sorted(project), node_jars=node)
+                def submit(job: str, rest: list[str], c: Any = cluster, d: Path = dist) -> list[str]:
+                    return c.submit_command(d, job, rest, jars=project, node_jars=node)  # noqa: B023 - one pass
 
                 dep = Deployment(name, folder, config, submit, env)
                 print(f"[{name}] running {args.warmup + args.seconds:.0f}s at {args.rate:.0f} events/s", flush=True)
@@ -260,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         ratios = {
             "freshness_p50": remote["freshness_s"]["p50"] / local["freshness_s"]["p50"],
             "freshness_p99": remote["freshness_s"]["p99"] / local["freshness_s"]["p99"],
-            "batch_recompute": (remote["batch_recompute_s"] or float("nan")) / (local["batch_recompute_s"] or float("nan")),
+            "batch_recompute": (remote["batch_recompute_s"] or float("nan"))
+            / (local["batch_recompute_s"] or float("nan")),
         }
     for name, result in results.items():
         f = result["freshness_s"]
@@ -281,8 +306,12 @@ def micro_batches(s3: Any, bucket: str, result: dict[str, Any]) -> dict[str, Any
     """Requests per micro-batch over the measured window, by kind; the micro-batches from the checkpoint."""
     import boto3
 
-    client = boto3.client("s3", endpoint_url=s3.endpoint, region_name="us-east-1", **{
-        "aws_access_key_id": "local", "aws_secret_access_key": "local"})
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3.endpoint,
+        region_name="us-east-1",
+        **{"aws_access_key_id": "local", "aws_secret_access_key": "local"},
+    )
     commits = client.list_objects_v2(Bucket=bucket, Prefix="work/checkpoints/ingest/commits/").get("Contents", [])
     window = [c for c in commits if result["measured_from"] <= c["LastModified"].timestamp() <= result["measured_to"]]
     n = max(1, len(window))

@@ -89,21 +89,15 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def jars() -> tuple[list[str], list[str]]:
-    """(``--jars``, executor class path): the project's jars travel with each application; the S3 file
-    system's (hadoop-aws and the 690 MB AWS SDK) are installed on the node, as EMRFS is on EMR, so that the
-    worker does not copy them into every application's folder."""
-    from lambda_pipeline.core.jvm_packages import (
-        KAFKA_COORDINATE,
-        hadoop_aws_coordinate,
-        required_packages,
-        resolve_jars,
-    )
+def jars(dist: Path) -> tuple[list[str], list[str]]:
+    """(``--jars``, the nodes' class path): the artifact's own jars travel with each application, as the EMR
+    steps pass them (nothing is resolved); the S3 file system's (hadoop-aws and its 690 MB AWS SDK) are
+    installed on the node, as EMRFS is on EMR, so that the worker does not copy them into every application."""
+    from lambda_pipeline.deploy.artifact import MANIFEST, jar_groups
 
-    every = resolve_jars(required_packages((KAFKA_COORDINATE, hadoop_aws_coordinate())), {})
-    project = set(resolve_jars(required_packages((KAFKA_COORDINATE,)), {}))
-    node = [j for j in every if j not in project]  # hadoop-aws and what it brings
-    return [*(j for j in every if j not in node), str(token_provider_jar())], node
+    groups = json.loads((dist / MANIFEST).read_text())["jars"]
+    shipped = [str(dist / jar) for group in ("delta", "kafka") for jar in groups[group]]
+    return shipped, [str(jar) for jar in jar_groups(hadoop_aws=True)["hadoop_aws"]]
 
 
 class Deployment:
@@ -118,6 +112,7 @@ class Deployment:
             folder,
             config,
         )
+
     def start(self, job: str, *args: str, pipeline: Path | None = None) -> Submitted:
         log = self.folder / f"{next(_LOGS):02d}-{job}.log"
         extra = ["--pipeline", f"{pipeline}:PIPELINE"] if pipeline is not None else []
