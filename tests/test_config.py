@@ -182,6 +182,19 @@ def test_a_workdir_without_a_scheme_is_refused_with_a_cluster_master(tmp_path: P
     assert f"{config}: key 'warehouse': '/data/warehouse' has no scheme" in capsys.readouterr().err
 
 
+def test_a_workdir_without_a_scheme_is_refused_once_spark_runs_on_a_cluster_after_all(tmp_path: Path) -> None:
+    """Under ``spark-submit --master spark://...`` the config may say local: the master that runs decides."""
+    from lambda_pipeline.core.errors import ConfigError
+    from lambda_pipeline.core.locations import Locations
+
+    plain = Locations.create(load_settings(DEFAULT_CONFIG), tmp_path / "work")
+    plain.check_master("local[2]")  # local: the driver's disk is everyone's
+    with pytest.raises(ConfigError, match=r"has no scheme and this job runs on spark://127\.0\.0\.1:7077.*file:///"):
+        plain.check_master("spark://127.0.0.1:7077")
+    Locations.create(load_settings(DEFAULT_CONFIG), f"file://{tmp_path}/work").check_master("yarn")
+    Locations.create(load_settings(DEFAULT_CONFIG), "s3a://bucket/work").check_master("yarn")
+
+
 def test_a_file_uri_workdir_is_a_local_folder_for_python_too(tmp_path: Path) -> None:
     from lambda_pipeline.core.locations import Locations, local_path
 

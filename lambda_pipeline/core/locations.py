@@ -84,6 +84,20 @@ class Locations:
             root = str(Path(root).expanduser().resolve())
         return cls(root, settings)
 
+    def check_master(self, master: str) -> None:
+        """Refuse a work directory without a scheme once Spark runs on a cluster after all: under
+        ``spark-submit --master spark://...`` or ``yarn`` the config's ``spark.master`` (checked in :meth:`create`)
+        is not what runs."""
+        if master.startswith("local") or _is_uri(self.workdir):
+            return
+        raise ConfigError(
+            "the work directory",
+            None,
+            f"{self.workdir} has no scheme and this job runs on {master}: Spark would look for it on fs.defaultFS, "
+            "Python on this machine's disk; write file:///shared/mount/... (a folder every node mounts), s3a://... "
+            "or hdfs://...",
+        )
+
     def _under(self, *parts: str) -> str:
         first = parts[0]
         if _is_uri(first) or posixpath.isabs(first):

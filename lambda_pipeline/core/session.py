@@ -159,7 +159,9 @@ def get_spark(
                 options += quick_start_options(conf["spark.jars"])
             if options:
                 conf["spark.driver.extraJavaOptions"] = " ".join(options)
-    builder = SparkSession.builder.master(settings.master).appName(app_name or settings.app_name)
+    builder = SparkSession.builder.appName(app_name or settings.app_name)
+    if not launched_by_submit():  # spark-submit's --master is what runs: the config's must not override it
+        builder = builder.master(settings.master)
     for key, value in conf.items():
         builder = builder.config(key, value)
     try:
