@@ -16,10 +16,10 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 from lambda_pipeline.batch_layer.recompute import BROADCAST_REPEATS, deduplicate, repeated_ids, require_columns
+from lambda_pipeline.core.clock import utc_now
 from lambda_pipeline.core.coverage import COVERAGE_SCHEMA, Coverage, latest_coverage
 from lambda_pipeline.core.leases import Lease
 from lambda_pipeline.core.locations import Locations
@@ -102,20 +102,23 @@ def _write_view(view: View, events: DataFrame, path: str) -> None:
 
 def publish(spark: SparkSession, locations: Locations, staged: StagedBatch) -> Coverage:
     """Make a staged batch visible: one append to the coverage table."""
-    published_at = datetime.now()  # naive local time: how PySpark reads and writes timestamps
     coverage = Coverage(
         staged.run_id,
         staged.master_version,
         staged.view_versions,
         staged.master_events,
-        published_at,
+        utc_now(),  # aware: PySpark would read a naive time as the driver's local time
         view_fingerprints=staged.view_fingerprints,
     )
     return publish_coverage(spark, locations, coverage)
 
 
 def publish_coverage(spark: SparkSession, locations: Locations, coverage: Coverage) -> Coverage:
-    """Append ``coverage``'s row, its record in the commit's ``userMetadata`` (readers pin from the log)."""
+    """Append ``coverage``'s row, its record in the commit's ``userMetadata`` (readers pin from the log).
+
+    ``published_at`` is aware UTC (Coverage makes it so), so the row holds the same instant whatever the
+    driver's time zone.
+    """
     row = (coverage.run_id, coverage.master_version, coverage.view_versions, coverage.master_events)
     frame = spark.createDataFrame([(*row, coverage.published_at)], COVERAGE_SCHEMA)
     frame.write.format("delta").mode("append").option("userMetadata", coverage.mark()).save(locations.coverage)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from lambda_pipeline.core.clock import iso_utc, session_time, utc_now
 from lambda_pipeline.core.deltalog import commits
 from lambda_pipeline.core.tables import table_version
 from lambda_pipeline.core.views import WINDOW_START, View
@@ -63,7 +64,9 @@ def _ingest_commits(spark: SparkSession, path: str, newest: int) -> list[dict[st
 
 def _plain(value: Any) -> Any:
     """A value of a view's row as JSON: numbers, ISO times and text (None for NaN and infinities)."""
-    if isinstance(value, datetime | date):
+    if isinstance(value, datetime):
+        return session_time(value).isoformat()  # what 'query' prints, whatever this machine's zone
+    if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, Decimal):
         value = float(value)
@@ -102,7 +105,7 @@ def _merged(view: View, measures: list[str] | None = None) -> list[Column]:
 def _row(row: Any, view: View, windowed: bool) -> dict[str, Any]:
     return {
         "key": row[KEY],
-        "window_start": row[WINDOW_START].isoformat() if windowed and row[WINDOW_START] is not None else None,
+        "window_start": _plain(row[WINDOW_START]) if windowed else None,
         "values": {m: _plain(row[m]) for m in view.measures},
     }
 
@@ -203,7 +206,7 @@ def dashboard_data(serving: ServingLayer, view_name: str | None = None) -> dict[
         "pin": pin.as_dict(),
         "ingest": _ingest_commits(spark, serving.locations.master, table_version(spark, serving.locations.master) or 0),
         "quarantine_reasons": sorted(({"reason": r["reason"], "count": int(r["count"])} for r in reasons), key=str),
-        "generated_at": datetime.now().isoformat(timespec="seconds"),
+        "generated_at": iso_utc(utc_now()),
     }
 
 

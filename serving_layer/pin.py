@@ -9,7 +9,9 @@ A pin is taken in this order:
 3. then master and quarantine, so that master holds every tag the speed partials and the batch saw.
 
 ``--as-of PUBLICATION`` pins the coverage row of that publication and, for every other table, the
-newest version committed before that row was: the state served right after the publication.
+newest version committed before that row was: the state served right after the publication. Commit times
+are compared in epoch milliseconds inside Spark, so a driver in any time zone picks the same versions;
+``--as-of`` with a UTC time names the publication served at that instant.
 
 Versions come from the Delta logs (no Spark job) except for ``--as-of``, which reads the tables' history.
 """
@@ -20,11 +22,11 @@ import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import functions as F
 
+from lambda_pipeline.core.clock import as_utc, epoch_ms, looks_like_time, parse_utc, utc_text
 from lambda_pipeline.core.coverage import Coverage, latest_coverage
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.jvm import delta_snapshot
@@ -113,22 +115,32 @@ class _Pinning:
         return Pin(coverage, coverage_version, master, quarantine, speed, table_ids=tuple(sorted(self.ids.items())))
 
     def as_of(self, publication: str, views: Sequence[View]) -> Pin:
-        """The pin served right after ``publication``: its coverage row, every other table as it was then."""
+        """The pin served right after ``publication``: its coverage row, every other table as it was then.
+
+        ``publication`` is a run id (or a unique prefix of one), or an ISO 8601 time in UTC (an offset may be
+        given): the publication that was served at that instant.
+        """
         spark, loc = self.spark, self.locations
         if self._newest(loc.coverage) is None:
             raise LambdaError(f"--as-of {publication}: no batch was published in this work directory yet")
         rows = spark.read.format("delta").load(loc.coverage).collect()
-        matches = [r for r in rows if r.run_id.startswith(publication)]
+        if looks_like_time(publication):
+            run_id = self._served_at(publication)
+            matches = [r for r in rows if r.run_id == run_id]
+        else:
+            matches = [r for r in rows if r.run_id.startswith(publication)]
         if len(matches) != 1:
-            newest = sorted(rows, key=lambda r: r.published_at)[-5:]
-            listed = ", ".join(f"{r.run_id[:8]} ({r.published_at:%Y-%m-%d %H:%M:%S})" for r in reversed(newest))
+            newest = sorted(rows, key=lambda r: as_utc(r.published_at))[-5:]
+            listed = ", ".join(f"{r.run_id[:8]} ({utc_text(r.published_at)})" for r in reversed(newest))
             why = "matches several publications" if matches else "names no publication"
+            if looks_like_time(publication) and not matches:
+                why = "is before the first publication"
             raise LambdaError(f"--as-of {publication}: {why}; the newest are: {listed or 'none'}")
         row = matches[0]
         retention = loc.settings.maintenance.retention
         if loc.settings.maintenance.outlived(row.published_at):
             raise LambdaError(
-                f"--as-of {publication}: published {row.published_at:%Y-%m-%d %H:%M}, longer ago than "
+                f"--as-of {publication}: published {utc_text(row.published_at, seconds=False)}, longer ago than "
                 f"maintenance.retention ({retention}): VACUUM may have deleted files its pin reads; "
                 "raise the retention to keep answering that far back"
             )
@@ -136,12 +148,27 @@ class _Pinning:
             row.run_id, int(row.master_version), dict(row.view_versions), int(row.master_events), row.published_at
         )
         coverage_version = self._first_version_with(loc.coverage, row.run_id)
-        committed = self._commit_time(loc.coverage, coverage_version)
+        committed = self._commit_ms(loc.coverage, coverage_version)
         speed = tuple((v.name, self._version_at(loc.speed_partials(v.name), committed)) for v in views)
         master = _require(loc.master, self._version_at(loc.master, committed))
         quarantine = self._version_at(loc.quarantine, committed)
         ids = tuple(sorted(self.ids.items()))
         return Pin(coverage, coverage_version, master, quarantine, speed, as_of=publication, table_ids=ids)
+
+    def _served_at(self, text: str) -> str | None:
+        """The run id of the publication served at the UTC time ``text``: the newest coverage at the coverage
+        table's newest version committed by then (None when none was)."""
+        try:
+            moment = parse_utc(text)
+        except ValueError:
+            raise LambdaError(
+                f"--as-of {text}: not a time; give a run id or an ISO 8601 time in UTC, e.g. 2026-12-06T07:41:00Z"
+            ) from None
+        version = self._version_at(self.locations.coverage, epoch_ms(moment))
+        if version is None:
+            return None
+        found = latest_coverage(self.spark, self.locations.coverage, version)
+        return None if found.run_id == "none" else found.run_id
 
     def _newest(self, path: str) -> int | None:
         """The newest version of the table at ``path`` (None when there is none), from its log."""
@@ -161,18 +188,20 @@ class _Pinning:
             lo, hi = (lo, mid) if found else (mid + 1, hi)
         return lo
 
-    def _commit_time(self, path: str, version: int) -> datetime:
+    def _commit_ms(self, path: str, version: int) -> int:
+        """When ``version`` of the table at ``path`` was committed, in ms since the epoch (Delta's history
+        ``timestamp``, read in Spark: no Python conversion with the driver's local time zone)."""
         from delta.tables import DeltaTable
 
         history = DeltaTable.forPath(self.spark, path).history()
-        row = history.filter(F.col("version") == version).select("timestamp").first()
+        row = history.filter(F.col("version") == version).select(F.unix_millis("timestamp").alias("ms")).first()
         if row is None:
             raise LambdaError(f"{path}: version {version} is no longer in the table's history")
-        committed: datetime = row.timestamp
-        return committed
+        return int(row.ms)
 
-    def _version_at(self, path: str, when: datetime) -> int | None:
-        """The newest version of the table at ``path`` committed at or before ``when`` (None if none was)."""
+    def _version_at(self, path: str, ms: int) -> int | None:
+        """The newest version of the table at ``path`` committed at or before ``ms`` (epoch ms; None if none
+        was), compared in epoch ms, the same whatever the driver's time zone."""
         from delta.tables import DeltaTable
 
         if self._newest(path) is None:
@@ -180,7 +209,7 @@ class _Pinning:
         row = (
             DeltaTable.forPath(self.spark, path)
             .history()
-            .filter(F.col("timestamp") <= F.lit(when))
+            .filter(F.unix_millis("timestamp") <= F.lit(ms))
             .agg(F.max("version").alias("v"))
             .first()
         )

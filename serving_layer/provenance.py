@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import functions as F
 
+from lambda_pipeline.core.clock import as_utc, iso_utc, utc_now
 from lambda_pipeline.core.views import INGEST_TAG, INGESTED_AT_MAX, WINDOW_START
 from lambda_pipeline.serving_layer.pin import Pin
 
@@ -19,7 +20,7 @@ __all__ = ["Provenance", "provenance_at", "with_freshness_lag"]
 
 @dataclass(frozen=True)
 class Provenance:
-    """Where an answer about one view comes from and how fresh it is."""
+    """Where an answer about one view comes from and how fresh it is. Its times are aware UTC."""
 
     view: str
     covered_master_version: int
@@ -39,7 +40,7 @@ class Provenance:
         out = asdict(self)
         for key, value in out.items():
             if isinstance(value, datetime):
-                out[key] = value.isoformat()
+                out[key] = iso_utc(value)
         return out
 
 
@@ -67,8 +68,9 @@ def provenance_at(view_name: str, pin: Pin, batch_states: DataFrame, uncovered_p
         speed_table_version=pin[view_name].speed_version,
         master_table_version=pin.master_version,
         uncovered_tags=(int(stats.lo), int(stats.hi)) if stats.lo is not None else None,
-        newest_event_window=newest_window,
-        newest_ingested_at=stats.newest,
+        # collect() gives naive local times: made UTC, so that every driver reports the same instants.
+        newest_event_window=None if newest_window is None else as_utc(newest_window),
+        newest_ingested_at=None if stats.newest is None else as_utc(stats.newest),
         freshness_lag_seconds=None,
         batch_restores=cov.restores,
     )
@@ -78,6 +80,5 @@ def with_freshness_lag(known: Provenance) -> Provenance:
     """``known`` with its freshness lag as of now: the age of the newest ingested event it serves."""
     lag = None
     if known.newest_ingested_at is not None:
-        # PySpark returns naive local datetimes; compare with the local clock.
-        lag = (datetime.now() - known.newest_ingested_at).total_seconds()
+        lag = (utc_now() - as_utc(known.newest_ingested_at)).total_seconds()
     return replace(known, freshness_lag_seconds=lag)

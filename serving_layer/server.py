@@ -30,6 +30,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lambda_pipeline.core.clock import session_time
 from lambda_pipeline.core.config import ServeSettings
 from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.errors import LambdaError
@@ -186,7 +187,9 @@ class _TimeLimit:
 
 
 def _json_value(value: Any) -> Any:
-    if isinstance(value, datetime | date):
+    if isinstance(value, datetime):  # collect() gives this machine's local time: the session's UTC, as 'query'
+        return session_time(value).isoformat()
+    if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, Decimal):
         return str(value)

@@ -109,6 +109,7 @@ def test_as_of_an_earlier_publication_reanswers_what_was_served_then(spark, sett
 def test_a_pin_reads_the_coverage_from_the_publishing_commit_and_only_the_views_a_statement_reads(
     spark, settings, locations
 ) -> None:
+    from lambda_pipeline.core.clock import as_utc
     from lambda_pipeline.core.coverage import _coverage_from_log
     from lambda_pipeline.core.tables import table_version
 
@@ -129,7 +130,8 @@ def test_a_pin_reads_the_coverage_from_the_publishing_commit_and_only_the_views_
             row.master_version,
             dict(row.view_versions),
         )
-        assert (logged.master_events, logged.published_at) == (row.master_events, row.published_at)
+        # collect() gives naive local time; the record holds the same instant, aware, in UTC.
+        assert (logged.master_events, logged.published_at) == (row.master_events, as_utc(row.published_at))
 
     serving = ServingLayer(spark, TWO_VIEWS, locations)
     answer = serving.answer("SELECT sum(visits) AS n FROM serving.page_visits")

@@ -6,8 +6,10 @@ import csv
 import json
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING
+
+from lambda_pipeline.core.clock import session_time, utc_text
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -55,7 +57,7 @@ def print_frame(frame: DataFrame, fmt: str, limit: int) -> int:
         if isinstance(value, Row):  # JSON shows a nested row as an object
             return value.asDict(recursive=True)
         if isinstance(value, datetime):  # collect() gives this machine's local time: back to the session's UTC
-            return value.astimezone(timezone.utc).replace(tzinfo=None)
+            return session_time(value)
         return value
 
     rows = [tuple(plain(v) for v in row) for row in frame.limit(limit + 1).collect()]
@@ -78,5 +80,5 @@ def print_audits(audits: Sequence[ViewAudit], fmt: str) -> None:
         if differing:
             print(f"  {'window_start':<20} {'measure':<16} {'speed':>12} {'batch':>12} {'difference':>12}")
         for r in differing:
-            window = f"{r.window_start:%Y-%m-%d %H:%M:%S}" if r.window_start else "all time"
-            print(f"  {window:<19}  {r.measure:<16} {r.speed:>12g} {r.batch:>12g} {r.difference:>+12g}")
+            window = utc_text(r.window_start) if r.window_start else "all time"
+            print(f"  {window:<20} {r.measure:<16} {r.speed:>12g} {r.batch:>12g} {r.difference:>+12g}")

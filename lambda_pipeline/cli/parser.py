@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument(
         "--as-of",
         metavar="PUBLICATION",
-        help="answer at an earlier batch publication (its run id, or a unique prefix, as 'batch' prints it)",
+        help="answer at an earlier batch publication: its run id (or a unique prefix, as 'batch' prints it), or a "
+        "UTC time such as 2026-12-06T07:41:00Z (ISO 8601; no offset means UTC) for the one served then",
     )
     query.add_argument(
         "--local",

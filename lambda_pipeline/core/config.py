@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from lambda_pipeline.core.clock import as_utc, utc_now
 from lambda_pipeline.core.durations import duration_seconds, positive_duration
 from lambda_pipeline.core.pinned import PINNED_SESSION
 from lambda_pipeline.core.secrets import (
@@ -177,9 +178,9 @@ class MaintenanceSettings(_Strict):
     _durations = field_validator("interval", "retention", "ingest_compact_every")(positive_duration)
 
     def outlived(self, when: datetime) -> bool:
-        """Whether ``when`` (naive local time, as the coverage records it) is older than the retention: files
-        removed from a table since then may already be vacuumed away."""
-        return (datetime.now() - when).total_seconds() >= duration_seconds(self.retention)
+        """Whether ``when`` is older than the retention: files removed from a table since then may already be
+        vacuumed away. Compared in UTC; a naive ``when`` is read as local time (core/clock.py)."""
+        return (utc_now() - as_utc(when)).total_seconds() >= duration_seconds(self.retention)
 
     def table_defaults(self) -> dict[str, str]:
         """Spark settings that give every table this job creates the retention as its own Delta retentions.

@@ -10,11 +10,12 @@ import json
 import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from pyspark.sql import types as T
 
+from lambda_pipeline.core.clock import as_utc
 from lambda_pipeline.core.tables import snapshot_identity, table_version
 
 if TYPE_CHECKING:
@@ -39,6 +40,9 @@ class Coverage:
 
     ``view_versions`` pins the batch-view table version published with it, so a
     reader that takes one coverage row reads a consistent (coverage, view) pair.
+
+    ``published_at`` is always an aware UTC instant: a naive value given is read as this process's local
+    time (what PySpark's ``collect`` returns), see :func:`lambda_pipeline.core.clock.as_utc`.
     """
 
     run_id: str
@@ -51,6 +55,9 @@ class Coverage:
     view_fingerprints: dict[str, str] = field(default_factory=dict)
     """Each batch view's definition (``View.fingerprint``) as computed; empty for publications made before."""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "published_at", as_utc(self.published_at))
+
     def covered_for(self, view: str) -> int:
         """The tags the batch view of ``view`` includes: none for a view this run did not compute.
 
@@ -62,16 +69,23 @@ class Coverage:
     @staticmethod
     def none() -> Coverage:
         """Before the first batch: nothing is covered (master version 0 is the empty table)."""
-        return Coverage("none", 0, {}, 0, datetime.fromtimestamp(0))
+        return Coverage("none", 0, {}, 0, datetime.fromtimestamp(0, timezone.utc))
 
     def mark(self) -> str:
-        """The record as the ``userMetadata`` of the commit that appends its row: readers pin from the log."""
+        """The record as the ``userMetadata`` of the commit that appends its row: readers pin from the log.
+
+        ``published_at`` is written with its offset (``+00:00``), so any driver reads the same instant.
+        """
         record = {**asdict(self), "published_at": self.published_at.isoformat()}
         return COVERAGE_MARK + json.dumps(record, sort_keys=True)
 
     @staticmethod
     def from_mark(mark: str) -> Coverage | None:
-        """The record a publishing commit carries, or None for any other commit."""
+        """The record a publishing commit carries, or None for any other commit.
+
+        A record written before times carried an offset holds the publishing driver's naive local time: it is
+        read as the local time of this process, as it always was (right when both drivers share a zone).
+        """
         if not mark.startswith(COVERAGE_MARK):
             return None
         record = json.loads(mark[len(COVERAGE_MARK) :])
@@ -172,7 +186,7 @@ def latest_coverage(spark: SparkSession, path: str, version: int | None = None) 
         return result
     coverage: DataFrame = spark.read.format("delta").option("versionAsOf", version).load(path)
     # The newest publication is the newest row: one batch publishes at a time, and a rollback re-publishes an
-    # older coverage with a newer time.
+    # older coverage with a newer time. collect() gives published_at as naive local time; Coverage makes it UTC.
     row = coverage.orderBy(coverage.published_at.desc()).first()
     result = (
         Coverage.none()

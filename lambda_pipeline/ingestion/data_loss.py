@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import posixpath
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
+from lambda_pipeline.core.clock import utc_now
 from lambda_pipeline.core.config import KafkaSettings
 from lambda_pipeline.core.errors import DataLossError, EnvironmentProblem
 from lambda_pipeline.core.jvm import HadoopPath, java_exception_names, kafka_offsets
@@ -146,7 +146,7 @@ def record_data_loss(spark: SparkSession, lost: list[LostRange], quarantine: str
     """One quarantine row per accepted lost range; idempotent for the same checkpoint position."""
     if not lost:
         return
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    now = utc_now()  # aware: PySpark reads a naive time as the driver's local time
     batch = _last_committed_batch(spark, checkpoint)
     rows = [
         (

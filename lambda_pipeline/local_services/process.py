@@ -208,7 +208,7 @@ class ManagedProcess(ABC):
         with self.log_file.open("ab") as log:
             log.write(
                 f"=== lambda-pipeline: starting {what} on {self._address} "
-                f"at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode()
+                f"at {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime())} ===\n".encode()
             )
             log.flush()
             offset = log.tell()

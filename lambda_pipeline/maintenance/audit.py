@@ -4,8 +4,8 @@ Between two publications P' and P, the speed layer served the tags in ``(P'.mast
 P.master_version]``; P then took them over. For each view, window and additive measure (a count or a sum):
 
 - **speed**: the partials of those tags, read from the speed table as it was before it purged them (its
-  version just before the first purge after P was published; Delta time travel, so within
-  ``maintenance.retention``);
+  version just before the first purge of one of those tags, found in its log by version, never by a clock;
+  Delta time travel, so within ``maintenance.retention``);
 - **batch**: the batch view at P minus the batch view at P' (exact: the batch deduplicates by event id over
   the whole master dataset), so the same events' share of the batch answer;
 - **difference** = speed - batch: repeats the speed layer's dedup did not catch (beyond ``dedup_horizon``),
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import functions as F
 
+from lambda_pipeline.core.clock import as_utc, iso_utc
 from lambda_pipeline.core.coverage import Coverage, coverage_history
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.locations import Locations
@@ -39,7 +40,7 @@ __all__ = ["AuditRow", "ViewAudit", "audit"]
 @dataclass(frozen=True)
 class AuditRow:
     window_start: datetime | None
-    """None for an all-time view."""
+    """Aware UTC; None for an all-time view."""
     measure: str
     speed: float
     batch: float
@@ -87,7 +88,7 @@ class ViewAudit:
             "note": self.note,
             "windows": [
                 {
-                    "window_start": r.window_start and r.window_start.isoformat(),
+                    "window_start": r.window_start and iso_utc(r.window_start),
                     "measure": r.measure,
                     "speed": r.speed,
                     "batch": r.batch,
@@ -104,18 +105,29 @@ def _additive(view: View) -> list[str]:
     return counts + [name for name, a in view.measures.items() if a.kind == "sum"]
 
 
-def _speed_before_purge(spark: SparkSession, path: str, published: datetime) -> int | None:
-    """The speed table's version just before its first purge after ``published`` (its newest, if none yet)."""
+def _speed_before_purge(spark: SparkSession, path: str, tags: tuple[int, int]) -> int | None:
+    """The speed table's version just before its first purge of a tag in ``(lo, hi]`` (its newest, if none yet).
+
+    Found by versions, never by clocks: among the table's DELETE commits (the purges), the first whose removed
+    files hold one of those tags (speed tables are partitioned by tag, so each removed file names its tag).
+    """
     from delta.tables import DeltaTable
 
-    if table_version(spark, path) is None:
+    from lambda_pipeline.core.deltalog import commits
+
+    newest = table_version(spark, path)
+    if newest is None:
         return None
-    history = DeltaTable.forPath(spark, path).history().select("version", "timestamp", "operation")
-    purge = history.filter((F.col("timestamp") >= F.lit(published)) & (F.col("operation") == "DELETE"))
-    first = purge.agg(F.min("version").alias("v")).first()
-    if first is not None and first.v is not None:
-        return int(first.v) - 1
-    return table_version(spark, path)
+    history = DeltaTable.forPath(spark, path).history().filter(F.col("operation") == "DELETE")
+    lo, hi = tags
+    for (version,) in history.select("version").orderBy("version").collect():
+        for _version, actions in commits(spark, path, int(version), 1):
+            for action in actions:
+                removed = (action.get("remove") or {}).get("partitionValues") or {}
+                tag = removed.get(INGEST_TAG)
+                if tag is not None and lo < int(tag) <= hi:
+                    return int(version) - 1
+    return newest
 
 
 def _final(view: View, states: DataFrame) -> DataFrame:
@@ -127,7 +139,9 @@ def _by_window(frame: DataFrame, measures: list[str]) -> dict[tuple[datetime | N
     """Each measure's total per window; an all-time view is one window, ``None``."""
     window = F.col(WINDOW_START) if WINDOW_START in frame.columns else F.lit(None).cast("timestamp")
     rows = frame.groupBy(window.alias(WINDOW_START)).agg(*[F.sum(m).alias(m) for m in measures]).collect()
-    return {(r[WINDOW_START], m): float(r[m] or 0) for r in rows for m in measures}
+    # collect() gives naive local time: the window's instant, made UTC so that every driver prints the same.
+    starts = [None if r[WINDOW_START] is None else as_utc(r[WINDOW_START]) for r in rows]
+    return {(start, m): float(r[m] or 0) for start, r in zip(starts, rows, strict=True) for m in measures}
 
 
 def audit(spark: SparkSession, pipeline: Pipeline, locations: Locations, *, last: int = 1) -> list[ViewAudit]:
@@ -151,7 +165,7 @@ def audit(spark: SparkSession, pipeline: Pipeline, locations: Locations, *, last
                 before = reader.option("versionAsOf", previous.view_versions[view.name]).load(batch_path)
                 for key, value in _by_window(_final(view, before), measures).items():
                     batch[key] = batch.get(key, 0.0) - value
-            version = _speed_before_purge(spark, speed_path, publication.published_at)
+            version = _speed_before_purge(spark, speed_path, (lo, hi))
             speed: dict[tuple[datetime | None, str], float] = {}
             note = ""
             if version is not None:

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 from lambda_pipeline.batch_layer.job import publish_coverage
+from lambda_pipeline.core.clock import utc_now, utc_text
 from lambda_pipeline.core.coverage import Coverage, coverage_history, latest_coverage
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.leases import Lease
@@ -61,8 +61,8 @@ def rollback(spark: SparkSession, pipeline: Pipeline, locations: Locations) -> C
     if locations.settings.maintenance.outlived(base.published_at):
         raise LambdaError(
             f"batch --rollback: publication {target.run_id[:8]}'s batch views were replaced on "
-            f"{base.published_at:%Y-%m-%d %H:%M}, longer ago than maintenance.retention ({retention}): VACUUM "
-            "may have deleted their files. Run a batch instead"
+            f"{utc_text(base.published_at, seconds=False)}, longer ago than maintenance.retention ({retention}): "
+            "VACUUM may have deleted their files. Run a batch instead"
         )
     missing = sorted(set(target.view_versions) ^ {v.name for v in pipeline.views})
     if missing:
@@ -84,7 +84,7 @@ def rollback(spark: SparkSession, pipeline: Pipeline, locations: Locations) -> C
     try:
         batch = Lease(spark, locations, "batch", locations.coverage).acquire()
         try:
-            restored = replace(target, run_id=uuid.uuid4().hex, published_at=datetime.now(), restores=target.run_id)
+            restored = replace(target, run_id=uuid.uuid4().hex, published_at=utc_now(), restores=target.run_id)
             catch_up(spark, pipeline, locations, coverage=restored)
             return publish_coverage(spark, locations, restored)
         finally:
