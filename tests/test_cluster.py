@@ -245,7 +245,7 @@ def test_the_whole_life_cycle_on_a_cluster_with_every_table_on_s3(
     serve = kafka.start("serve", "--port", str(port))
     running = [ingest, batch, serve]
     try:
-        _wait("the server answers the first wave", serves_everything_produced, 300, jobs=(ingest, batch, serve))
+        _wait("the server answers the first wave", serves_everything_produced, 600, jobs=(ingest, batch, serve))
 
         second = kafka.run("ingest", expect=1, timeout=300)  # beside the running one
         assert "another ingest job runs over this work directory" in second, second[-2000:]
@@ -260,7 +260,7 @@ def test_the_whole_life_cycle_on_a_cluster_with_every_table_on_s3(
         ingest = kafka.start("ingest")
         running.append(ingest)
         _wait(
-            "the restarted ingest serves the second wave", serves_everything_produced, 300, jobs=(ingest, batch, serve)
+            "the restarted ingest serves the second wave", serves_everything_produced, 600, jobs=(ingest, batch, serve)
         )
 
         # -- 4. a zombie: frozen, its lease taken over by another host's driver after one lease time ------------
@@ -272,7 +272,7 @@ def test_the_whole_life_cycle_on_a_cluster_with_every_table_on_s3(
             "the other host's ingest watches the lease", lambda: "watching it for" in taker.output(), 200, jobs=(taker,)
         )
         produce(waves[2])
-        _wait("the taker serves the third wave", serves_everything_produced, 300, jobs=(taker, batch, serve))
+        _wait("the taker serves the third wave", serves_everything_produced, 600, jobs=(taker, batch, serve))
         os.killpg(zombie.process.pid, signal.SIGCONT)
         code = zombie.wait(180)
         assert code != 0, zombie.output()[-3000:]
