@@ -181,16 +181,39 @@ class MaintenanceSettings(_Strict):
         removed from a table since then may already be vacuumed away."""
         return (datetime.now() - when).total_seconds() >= duration_seconds(self.retention)
 
+    log_checkpoint_interval: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="Delta checkpoints each table's log every this many commits (delta.checkpointInterval): a "
+        "reader replays at most this many commit files, and expired log files are removed at each checkpoint",
+    )
+
+    def log_properties(self) -> dict[str, str]:
+        """The Delta properties that keep a table's ``_delta_log`` small, as ingest sets them on master,
+        quarantine and the speed tables (new or not).
+
+        ``logRetentionDuration``: the retention, the project's floor for time travel (a pin, ``--as-of``,
+        ``audit``, a batch run's ``versionAsOf`` read no older version), instead of Delta's 30 days. Log files
+        are removed at a checkpoint (``checkpointInterval``), with ``enableExpiredLogCleanup`` on; Delta keeps
+        the checkpoint before the cut-off, so every version within the retention stays readable.
+        """
+        return {
+            "delta.logRetentionDuration": f"interval {int(duration_seconds(self.retention))} seconds",
+            "delta.checkpointInterval": str(self.log_checkpoint_interval),
+            "delta.enableExpiredLogCleanup": "true",
+        }
+
     def table_defaults(self) -> dict[str, str]:
         """Spark settings that give every table this job creates the retention as its own Delta retentions.
 
         ``deletedFileRetentionDuration``: a plain VACUUM (without RETAIN) keeps what ``maintain`` keeps.
-        ``logRetentionDuration``: the log keeps the versions a pin or ``--as-of`` may read, and no more
-        (Delta's default is 30 days, whatever the files' retention).
+        ``logRetentionDuration`` and the checkpoints: see :meth:`log_properties`.
         """
         interval = f"interval {int(duration_seconds(self.retention))} seconds"
         prefix = "spark.databricks.delta.properties.defaults."
-        return {f"{prefix}deletedFileRetentionDuration": interval, f"{prefix}logRetentionDuration": interval}
+        log = {prefix + key.removeprefix("delta."): value for key, value in self.log_properties().items()}
+        return {f"{prefix}deletedFileRetentionDuration": interval, **log}
 
     @field_validator("retention")
     @classmethod
