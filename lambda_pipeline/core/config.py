@@ -191,29 +191,27 @@ class MaintenanceSettings(_Strict):
 
     def log_properties(self) -> dict[str, str]:
         """The Delta properties that keep a table's ``_delta_log`` small, as ingest sets them on master,
-        quarantine and the speed tables (new or not).
+        quarantine and the speed tables (new or not), and every job on the tables it creates.
 
         ``logRetentionDuration``: the retention, the project's floor for time travel (a pin, ``--as-of``,
         ``audit``, a batch run's ``versionAsOf`` read no older version), instead of Delta's 30 days. Log files
         are removed at a checkpoint (``checkpointInterval``), with ``enableExpiredLogCleanup`` on; Delta keeps
         the checkpoint before the cut-off, so every version within the retention stays readable.
+        ``deletedFileRetentionDuration``: a plain VACUUM (without RETAIN) keeps what ``maintain`` keeps; Delta
+        also refuses a log retention shorter than it.
         """
+        interval = f"interval {int(duration_seconds(self.retention))} seconds"
         return {
-            "delta.logRetentionDuration": f"interval {int(duration_seconds(self.retention))} seconds",
+            "delta.logRetentionDuration": interval,
+            "delta.deletedFileRetentionDuration": interval,
             "delta.checkpointInterval": str(self.log_checkpoint_interval),
             "delta.enableExpiredLogCleanup": "true",
         }
 
     def table_defaults(self) -> dict[str, str]:
-        """Spark settings that give every table this job creates the retention as its own Delta retentions.
-
-        ``deletedFileRetentionDuration``: a plain VACUUM (without RETAIN) keeps what ``maintain`` keeps.
-        ``logRetentionDuration`` and the checkpoints: see :meth:`log_properties`.
-        """
-        interval = f"interval {int(duration_seconds(self.retention))} seconds"
+        """Spark settings that give every table this job creates the :meth:`log_properties`."""
         prefix = "spark.databricks.delta.properties.defaults."
-        log = {prefix + key.removeprefix("delta."): value for key, value in self.log_properties().items()}
-        return {f"{prefix}deletedFileRetentionDuration": interval, **log}
+        return {prefix + key.removeprefix("delta."): value for key, value in self.log_properties().items()}
 
     @field_validator("retention")
     @classmethod
