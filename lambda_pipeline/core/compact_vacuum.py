@@ -28,9 +28,13 @@ publication), the longest query (``serve.query_timeout``) and any ``--as-of`` yo
 Settings refuse less than 1 hour or less than the query timeout; the serving layer refuses an ``--as-of``
 older than the retention with a message that says so.
 
-Delta's own log clean-up (``delta.logRetentionDuration``, set to ``maintenance.retention``, at each
-checkpoint) keeps each ``_delta_log`` bounded; the once-only marks of ingest are read from the newest commits,
-well inside that.
+Delta's own log clean-up keeps each ``_delta_log`` bounded (``MaintenanceSettings.log_properties``; ingest sets
+them on master, quarantine and the speed tables at each start, old tables included): at every
+``maintenance.log_checkpoint_interval``-th commit it removes the log files older than
+``delta.logRetentionDuration`` = ``maintenance.retention`` (Delta rounds the cut-off down to a whole day), and
+keeps the checkpoint before the cut-off, so every version within the retention stays readable. The retention
+is the project's floor for time travel: a pin, ``--as-of``, ``audit`` and a batch run's ``versionAsOf`` read
+no older version. The once-only marks of ingest are read from the newest commits, well inside that.
 
 What a compaction needs (how many live files, their size) comes from the table's Delta snapshot. The files
 on disk are listed (recursively: thousands of LIST requests on S3 for a large table) only around a vacuum,

@@ -174,6 +174,7 @@ class MaintenanceSettings(_Strict):
         description="a running ingest compacts master and quarantine this often (its micro-batch waits for it, "
         "about 1 s per 30 MB written since on 2 cores); it vacuums them every interval",
     )
+    log_checkpoint_interval: int = Field(default=10, ge=1, le=1000, description="a log checkpoint every N commits")
     _durations = field_validator("interval", "retention", "ingest_compact_every")(positive_duration)
 
     def outlived(self, when: datetime) -> bool:
@@ -181,37 +182,16 @@ class MaintenanceSettings(_Strict):
         removed from a table since then may already be vacuumed away."""
         return (datetime.now() - when).total_seconds() >= duration_seconds(self.retention)
 
-    log_checkpoint_interval: int = Field(
-        default=10,
-        ge=1,
-        le=1000,
-        description="Delta checkpoints each table's log every this many commits (delta.checkpointInterval): a "
-        "reader replays at most this many commit files, and expired log files are removed at each checkpoint",
-    )
-
     def log_properties(self) -> dict[str, str]:
-        """The Delta properties that keep a table's ``_delta_log`` small, as ingest sets them on master,
-        quarantine and the speed tables (new or not), and every job on the tables it creates.
-
-        ``logRetentionDuration``: the retention, the project's floor for time travel (a pin, ``--as-of``,
-        ``audit``, a batch run's ``versionAsOf`` read no older version), instead of Delta's 30 days. Log files
-        are removed at a checkpoint (``checkpointInterval``), with ``enableExpiredLogCleanup`` on; Delta keeps
-        the checkpoint before the cut-off, so every version within the retention stays readable.
-        ``deletedFileRetentionDuration``: a plain VACUUM (without RETAIN) keeps what ``maintain`` keeps; Delta
-        also refuses a log retention shorter than it.
-        """
+        """Every table's Delta retentions and log upkeep (why they are safe: ``core/compact_vacuum.py``)."""
         interval = f"interval {int(duration_seconds(self.retention))} seconds"
-        return {
-            "delta.logRetentionDuration": interval,
-            "delta.deletedFileRetentionDuration": interval,
-            "delta.checkpointInterval": str(self.log_checkpoint_interval),
-            "delta.enableExpiredLogCleanup": "true",
-        }
+        log = {"logRetentionDuration": interval, "deletedFileRetentionDuration": interval}  # Delta: log's >= files'
+        log.update(checkpointInterval=str(self.log_checkpoint_interval), enableExpiredLogCleanup="true")
+        return {f"delta.{key}": value for key, value in log.items()}
 
     def table_defaults(self) -> dict[str, str]:
         """Spark settings that give every table this job creates the :meth:`log_properties`."""
-        prefix = "spark.databricks.delta.properties.defaults."
-        return {prefix + key.removeprefix("delta."): value for key, value in self.log_properties().items()}
+        return {"spark.databricks.delta.properties.defaults." + k[6:]: v for k, v in self.log_properties().items()}
 
     @field_validator("retention")
     @classmethod
