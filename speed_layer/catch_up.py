@@ -21,6 +21,7 @@ from lambda_pipeline.core.tables import (
     FINGERPRINT_PROPERTY,
     ensure_table,
     require_table,
+    set_table_properties,
     set_table_property,
     table_property,
     table_version,
@@ -43,11 +44,14 @@ __all__ = [
 
 
 def setup_speed_tables(spark: SparkSession, pipeline: Pipeline, locations: Locations) -> None:
-    """The tables speed writes: each view's partials, empty, partitioned by ingest tag."""
+    """The tables speed writes: each view's partials, empty, partitioned by ingest tag; each with the log
+    properties of ``maintenance`` (set on tables made without them too)."""
+    log = locations.settings.maintenance.log_properties()
     for view in pipeline.views:
         path = locations.speed_partials(view.name)
-        stamp = {FINGERPRINT_PROPERTY: view.fingerprint}
+        stamp = {FINGERPRINT_PROPERTY: view.fingerprint, **log}
         ensure_table(spark, path, view.partial_schema(by_tag=True), SPEED_PARTITIONING, stamp)
+        set_table_properties(spark, path, log)
 
 
 def purge_covered(spark: SparkSession, pipeline: Pipeline, locations: Locations, coverage: Coverage) -> None:
@@ -126,7 +130,7 @@ def catch_up(
         covered = coverage.covered_for(view.name)
         events = uncovered(master, covered)
         path = locations.speed_partials(view.name)
-        stamp = {FINGERPRINT_PROPERTY: view.fingerprint}
+        stamp = {FINGERPRINT_PROPERTY: view.fingerprint, **locations.settings.maintenance.log_properties()}
         if rebuild and table_version(spark, path) is not None:
             partials = view.partials(events, by_tag=True)
             (

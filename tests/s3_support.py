@@ -37,8 +37,8 @@ def local_s3_settings(server: S3Server) -> S3Settings:
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """One server shared by the whole test session; its objects live in its memory."""
-    server = S3Server(tmp_path_factory.mktemp("s3-server"), port=free_port())
+    """One server shared by the whole test session; its objects live in its memory, its requests in its log."""
+    server = S3Server(tmp_path_factory.mktemp("s3-server"), port=free_port(), request_log=True)
     try:
         server.start(timeout=120)  # generous: the moto import is slow on a CPU shared with JVMs
         yield server

@@ -14,6 +14,7 @@ from lambda_pipeline.core.config import MaintenanceSettings
 from lambda_pipeline.core.config_loader import load_settings
 from lambda_pipeline.core.errors import ConfigError
 from lambda_pipeline.core.locations import Locations
+from lambda_pipeline.local_services.s3_server import S3Request
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
 from lambda_pipeline.pipelines.generator import ClickstreamGenerator
 from lambda_pipeline.serving_layer.catalog import ServingLayer
@@ -148,3 +149,77 @@ def test_the_vacuum_of_master_commits_nothing_and_deletes_what_expired(spark, tm
     before = table_version(spark, locations.coverage)
     assert [r.table for r in maintain(spark, CLICKSTREAM, locations, only=["coverage"])] == ["coverage"]
     assert table_version(spark, locations.coverage) == before + 2
+
+
+def _recursive_listings(requests: list[S3Request], table_key: str) -> list[S3Request]:
+    """The LIST requests under ``table_key`` without a delimiter: S3A's recursive listings."""
+    under = [r for r in requests if r.kind == "LIST" and r.listed_prefix.startswith(table_key)]
+    return [r for r in under if "delimiter" not in r.query]
+
+
+@pytest.mark.integration
+def test_ingest_compaction_on_s3_reads_the_snapshot_and_lists_no_table(spark, s3_server, s3_bucket) -> None:
+    from lambda_pipeline.ingestion.upkeep import MasterUpkeep
+
+    overrides = ["maintenance.compact_min_files=3", "maintenance.ingest_compact_every=1 hour"]
+    settings = load_settings(None, [*overrides, "ingest.max_files_per_trigger=1"])
+    locations = Locations.create(settings, f"s3a://{s3_bucket}/work")
+    generator = ClickstreamGenerator(29, duplicate_fraction=0.0)
+    generator.write(locations.landing, 120, files=3, spark=spark)
+    ingest_once(spark, settings, locations)  # three micro-batches: three files in master, enough to compact
+    master_key = locations.master.split(f"s3a://{s3_bucket}/", 1)[1]
+    before = table_files(spark, locations.master, disk=False)
+    assert before is not None and before.live_files >= 3 and before.disk_files is None
+
+    log = s3_server.requests()
+    mark = log.mark()
+    upkeep = MasterUpkeep(spark, CLICKSTREAM, locations, compact_every=0.0)  # due at once, as in a micro-batch
+    from lambda_pipeline.core.streaming import PhaseTimer
+
+    upkeep.after_batch(0, PhaseTimer("ingest", 0))
+    during = log.since(mark)
+    after = table_files(spark, locations.master, disk=False)
+    assert after is not None and after.live_files == 1, after  # it did compact
+    assert any(r.kind == "PUT" and r.key.startswith(master_key) for r in during)
+    assert not _recursive_listings(during, master_key), _recursive_listings(during, master_key)
+
+    # The detector works: the maintain verb's report (with a vacuum) lists the table's files recursively.
+    mark = log.mark()
+    (report,) = maintain(spark, CLICKSTREAM, locations, only=["master"], compact=False)
+    assert report.after.disk_files is not None and report.after.disk_files >= 4
+    assert _recursive_listings(log.since(mark), master_key)
+
+
+def test_master_quarantine_and_speed_tables_get_the_log_properties_new_or_not(spark, tmp_path) -> None:
+    from lambda_pipeline.core.tables import QUARANTINE_SCHEMA, ensure_table, table_property
+    from lambda_pipeline.ingestion.master import setup_master_tables
+    from lambda_pipeline.speed_layer.catch_up import setup_speed_tables
+
+    settings = load_settings(None, ["maintenance.retention=2 hours", "maintenance.log_checkpoint_interval=20"])
+    expected = {
+        "delta.logRetentionDuration": "interval 7200 seconds",
+        "delta.deletedFileRetentionDuration": "interval 7200 seconds",
+        "delta.checkpointInterval": "20",
+        "delta.enableExpiredLogCleanup": "true",
+    }
+    assert settings.maintenance.log_properties() == expected
+    fresh = Locations.create(settings, tmp_path / "fresh")
+    old = Locations.create(settings, tmp_path / "old")
+    # Tables an older release made, without the properties.
+    ensure_table(spark, old.master, CLICKSTREAM.source.master_schema)
+    ensure_table(spark, old.quarantine, QUARANTINE_SCHEMA)
+    view = CLICKSTREAM.views[0]
+    ensure_table(spark, old.speed_partials(view.name), view.partial_schema(by_tag=True), ("ingest_tag",))
+    for locations in (fresh, old):
+        setup_master_tables(spark, CLICKSTREAM, locations)
+        setup_speed_tables(spark, CLICKSTREAM, locations)
+        for path in (locations.master, locations.quarantine, locations.speed_partials(view.name)):
+            got = {key: table_property(spark, path, key) for key in expected}
+            assert got == expected, (path, got)
+    from lambda_pipeline.core.tables import table_version
+
+    settled = table_version(spark, old.master)
+    setup_master_tables(spark, CLICKSTREAM, old)  # a restart: nothing left to set, no commit
+    assert table_version(spark, old.master) == settled
+    with pytest.raises(ConfigError, match="log_checkpoint_interval"):
+        load_settings(None, ["maintenance.log_checkpoint_interval=0"])

@@ -38,6 +38,11 @@ def add_s3_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     s3.add_argument(
         "--bucket", action="append", default=[], help="also create this bucket (repeatable; s3a:// locations' are)"
     )
+    s3.add_argument(
+        "--request-log",
+        action="store_true",
+        help="start: write one line per request (method, path, query, status) to <dir>/s3-requests.log",
+    )
     s3.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for start or stop (default 60)")
     return s3
 
@@ -65,7 +70,8 @@ def _server(ctx: Context, args: argparse.Namespace) -> S3Server:
                 f"{args.port} differs from s3.endpoint={endpoint}, where the jobs would look for S3; "
                 f"use --set s3.endpoint=http://127.0.0.1:{args.port} instead",
             )
-        return S3Server(base_dir, port=configured, region=ctx.settings.s3.region or "us-east-1")
+        region = ctx.settings.s3.region or "us-east-1"
+        return S3Server(base_dir, port=configured, region=region, request_log=args.request_log)
     if args.port is None and endpoint is not None and args.action == "start":
         raise ConfigError(
             "--port",
@@ -73,7 +79,7 @@ def _server(ctx: Context, args: argparse.Namespace) -> S3Server:
             f"s3.endpoint={endpoint} is not an http://127.0.0.1:<port> server; pass --port to run a local server "
             "anyway, or --set s3.endpoint=http://127.0.0.1:9000",
         )
-    return S3Server(base_dir, port=args.port or DEFAULT_PORT)
+    return S3Server(base_dir, port=args.port or DEFAULT_PORT, request_log=args.request_log)
 
 
 def run_s3(ctx: Context, args: argparse.Namespace) -> int:
@@ -101,6 +107,8 @@ def run_s3(ctx: Context, args: argparse.Namespace) -> int:
         made.append(f"{bucket} ({'created' if server.create_bucket(bucket) else 'exists'})")
     state = "already running" if status.running else "listening"
     print(f"s3: {state} on {server.endpoint}, pid {server.status().pid}; buckets: {', '.join(made) or 'none'}")
+    if args.request_log and not status.running:
+        print(f"s3: one line per request in {server.request_log_file}")
     if local_endpoint_port(ctx.settings.s3.endpoint) is None:
         print(
             f"s3: point the jobs at it with --set s3.endpoint={server.endpoint} --set s3.path_style_access=true "

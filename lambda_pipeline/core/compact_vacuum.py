@@ -28,12 +28,22 @@ publication), the longest query (``serve.query_timeout``) and any ``--as-of`` yo
 Settings refuse less than 1 hour or less than the query timeout; the serving layer refuses an ``--as-of``
 older than the retention with a message that says so.
 
-Delta's own log clean-up (``delta.logRetentionDuration``, 30 days by default, at each checkpoint) keeps each
-``_delta_log`` bounded; the once-only marks of ingest are read from the newest commits, well inside that.
+Delta's own log clean-up keeps each ``_delta_log`` bounded (``MaintenanceSettings.log_properties``; ingest sets
+them on master, quarantine and the speed tables at each start, old tables included): at every
+``maintenance.log_checkpoint_interval``-th commit it removes the log files older than
+``delta.logRetentionDuration`` = ``maintenance.retention`` (Delta rounds the cut-off down to a whole day), and
+keeps the checkpoint before the cut-off, so every version within the retention stays readable. The retention
+is the project's floor for time travel: a pin, ``--as-of``, ``audit`` and a batch run's ``versionAsOf`` read
+no older version. The once-only marks of ingest are read from the newest commits, well inside that.
+
+What a compaction needs (how many live files, their size) comes from the table's Delta snapshot. The files
+on disk are listed (recursively: thousands of LIST requests on S3 for a large table) only around a vacuum,
+the one step that changes them beyond the log: never in ingest's micro-batch, which only compacts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -42,7 +52,6 @@ from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.jvm import HadoopPath, delta_snapshot
 from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.pipeline import Pipeline
-from lambda_pipeline.core.tables import table_version
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -56,13 +65,15 @@ _RETENTION_CHECK = "spark.databricks.delta.retentionDurationCheck.enabled"
 
 @dataclass(frozen=True)
 class TableFiles:
-    """What a table holds: files in its newest version, and on disk (data and log)."""
+    """What a table holds: files in its newest version (from its snapshot), and on disk (data and log) when
+    the disk was listed."""
 
     live_files: int
-    disk_files: int
-    disk_bytes: int
-    log_files: int
-    log_bytes: int
+    live_bytes: int
+    disk_files: int | None = None
+    disk_bytes: int | None = None
+    log_files: int | None = None
+    log_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -87,10 +98,12 @@ class Maintained:
         b, a = self.before, self.after
         did = [name for name, done in (("compacted", self.compacted), ("vacuumed", self.vacuumed)) if done]
         what = ", ".join(did) or "left as it was"
+        if a.disk_files is None or a.disk_bytes is None:
+            disk = f"({a.live_bytes / 1e6:.1f} MB)"  # not listed: see the module's docstring
+        else:
+            disk = f"on disk {b.disk_files} -> {a.disk_files} ({a.disk_bytes / 1e6:.1f} MB), log {a.log_files} files"
         return (
-            f"{self.table:<24} {what:<20} live files {b.live_files} -> {a.live_files}, "
-            f"on disk {b.disk_files} -> {a.disk_files} ({a.disk_bytes / 1e6:.1f} MB), "
-            f"log {a.log_files} files, {self.seconds:.1f}s "
+            f"{self.table:<24} {what:<20} live files {b.live_files} -> {a.live_files}, {disk}, {self.seconds:.1f}s "
             f"(compaction {self.compact_seconds:.1f}s, vacuum {self.vacuum_seconds:.1f}s)"
         )
 
@@ -105,19 +118,19 @@ def tables_of(pipeline: Pipeline, locations: Locations) -> dict[str, str]:
     return tables
 
 
-def table_files(spark: SparkSession, path: str) -> TableFiles | None:
-    """The files of the table at ``path`` (None when there is no table), from its snapshot and the file system."""
+def table_files(spark: SparkSession, path: str, *, disk: bool = True) -> TableFiles | None:
+    """The files of the table at ``path`` (None when there is no table), from its snapshot and, with ``disk``,
+    from a recursive listing of the file system (see the module's docstring for when that is worth its cost)."""
     snapshot = delta_snapshot(spark, path)
     if snapshot is None:
         return None
+    live = TableFiles(live_files=snapshot.live_files, live_bytes=snapshot.live_bytes)
+    if not disk:
+        return live
     root = HadoopPath(spark, path)
     (files, size), (log_files, log_size) = root.content(), root.child("_delta_log").content()
-    return TableFiles(
-        live_files=snapshot.live_files,
-        disk_files=files - log_files,
-        disk_bytes=size - log_size,
-        log_files=log_files,
-        log_bytes=log_size,
+    return dataclasses.replace(
+        live, disk_files=files - log_files, disk_bytes=size - log_size, log_files=log_files, log_bytes=log_size
     )
 
 
@@ -155,7 +168,7 @@ def maintain(
 
     Safe beside running ingest, batch and serving for the default tables (see the module's docstring). The
     caller of master's or quarantine's maintenance holds ingest's lease. A table that does not exist yet is
-    skipped.
+    skipped. The files on disk are listed only when vacuuming: a compaction reads its table's snapshot only.
     """
     from delta.tables import DeltaTable
 
@@ -179,8 +192,8 @@ def maintain(
         if (only and name not in only) or (not only and name in INGESTS):
             continue
         started = time.perf_counter()
-        before = table_files(spark, path)
-        if before is None or table_version(spark, path) is None:
+        before = table_files(spark, path, disk=vacuum)
+        if before is None:
             continue
         table = DeltaTable.forPath(spark, path)
         compacted = compact and name in COMPACTED and before.live_files >= settings.compact_min_files
@@ -196,7 +209,8 @@ def maintain(
             else:
                 table.vacuum(retention_hours)
         vacuum_seconds = time.perf_counter() - mark
-        after = table_files(spark, path) if compacted or vacuum else before  # nothing done: nothing changed
+        # nothing done: nothing changed
+        after = table_files(spark, path, disk=vacuum) if compacted or vacuum else before
         assert after is not None
         seconds = time.perf_counter() - started
         report = Maintained(name, path, compacted, vacuum, before, after, seconds, compact_seconds, vacuum_seconds)

@@ -175,6 +175,7 @@ class MaintenanceSettings(_Strict):
         description="a running ingest compacts master and quarantine this often (its micro-batch waits for it, "
         "about 1 s per 30 MB written since on 2 cores); it vacuums them every interval",
     )
+    log_checkpoint_interval: int = Field(default=10, ge=1, le=1000, description="a log checkpoint every N commits")
     _durations = field_validator("interval", "retention", "ingest_compact_every")(positive_duration)
 
     def outlived(self, when: datetime) -> bool:
@@ -182,16 +183,16 @@ class MaintenanceSettings(_Strict):
         vacuumed away. Compared in UTC; a naive ``when`` is read as local time (core/clock.py)."""
         return (utc_now() - as_utc(when)).total_seconds() >= duration_seconds(self.retention)
 
-    def table_defaults(self) -> dict[str, str]:
-        """Spark settings that give every table this job creates the retention as its own Delta retentions.
-
-        ``deletedFileRetentionDuration``: a plain VACUUM (without RETAIN) keeps what ``maintain`` keeps.
-        ``logRetentionDuration``: the log keeps the versions a pin or ``--as-of`` may read, and no more
-        (Delta's default is 30 days, whatever the files' retention).
-        """
+    def log_properties(self) -> dict[str, str]:
+        """Every table's Delta retentions and log upkeep (why they are safe: ``core/compact_vacuum.py``)."""
         interval = f"interval {int(duration_seconds(self.retention))} seconds"
-        prefix = "spark.databricks.delta.properties.defaults."
-        return {f"{prefix}deletedFileRetentionDuration": interval, f"{prefix}logRetentionDuration": interval}
+        log = {"logRetentionDuration": interval, "deletedFileRetentionDuration": interval}  # Delta: log's >= files'
+        log.update(checkpointInterval=str(self.log_checkpoint_interval), enableExpiredLogCleanup="true")
+        return {f"delta.{key}": value for key, value in log.items()}
+
+    def table_defaults(self) -> dict[str, str]:
+        """Spark settings that give every table this job creates the :meth:`log_properties`."""
+        return {"spark.databricks.delta.properties.defaults." + k[6:]: v for k, v in self.log_properties().items()}
 
     @field_validator("retention")
     @classmethod

@@ -205,6 +205,10 @@ class DeltaSnapshot:
         return int(self._snapshot.numOfFiles())
 
     @property
+    def live_bytes(self) -> int:
+        return int(self._snapshot.sizeInBytes())
+
+    @property
     def partition_columns(self) -> list[str]:
         text = str(self._snapshot.metadata().partitionColumns().mkString("\u0000"))
         return text.split("\u0000") if text else []

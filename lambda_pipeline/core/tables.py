@@ -28,6 +28,7 @@ __all__ = [
     "latest_version",
     "partition_columns",
     "require_table",
+    "set_table_properties",
     "set_table_property",
     "snapshot_identity",
     "sql_path",
@@ -174,6 +175,19 @@ def set_table_property(spark: SparkSession, path: str, key: str, value: str) -> 
     """One metadata commit; a no-op when the property already holds ``value``."""
     if table_property(spark, path, key) != value:
         spark.sql(f"ALTER TABLE {sql_path(path)} SET TBLPROPERTIES ('{key}' = '{value}')")
+
+
+def set_table_properties(spark: SparkSession, path: str, properties: dict[str, str]) -> list[str]:
+    """Give the table at ``path`` the ``properties`` it lacks or holds other values of, in one metadata commit
+    (none when all are there); the keys set. Only the table's one writer may call it (it commits)."""
+    snapshot = delta_snapshot(spark, path)
+    if snapshot is None:
+        raise LambdaError(f"no Delta table at {path}")
+    changed = {key: value for key, value in properties.items() if snapshot.property(key) != value}
+    if changed:
+        listed = ", ".join(f"'{key}' = '{value}'" for key, value in changed.items())
+        spark.sql(f"ALTER TABLE {sql_path(path)} SET TBLPROPERTIES ({listed})")
+    return sorted(changed)
 
 
 def add_missing_columns(spark: SparkSession, path: str, schema: T.StructType) -> list[str]:

@@ -17,7 +17,13 @@ from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.streaming import OnceAppender
-from lambda_pipeline.core.tables import QUARANTINE_SCHEMA, add_missing_columns, ensure_table, latest_version
+from lambda_pipeline.core.tables import (
+    QUARANTINE_SCHEMA,
+    add_missing_columns,
+    ensure_table,
+    latest_version,
+    set_table_properties,
+)
 from lambda_pipeline.core.views import INGEST_TAG, INGESTED_AT, RAW, SOURCE_FILE, EventSource
 from lambda_pipeline.ingestion.routing import REASON
 
@@ -28,11 +34,15 @@ __all__ = ["MasterWriter", "quarantine_rows", "setup_master_tables"]
 
 
 def setup_master_tables(spark: SparkSession, pipeline: Pipeline, locations: Locations) -> None:
-    """Master and quarantine, created if absent; a field added to the source becomes a column of master."""
-    ensure_table(spark, locations.master, pipeline.source.master_schema)
+    """Master and quarantine, created if absent, with the log properties of ``maintenance`` (set on tables made
+    without them too, before ingest predicts any version); a field added to the source becomes a column of master."""
+    log = locations.settings.maintenance.log_properties()
+    ensure_table(spark, locations.master, pipeline.source.master_schema, properties=log)
+    set_table_properties(spark, locations.master, log)
     # From now on; ``refresh --backfill`` fills the past.
     add_missing_columns(spark, locations.master, pipeline.source.master_schema)
-    ensure_table(spark, locations.quarantine, QUARANTINE_SCHEMA)
+    ensure_table(spark, locations.quarantine, QUARANTINE_SCHEMA, properties=log)
+    set_table_properties(spark, locations.quarantine, log)
 
 
 def quarantine_rows(routed: DataFrame, batch_id: int) -> DataFrame:

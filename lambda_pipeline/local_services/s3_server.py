@@ -7,6 +7,10 @@ and stopped here, so the jobs, the generator and the tests see the same endpoint
 moto keeps buckets and objects in the server's memory: stopping the server discards them (large
 objects spill to ``<base_dir>/spool`` while it runs). Log, pid and state files live under ``base_dir``;
 the pid file lets one process start the server and another one query or stop it.
+
+Started with ``request_log=True`` (``lambda-pipeline s3 start --request-log``), the server also writes one
+line per request to ``<base_dir>/s3-requests.log``; :class:`RequestLog` reads and classifies them, to count
+what a job costs on S3 (``bench/s3_requests.py``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,15 @@ from typing import Any
 from lambda_pipeline.core.errors import EnvironmentProblem, LambdaError
 from lambda_pipeline.local_services.process import HOST, ManagedProcess, free_port
 
-__all__ = ["DEFAULT_PORT", "S3Server", "S3ServerStatus", "free_port", "server_package_missing"]
+__all__ = [
+    "DEFAULT_PORT",
+    "RequestLog",
+    "S3Request",
+    "S3Server",
+    "S3ServerStatus",
+    "free_port",
+    "server_package_missing",
+]
 
 DEFAULT_PORT = 9000
 _POLL_SECONDS = 0.1
@@ -64,6 +76,57 @@ class S3ServerStatus:
         return f"http://{HOST}:{self.port}"
 
 
+@dataclass(frozen=True)
+class S3Request:
+    """One line of the request log: a request as the server saw it (path-style addressing)."""
+
+    method: str
+    bucket: str
+    key: str
+    query: str
+    status: str
+
+    @property
+    def kind(self) -> str:
+        """``LIST`` (a GET of the bucket: ListObjects), else the method: ``HEAD``, ``GET``, ``PUT``, ``POST``,
+        ``DELETE``."""
+        return "LIST" if self.method == "GET" and not self.key else self.method
+
+    @property
+    def listed_prefix(self) -> str:
+        """The ``prefix`` a LIST asked for ('' for any other request)."""
+        if self.kind != "LIST":
+            return ""
+        return urllib.parse.parse_qs(self.query).get("prefix", [""])[0]
+
+
+class RequestLog:
+    """The request log of a server started with ``request_log=True``, read from any process.
+
+    ``mark()`` notes where the log ends; ``since(mark)`` returns the requests written after it.
+    """
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+
+    def mark(self) -> int:
+        return self.file.stat().st_size if self.file.exists() else 0
+
+    def since(self, mark: int = 0) -> list[S3Request]:
+        with self.file.open("rb") as log:
+            log.seek(mark)
+            text = log.read().decode("utf-8", errors="replace")
+        requests = []
+        for line in text.splitlines():
+            fields = line.split("\t")
+            if len(fields) != 4:
+                continue  # a line being written right now
+            method, path, query, status = fields
+            bucket, _, key = urllib.parse.unquote(path).lstrip("/").partition("/")
+            requests.append(S3Request(method, bucket, key, query, status))
+        return requests
+
+
 class S3Server(ManagedProcess):
     """One moto server process bound to 127.0.0.1, its files kept under ``base_dir``.
 
@@ -80,9 +143,12 @@ class S3Server(ManagedProcess):
     _ready_poll_seconds = _POLL_SECONDS
     _abandon_grace_seconds = 5.0  # a start that timed out: SIGTERM, SIGKILL only after 5 s
 
-    def __init__(self, base_dir: str | Path, port: int = DEFAULT_PORT, region: str = "us-east-1") -> None:
+    def __init__(
+        self, base_dir: str | Path, port: int = DEFAULT_PORT, region: str = "us-east-1", *, request_log: bool = False
+    ) -> None:
         super().__init__(base_dir, port)
         self.region = region
+        self.request_log = request_log
 
     def __repr__(self) -> str:
         return f"S3Server({str(self.base_dir)!r}, port={self.port})"
@@ -96,6 +162,20 @@ class S3Server(ManagedProcess):
     @property
     def endpoint(self) -> str:
         return f"http://{HOST}:{self.port}"
+
+    @property
+    def request_log_file(self) -> Path:
+        """Where a server started with ``request_log=True`` writes a line per request."""
+        return self.base_dir / "s3-requests.log"
+
+    def requests(self) -> RequestLog:
+        """The request log; an error if this server was started without it."""
+        if not self._state().get("request_log"):
+            raise LambdaError(
+                f"the S3 server of {self.base_dir} keeps no request log; restart it with request logging "
+                "('lambda-pipeline s3 stop', then 'lambda-pipeline s3 start --request-log')"
+            )
+        return RequestLog(self.request_log_file)
 
     # -- process identity ---------------------------------------------------------------------------------------
     @property
@@ -123,9 +203,11 @@ class S3Server(ManagedProcess):
         self._check_free(self.port)
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.spool_dir.mkdir(exist_ok=True)
-        self._save_state(port=self.port, region=self.region)
+        self._save_state(port=self.port, region=self.region, request_log=self.request_log)
         env = {**os.environ, "TMPDIR": str(self.spool_dir), "PYTHONUNBUFFERED": "1"}
         command = [sys.executable, "-m", _LAUNCHER, "-H", HOST, "-p", str(self.port)]
+        if self.request_log:
+            command += ["--request-log", str(self.request_log_file)]
         self._await_ready(deadline, self._spawn(command, "the S3 server (moto)", env))
 
     def _answers(self, remaining: float) -> bool:
