@@ -114,15 +114,20 @@ def write_config(folder: Path, workdir: str, kafka: dict[str, Any], trigger: str
 
 
 def poll_freshness(
-    client: Any, producer: ProducerProcess, produced_at: float, args: argparse.Namespace, ingest: Any
+    client: Any, producer: ProducerProcess, produced_at: float, args: argparse.Namespace, ingest: Any, marks: Any
 ) -> dict[str, Any]:
-    """Poll the server until the producer finished and every event is visible (bounded); freshness per burst."""
+    """Poll the server until the producer finished and every event is visible (bounded); freshness per burst.
+
+    ``marks()`` is called once as the measured window opens and once as the load ends (the S3 request log)."""
     measured_from = produced_at + args.warmup
     deadline = time.monotonic() + args.warmup + args.seconds + 300
     seen: list[tuple[float, int]] = []
     query_ms: list[float] = []
     result = None
+    window: list[tuple[float, Any]] = []
     while time.monotonic() < deadline:
+        if (not window and time.time() >= measured_from) or (len(window) == 1 and producer.poll() is not None):
+            window.append((time.time(), marks()))
         if ingest.poll() is not None:
             raise RuntimeError(f"ingest exited ({ingest.returncode}); see its log")
         started = time.time()
@@ -133,6 +138,8 @@ def poll_freshness(
         except Exception:  # the server is not up yet
             pass
         result = result or producer.poll()
+        if result is not None and len(window) == 1:
+            window.append((time.time(), marks()))
         if result is not None and seen and seen[-1][1] >= result["events"]:
             break
         time.sleep(max(0.0, args.poll - (time.time() - started)))
@@ -151,8 +158,7 @@ def poll_freshness(
         "bursts_never_seen": missing,
         "query_ms": summary(query_ms),
         "events": result["events"],
-        "measured_from": measured_from,
-        "measured_to": result["log"][-1][0],
+        "window": window,
     }
 
 
@@ -171,21 +177,25 @@ def run_deployment(
     from lambda_pipeline.serving_layer.client import Client
 
     port = free_port()
-    requests_before = s3.request_count() if s3 is not None else None
     ingest = dep.start("ingest")
     serve = dep.start("serve", "--port", str(port))
     producer = ProducerProcess(kafka_settings, topic, args, args.rate, dep.name)
     try:
         produced_at = producer.start()
         client = Client(f"http://127.0.0.1:{port}", timeout=60)
-        result = poll_freshness(client, producer, produced_at, args, ingest)
+        log = s3.requests() if s3 is not None else None
+        result = poll_freshness(client, producer, produced_at, args, ingest, lambda: log.mark() if log else None)
     finally:
         producer.stop()
         dep.stop(ingest)
         dep.stop(serve)
-    if s3 is not None:
-        result["s3_requests"] = s3.requests_between(result["measured_from"], result["measured_to"])
-        result["s3_requests_total"] = s3.request_count() - requests_before
+    window = result.pop("window")
+    if s3 is not None and len(window) == 2:
+        (start, first), (end, last) = window
+        requests = s3.requests().since(first)[: len(s3.requests().since(first)) - len(s3.requests().since(last))]
+        result["s3_window"] = {"from": start, "to": end, "requests": len(requests)}
+        result["s3_requests"] = dict(Counter(r.kind for r in requests))
+        result["s3_requests_by_prefix"] = dict(Counter(_area(r.key or r.listed_prefix) for r in requests))
     started = time.monotonic()
     batch = dep.start("batch")
     code = batch.wait(timeout=900)
@@ -240,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{name}] running {args.warmup + args.seconds:.0f}s at {args.rate:.0f} events/s", flush=True)
                 results[name] = run_deployment(dep, settings.ingest.kafka, topic, args, None)
                 continue
-            s3 = S3Server(root / "s3", port=free_port())
+            s3 = S3Server(root / "s3", port=free_port(), request_log=True)
             s3.start(timeout=120)
             bucket = "bench-cluster"
             s3.create_bucket(bucket)
@@ -302,6 +312,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _area(key: str) -> str:
+    """Which part of the work directory a request touched."""
+    for area in ("_delta_log", "checkpoints", "_leases", "landing"):
+        if area in key:
+            return area
+    return "data"
+
+
 def micro_batches(s3: Any, bucket: str, result: dict[str, Any]) -> dict[str, Any]:
     """Requests per micro-batch over the measured window, by kind; the micro-batches from the checkpoint."""
     import boto3
@@ -313,10 +331,17 @@ def micro_batches(s3: Any, bucket: str, result: dict[str, Any]) -> dict[str, Any
         **{"aws_access_key_id": "local", "aws_secret_access_key": "local"},
     )
     commits = client.list_objects_v2(Bucket=bucket, Prefix="work/checkpoints/ingest/commits/").get("Contents", [])
-    window = [c for c in commits if result["measured_from"] <= c["LastModified"].timestamp() <= result["measured_to"]]
-    n = max(1, len(window))
-    by_kind: Counter[str] = Counter(result["s3_requests"])
-    return {"micro_batches": len(window), "per_micro_batch": {k: round(v / n, 1) for k, v in by_kind.items()}}
+    span = result.get("s3_window")
+    if not span:
+        return {}
+    batches = [c for c in commits if span["from"] <= c["LastModified"].timestamp() <= span["to"]]
+    n = max(1, len(batches))
+    return {
+        "micro_batches": len(batches),
+        "per_micro_batch": round(span["requests"] / n, 1),
+        "by_kind": {k: round(v / n, 1) for k, v in result["s3_requests"].items()},
+        "by_area": {k: round(v / n, 1) for k, v in result["s3_requests_by_prefix"].items()},
+    }
 
 
 if __name__ == "__main__":
