@@ -192,9 +192,8 @@ def maintain_batch_tables(
     every = duration_seconds(locations.settings.maintenance.interval)
     if not maintenance_due(spark, locations.coverage, every):
         return None
-    lease.check()
     tables = ["coverage", *(f"batch.{view.name}" for view in pipeline.views)]
-    return maintain(spark, pipeline, locations, only=tables, on_table=on_table)
+    return maintain(spark, pipeline, locations, only=tables, before_table=lambda name: lease.check(), on_table=on_table)
 
 
 MASTER_WAIT_SECONDS = 600.0

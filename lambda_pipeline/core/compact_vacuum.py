@@ -24,12 +24,12 @@ Which Delta operations, on which tables, by whom, and why none can make a writer
   no commit.
 
 **Who maintains what.** Each table is maintained by the job that writes it (:func:`owner_of`): ingest compacts
-and vacuums master and quarantine and vacuums its speed tables (``ingestion/upkeep.py``); the batch job
-compacts and vacuums coverage and vacuums the batch views after a run, once ``maintenance.interval`` passed
-since the last maintenance the coverage table's log records (:func:`maintenance_due`). On S3 with Delta's
-``S3SingleDriverLogStore`` that is the only way: no second application may commit to a table
-(``core/log_store.py``), and ``maintain`` refuses while the owner runs. Elsewhere ``maintain`` may also run
-beside them.
+and vacuums master and quarantine and vacuums its speed tables (``ingestion/upkeep.py``; its vacuums write no
+log entries); the batch job compacts and vacuums coverage and vacuums the batch views after a run, once
+``maintenance.interval`` passed since the last maintenance the coverage table's log records
+(:func:`maintenance_due`), checking its lease before each table. On S3 with Delta's ``S3SingleDriverLogStore``
+that is the only way: no second application may commit to a table (``core/log_store.py``), and ``maintain``
+refuses while the owner runs. Elsewhere ``maintain`` may also run beside them.
 
 The retention rule: it must outlast the longest batch run (a run reads master at one version from start to
 publication), the longest query (``serve.query_timeout``) and any ``--as-of`` you want to keep answering.
@@ -43,6 +43,7 @@ Delta's own log clean-up (``delta.logRetentionDuration``, 30 days by default, at
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -196,11 +197,16 @@ def maintain(
     only: list[str] | None = None,
     compact: bool = True,
     vacuum: bool = True,
+    unlogged: bool = False,
+    before_table: Callable[[str], None] | None = None,
     on_table: Any = None,
 ) -> list[Maintained]:
     """Compact and vacuum the tables named in ``only`` (by default every table but master and quarantine,
     which ingest maintains); one report per table. ``compact=False`` or ``vacuum=False`` leaves that step out
-    (ingest compacts in its micro-batch and vacuums beside it: see the module's docstring).
+    (ingest compacts in its micro-batch and vacuums beside it: see the module's docstring). ``unlogged``:
+    every vacuum without its log entries, so that a vacuum commits nothing (ingest's, beside its
+    micro-batches, which checks no lease). ``before_table`` hears each table's name before its first commit
+    (a job checks its lease there).
 
     Safe beside running ingest, batch and serving for the default tables (see the module's docstring). The
     caller of master's or quarantine's maintenance holds ingest's lease. A table that does not exist yet is
@@ -233,6 +239,8 @@ def maintain(
         before = table_files(spark, path)
         if before is None or table_version(spark, path) is None:
             continue
+        if before_table is not None:
+            before_table(name)
         table = DeltaTable.forPath(spark, path)
         compacted = compact and name in COMPACTED and before.live_files >= settings.compact_min_files
         mark = time.perf_counter()
@@ -241,7 +249,7 @@ def maintain(
         compact_seconds, mark = time.perf_counter() - mark, time.perf_counter()
         if vacuum:
             # No commit on master or quarantine: ingest predicts master's versions (see the module's docstring).
-            if name in INGESTS:
+            if name in INGESTS or unlogged:
                 quiet = quiet or _without_vacuum_log(spark)
                 DeltaTable.forPath(quiet, path).vacuum(retention_hours)
             else:

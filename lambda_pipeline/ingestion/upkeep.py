@@ -9,8 +9,8 @@ in a thread beside the micro-batches.
 
 The speed tables are ingest's too: on S3 with Delta's default log store no other application may commit to
 them (``core/log_store.py``). They are vacuumed beside the micro-batches as well, never compacted (one file per
-tag, purged by whole partitions). Their ``VACUUM START`` / ``END`` commits come from ingest's own driver,
-which serialises them with its appends and purges; no version of theirs is predicted.
+tag, purged by whole partitions), and without log entries too: the thread beside checks no lease, so it must
+commit nothing (a zombie's commit could take a version from the instance that took its lease over).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class MasterUpkeep:
             self._compacted_at = time.monotonic()
 
     def _maintain(self, who: str, *, compact: bool = True, vacuum: bool = True) -> None:
-        """Compact master and quarantine, or vacuum them and the speed tables; a log line per table."""
+        """Compact master and quarantine, or vacuum them and the speed tables (no commit); a log line per table."""
         speed = [f"speed.{view.name}" for view in self.pipeline.views] if vacuum else []
         maintain(
             self.spark,
@@ -69,6 +69,7 @@ class MasterUpkeep:
             only=[*sorted(INGESTS), *speed],
             compact=compact,
             vacuum=vacuum,
+            unlogged=True,
             on_table=lambda done: print(f"{who}: maintain {done.describe()}", flush=True),
         )
 
