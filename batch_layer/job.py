@@ -8,6 +8,12 @@ A run has two steps, and a crash between them is harmless:
 2. **publish**: append one coverage row naming ``V`` and the view versions
    just written. That single commit is the publication; until it lands, the
    serving layer keeps reading the previous (coverage, view) pair.
+
+The batch job also maintains the tables it writes (:func:`run_batches`): after a run, once
+``maintenance.interval`` passed since the coverage table's last maintenance, it compacts and vacuums coverage
+and vacuums the batch views, under its lease. On S3 with Delta's ``S3SingleDriverLogStore`` no other
+application may commit to them (``core/log_store.py``); there ``batch --every`` also holds its lease for its
+whole life, so that ``maintain``, ``batch --rollback`` or a second batch job cannot commit between two runs.
 """
 
 from __future__ import annotations
@@ -20,9 +26,12 @@ from typing import TYPE_CHECKING
 
 from lambda_pipeline.batch_layer.recompute import BROADCAST_REPEATS, deduplicate, repeated_ids, require_columns
 from lambda_pipeline.core.clock import utc_now
+from lambda_pipeline.core.compact_vacuum import Maintained, maintain, maintenance_due
 from lambda_pipeline.core.coverage import COVERAGE_SCHEMA, Coverage, latest_coverage
+from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.leases import Lease
 from lambda_pipeline.core.locations import Locations
+from lambda_pipeline.core.log_store import arbitrates
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.schedule import repeat
 from lambda_pipeline.core.tables import ensure_table, latest_version, require_table, wait_for_table
@@ -34,6 +43,8 @@ if TYPE_CHECKING:
 __all__ = [
     "MASTER_WAIT_SECONDS",
     "StagedBatch",
+    "batch_lease",
+    "maintain_batch_tables",
     "publish",
     "publish_coverage",
     "run_batch",
@@ -125,18 +136,33 @@ def publish_coverage(spark: SparkSession, locations: Locations, coverage: Covera
     return coverage
 
 
+def batch_lease(spark: SparkSession, locations: Locations) -> Lease:
+    """The batch job's lease (not taken yet): one batch job at a time per work directory (core/leases.py)."""
+    return Lease(spark, locations, "batch", locations.coverage)
+
+
 def run_batch(
-    spark: SparkSession, pipeline: Pipeline, locations: Locations, *, force: bool = False
+    spark: SparkSession,
+    pipeline: Pipeline,
+    locations: Locations,
+    *,
+    force: bool = False,
+    lease: Lease | None = None,
 ) -> tuple[Coverage, StagedBatch | None]:
     """Stage and publish, unless the newest coverage already covers master's newest version.
 
     Returns the coverage now served and the staged run (``None`` when nothing was to do),
-    so re-running a batch job on an unchanged master commits nothing.
+    so re-running a batch job on an unchanged master commits nothing. ``lease``: the batch lease the caller
+    holds already (else this run takes it and gives it up).
     """
     master_version = require_table(spark, locations.master)  # ingest creates it
     setup_batch_tables(spark, pipeline, locations)
     # One batch run at a time: a second one refuses to start, naming the first (core/leases.py).
-    lease = Lease(spark, locations, "batch", locations.coverage).acquire()
+    held = lease
+    if lease is None:
+        lease = batch_lease(spark, locations).acquire()
+    else:
+        lease.check()
     try:
         current = latest_coverage(spark, locations.coverage)
         if (
@@ -149,7 +175,28 @@ def run_batch(
         lease.check()  # a run that lost its lease while staging publishes nothing
         return publish(spark, locations, staged), staged
     finally:
-        lease.release()
+        if held is None:
+            lease.release()
+
+
+def maintain_batch_tables(
+    spark: SparkSession,
+    pipeline: Pipeline,
+    locations: Locations,
+    lease: Lease,
+    *,
+    on_table: Callable[[Maintained], None] = lambda done: None,
+) -> list[Maintained] | None:
+    """Compact and vacuum coverage and vacuum the batch views if ``maintenance.interval`` passed since the last
+    maintenance (:func:`~lambda_pipeline.core.compact_vacuum.maintenance_due`); None when not due.
+
+    The caller holds ``lease``: these are commits of the batch job's (see the module's docstring).
+    """
+    every = duration_seconds(locations.settings.maintenance.interval)
+    if not maintenance_due(spark, locations.coverage, every):
+        return None
+    tables = ["coverage", *(f"batch.{view.name}" for view in pipeline.views)]
+    return maintain(spark, pipeline, locations, only=tables, before_table=lambda name: lease.check(), on_table=on_table)
 
 
 MASTER_WAIT_SECONDS = 600.0
@@ -165,11 +212,32 @@ def run_batches(
     force: bool = False,
     on_run: Callable[[Coverage, StagedBatch | None], None] = lambda coverage, staged: None,
     on_wait: Callable[[str], None] | None = None,
+    on_maintained: Callable[[Maintained], None] = lambda done: None,
 ) -> None:
     """:func:`run_batch` once, or every ``every`` seconds until interrupted; ``on_run`` hears each result.
 
-    On a schedule, the job first waits (bounded) for ingest to create master: both often start together.
+    After each run the job maintains its tables when due (:func:`maintain_batch_tables`; ``on_maintained``
+    hears each table's report). On a schedule, the job first waits (bounded) for ingest to create master:
+    both often start together. On a schedule over a log store that does not arbitrate between drivers, the
+    lease is held from the start to the end (see the module's docstring); else it is taken for each run.
     """
-    if every is not None:
-        wait_for_table(spark, locations.master, timeout=MASTER_WAIT_SECONDS, on_wait=on_wait)
-    repeat(every, lambda: on_run(*run_batch(spark, pipeline, locations, force=force)))
+    whole_life = None
+    if every is not None and not arbitrates(spark, locations.coverage):
+        whole_life = batch_lease(spark, locations).acquire()  # a second batch job is refused at once
+
+    def once() -> None:
+        lease = whole_life or batch_lease(spark, locations).acquire()
+        try:
+            on_run(*run_batch(spark, pipeline, locations, force=force, lease=lease))
+            maintain_batch_tables(spark, pipeline, locations, lease, on_table=on_maintained)
+        finally:
+            if lease is not whole_life:
+                lease.release()
+
+    try:
+        if every is not None:
+            wait_for_table(spark, locations.master, timeout=MASTER_WAIT_SECONDS, on_wait=on_wait)
+        repeat(every, once)
+    finally:
+        if whole_life is not None:
+            whole_life.release()

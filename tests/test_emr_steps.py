@@ -62,7 +62,7 @@ def _referenced(args: list[str], uri: str) -> set[str]:
     return names
 
 
-def test_steps_run_the_three_jobs_from_files_the_manifest_lists(dist: Path) -> None:
+def test_steps_run_ingest_and_batch_from_files_the_manifest_lists(dist: Path) -> None:
     result = emr_steps("--config", str(EMR_CONF), *BUCKET, *ON_NODES, dist=dist)
     assert result.returncode == 0, result.stderr
     steps = json.loads(result.stdout)
@@ -89,10 +89,11 @@ def test_steps_run_the_three_jobs_from_files_the_manifest_lists(dist: Path) -> N
         jars = [j.removeprefix(uri) for j in args[args.index("--jars") + 1].split(",")]
         assert set(jars) <= listed and jars[: len(manifest["jars"]["delta"])] == manifest["jars"]["delta"]
         job_jars.append(jars)
-    assert mains == ["ingest_job.py", "batch_job.py", "maintain_job.py"]
+    # No maintain step: on S3 each table has one writing application, which maintains it (core/log_store.py).
+    assert mains == ["ingest_job.py", "batch_job.py"]
     groups = manifest["jars"]
     assert job_jars[0] == groups["delta"] + groups["kafka"] + groups["msk_iam"]  # ingest from MSK with IAM
-    assert job_jars[1] == job_jars[2] == groups["delta"]
+    assert job_jars[1] == groups["delta"]
     names = " ".join(groups["kafka"] + groups["msk_iam"])
     for jar in (
         "spark-sql-kafka-0-10_2.13-",
@@ -133,7 +134,7 @@ def test_job_arguments_are_what_the_cli_accepts_with_the_shipped_config(dist: Pa
         assert parsed.pipeline == "clickstream"  # every job is told the pipeline, whatever its environment
         settings = load_settings(EMR_CONF, parsed.overrides)
         assert settings.ingest.trigger == "30 seconds" and settings.spark.master == "yarn"
-    assert verbs == [("ingest", False, None), ("batch", None, "config"), ("maintain", None, "config")]
+    assert verbs == [("ingest", False, None), ("batch", None, "config")]
 
 
 def test_out_folder_holds_cluster_description_and_glue(dist: Path, tmp_path: Path) -> None:
@@ -166,7 +167,7 @@ def test_schedule_mode_moves_the_batch_into_an_eventbridge_schedule(dist: Path, 
     result = emr_steps("--config", str(EMR_CONF), *BUCKET, *ON_NODES, *RELEASE, *mode, "--out", str(out), dist=dist)
     assert result.returncode == 0, result.stderr
     steps = json.loads(result.stdout)
-    assert [s["Name"] for s in steps] == ["lambda-pipeline ingest (streaming)", "lambda-pipeline maintain every 1 hour"]
+    assert [s["Name"] for s in steps] == ["lambda-pipeline ingest (streaming)"]
     schedule = json.loads((out / "batch-schedule.json").read_text())
     assert schedule["ScheduleExpression"] == "rate(2 hours)"
     assert schedule["Target"]["Arn"] == "arn:aws:scheduler:::aws-sdk:emr:addJobFlowSteps"
@@ -243,7 +244,7 @@ def test_emr_steps_does_not_accept_an_option_it_would_ignore_or_refuse(dist: Pat
         ("emr.buckt=x", "--set", "emr.buckt", "unknown key"),
         ("emr.glue.databse=x", "--set", "emr.glue.databse", "unknown key"),
         ("emr.bucket=s3://my-bucket", "--set", "emr.bucket", "expected an S3 bucket name"),
-        ("emr.step_concurrency=1", str(EMR_CONF), "emr.step_concurrency", "the 3 long-running steps run at once"),
+        ("emr.step_concurrency=1", str(EMR_CONF), "emr.step_concurrency", "the 2 long-running steps run at once"),
         ("workdir=/data/lambda", str(EMR_CONF), "workdir", "on EMR the work directory must be on S3"),
     ],
 )

@@ -76,6 +76,8 @@ def test_maintenance_beside_ingest_and_batch_fails_no_commit_and_keeps_serving_e
     assert "OPTIMIZE" in operations and not {"VACUUM START", "VACUUM END"} & operations, operations
     out = capsys.readouterr().out
     assert "ingest (beside micro-batch" in out and "vacuumed" in out, "ingest vacuums beside its micro-batches"
+    beside = [line for line in out.splitlines() if line.startswith("ingest (beside micro-batch")]
+    assert any("maintain speed.page_activity" in line and "vacuumed" in line for line in beside), beside
     # At rest, serving equals the whole master dataset.
     run_batch(spark, CLICKSTREAM, locations)
     total = spark.read.format("delta").load(locations.master).count()

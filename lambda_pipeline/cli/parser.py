@@ -104,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default serve.host, 127.0.0.1); others require a token")
     serve.add_argument("--port", type=int, help="port (default serve.port, 8765; 0 for any free port)")
     maintain = verbs.add_parser(
-        "maintain", help="compact and vacuum every table; safe beside running jobs (docs/operations.md)"
+        "maintain",
+        help="compact and vacuum the tables (ingest and batch maintain their own); on S3 with Delta's default log "
+        "store only while the jobs are stopped (docs/operations.md)",
     )
     maintain.add_argument(
         "--every",

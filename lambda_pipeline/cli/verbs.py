@@ -96,6 +96,7 @@ def batch(ctx: Context, args: argparse.Namespace) -> int:
         force=args.force,
         on_run=report,
         on_wait=lambda message: _say(f"batch: {message}"),
+        on_maintained=lambda done: _say(f"batch: maintain {done.describe()}"),
     )
     return 0
 

@@ -23,6 +23,14 @@ Which Delta operations, on which tables, by whom, and why none can make a writer
   (``VACUUM START`` / ``END``, not written for master and quarantine) carry no data action and conflict with
   no commit.
 
+**Who maintains what.** Each table is maintained by the job that writes it (:func:`owner_of`): ingest compacts
+and vacuums master and quarantine and vacuums its speed tables (``ingestion/upkeep.py``; its vacuums write no
+log entries); the batch job compacts and vacuums coverage and vacuums the batch views after a run, once
+``maintenance.interval`` passed since the last maintenance the coverage table's log records
+(:func:`maintenance_due`), checking its lease before each table. On S3 with Delta's ``S3SingleDriverLogStore``
+that is the only way: no second application may commit to a table (``core/log_store.py``), and ``maintain``
+refuses while the owner runs. Elsewhere ``maintain`` may also run beside them.
+
 The retention rule: it must outlast the longest batch run (a run reads master at one version from start to
 publication), the longest query (``serve.query_timeout``) and any ``--as-of`` you want to keep answering.
 Settings refuse less than 1 hour or less than the query timeout; the serving layer refuses an ``--as-of``
@@ -45,6 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -52,11 +61,23 @@ from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.jvm import HadoopPath, delta_snapshot
 from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.pipeline import Pipeline
+from lambda_pipeline.core.tables import table_version
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["COMPACTED", "INGESTS", "Maintained", "TableFiles", "maintain", "table_files", "tables_of"]
+__all__ = [
+    "COMPACTED",
+    "INGESTS",
+    "MAINTENANCE_OPERATIONS",
+    "Maintained",
+    "TableFiles",
+    "maintain",
+    "maintenance_due",
+    "owner_of",
+    "table_files",
+    "tables_of",
+]
 
 _DELTA_DEFAULT_RETENTION_HOURS = 168.0
 _VACUUM_LOGGING = "spark.databricks.delta.vacuum.logging.enabled"
@@ -140,6 +161,36 @@ INGESTS = frozenset({"master", "quarantine"})
 """The tables only ingest may commit to while it runs: it maintains them itself."""
 
 
+def owner_of(table: str) -> str:
+    """The job that writes the table named ``table`` (a name of :func:`tables_of`): ``ingest`` writes master,
+    quarantine and the speed tables, ``batch`` the batch views and coverage."""
+    return "ingest" if table in INGESTS or table.startswith("speed.") else "batch"
+
+
+MAINTENANCE_OPERATIONS = frozenset({"OPTIMIZE", "VACUUM END"})
+"""The operations a maintenance run commits to a table other than master and quarantine (its vacuum is logged)."""
+
+
+def maintenance_due(spark: SparkSession, path: str, every: float, *, scan: int = 200) -> bool:
+    """Whether the table at ``path`` was last maintained ``every`` seconds ago or more, by its log.
+
+    The newest maintenance commit among the newest ``scan`` ones counts, else the table's creation (version 0);
+    none of them within ``scan``: due. Read from the log, so a job started on a schedule (one run per process)
+    keeps the interval too. The times are the committing drivers' clocks: the owner's, one job's.
+    """
+    from lambda_pipeline.core.deltalog import commits
+
+    newest = table_version(spark, path)
+    if newest is None:
+        return False
+    for version, actions in commits(spark, path, newest, scan):
+        info: dict[str, Any] = next((a["commitInfo"] for a in actions if "commitInfo" in a), {})
+        if version == 0 or info.get("operation") in MAINTENANCE_OPERATIONS:
+            stamp = info.get("timestamp")
+            return not isinstance(stamp, int) or time.time() - stamp / 1000.0 >= every
+    return True
+
+
 def _without_vacuum_log(spark: SparkSession) -> SparkSession:
     """A session of the same Spark context whose VACUUM writes no ``VACUUM START`` / ``END`` commit.
 
@@ -160,11 +211,16 @@ def maintain(
     only: list[str] | None = None,
     compact: bool = True,
     vacuum: bool = True,
+    unlogged: bool = False,
+    before_table: Callable[[str], None] | None = None,
     on_table: Any = None,
 ) -> list[Maintained]:
     """Compact and vacuum the tables named in ``only`` (by default every table but master and quarantine,
     which ingest maintains); one report per table. ``compact=False`` or ``vacuum=False`` leaves that step out
-    (ingest compacts in its micro-batch and vacuums beside it: see the module's docstring).
+    (ingest compacts in its micro-batch and vacuums beside it: see the module's docstring). ``unlogged``:
+    every vacuum without its log entries, so that a vacuum commits nothing (ingest's, beside its
+    micro-batches, which checks no lease). ``before_table`` hears each table's name before its first commit
+    (a job checks its lease there).
 
     Safe beside running ingest, batch and serving for the default tables (see the module's docstring). The
     caller of master's or quarantine's maintenance holds ingest's lease. A table that does not exist yet is
@@ -180,6 +236,8 @@ def maintain(
     target = str(settings.compact_target_mb * 1024 * 1024)
     spark.conf.set("spark.databricks.delta.optimize.minFileSize", target)  # larger files are left alone
     spark.conf.set("spark.databricks.delta.optimize.maxFileSize", target)
+    # Logged on the other tables whatever the log store's default: maintenance_due reads it from the log.
+    spark.conf.set(_VACUUM_LOGGING, "true")
     tables = tables_of(pipeline, locations)
     unknown = sorted(set(only or []) - set(tables))
     if unknown:
@@ -195,6 +253,8 @@ def maintain(
         before = table_files(spark, path, disk=vacuum)
         if before is None:
             continue
+        if before_table is not None:
+            before_table(name)
         table = DeltaTable.forPath(spark, path)
         compacted = compact and name in COMPACTED and before.live_files >= settings.compact_min_files
         mark = time.perf_counter()
@@ -203,7 +263,7 @@ def maintain(
         compact_seconds, mark = time.perf_counter() - mark, time.perf_counter()
         if vacuum:
             # No commit on master or quarantine: ingest predicts master's versions (see the module's docstring).
-            if name in INGESTS:
+            if name in INGESTS or unlogged:
                 quiet = quiet or _without_vacuum_log(spark)
                 DeltaTable.forPath(quiet, path).vacuum(retention_hours)
             else:

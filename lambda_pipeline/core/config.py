@@ -156,13 +156,10 @@ MIN_RETENTION_SECONDS = 3600.0
 
 
 class MaintenanceSettings(_Strict):
-    """``lambda-pipeline maintain``: compaction and vacuum of every table (docs/operations.md, "Maintenance")."""
+    """Compaction and vacuum of every table, by the job that writes it or by ``maintain`` (docs/operations.md)."""
 
-    interval: str = Field(default="1 hour", description="for 'maintain --every' and the compose service")
-    retention: str = Field(
-        default="168 hours",
-        description="VACUUM deletes files removed longer ago than this: it must outlast any batch run and query",
-    )
+    interval: str = Field(default="1 hour", description="how often ingest and batch maintain their tables")
+    retention: str = Field(default="168 hours", description="VACUUM deletes files removed longer ago than this")
     compact_min_files: int = Field(default=16, gt=1, description="compact a table once it has this many files")
     compact_target_mb: int = Field(
         default=128,
@@ -384,7 +381,7 @@ class EmrSettings(_Strict):
         default=4,
         ge=1,
         le=256,
-        description="steps EMR runs at once (ingest, batch and maintain run all along, plus one-shot steps)",
+        description="steps EMR runs at once (ingest and batch run all along, plus one-shot steps)",
     )
     batch_trigger: Literal["every", "schedule"] = "every"
     python: str | None = None

@@ -4,7 +4,9 @@ Generated, not hand-written, so that the steps can only name what exists: files 
 artifact's manifest (``lambda-pipeline package``) and a config that validates. The jobs are
 long-running YARN applications submitted in cluster mode: ingest streams (writing master and the speed
 partials in each micro-batch), the batch job runs ``batch --every`` (or is added by an EventBridge
-schedule, ``emr.batch_trigger: schedule``) and maintenance runs ``maintain --every``.
+schedule, ``emr.batch_trigger: schedule``). There is no maintenance step: on S3 with Delta's default log store
+only one application may write a table (``core/log_store.py``), so ingest and the batch job maintain their own
+tables.
 
 Printed on stdout: the JSON list for ``aws emr add-steps --steps file://steps.json``. With ``--out``,
 also written there: ``steps.json``, ``configurations.json`` (cluster classifications), ``cluster.json``
@@ -280,8 +282,6 @@ def plan_emr(
             },
         }
 
-    steps.append(step("maintain", ["--every"], f"{app} maintain every {settings.maintenance.interval}"))
-
     configurations: list[dict[str, Any]] = []
     if emr.glue.enabled:
         configurations.append(
@@ -340,7 +340,7 @@ def add_emr_steps_parser(verbs: argparse._SubParsersAction[argparse.ArgumentPars
     """
     parser = verbs.add_parser(
         "emr-steps",
-        help="print the EMR steps (aws emr add-steps --steps file://...) that run ingest, batch and maintain",
+        help="print the EMR steps (aws emr add-steps --steps file://...) that run ingest and batch",
         description=__doc__.split("\n\n")[2] if __doc__ else None,
     )
     parser.add_argument(

@@ -1,10 +1,16 @@
-"""Ingest's own upkeep of master and quarantine: it compacts them in its micro-batch and vacuums them beside it.
+"""Ingest's own upkeep of its tables: it compacts master and quarantine in its micro-batch and vacuums them and
+the speed tables beside it.
 
 Ingest tags each master commit with the version it predicts, so no other process may commit to master while
 it runs (``core/compact_vacuum.py``): a running ingest maintains the two tables itself. Compaction commits, so
 it runs inside the micro-batch, which waits for it; it is kept short by running often, each run rewriting
-what came since. The vacuum commits nothing (its log entries are off), so it runs in a thread beside the
-micro-batches.
+what came since. The vacuum of master and quarantine commits nothing (its log entries are off), so it runs
+in a thread beside the micro-batches.
+
+The speed tables are ingest's too: on S3 with Delta's default log store no other application may commit to
+them (``core/log_store.py``). They are vacuumed beside the micro-batches as well, never compacted (one file per
+tag, purged by whole partitions), and without log entries too: the thread beside checks no lease, so it must
+commit nothing (a zombie's commit could take a version from the instance that took its lease over).
 """
 
 from __future__ import annotations
@@ -54,14 +60,16 @@ class MasterUpkeep:
             self._compacted_at = time.monotonic()
 
     def _maintain(self, who: str, *, compact: bool = True, vacuum: bool = True) -> None:
-        """Maintain master and quarantine, a log line per table."""
+        """Compact master and quarantine, or vacuum them and the speed tables (no commit); a log line per table."""
+        speed = [f"speed.{view.name}" for view in self.pipeline.views] if vacuum else []
         maintain(
             self.spark,
             self.pipeline,
             self.locations,
-            only=sorted(INGESTS),
+            only=[*sorted(INGESTS), *speed],
             compact=compact,
             vacuum=vacuum,
+            unlogged=True,
             on_table=lambda done: print(f"{who}: maintain {done.describe()}", flush=True),
         )
 
@@ -75,7 +83,7 @@ class MasterUpkeep:
             except Exception as error:  # a vacuum is retried at the next interval; ingest goes on
                 first = str(error).strip().splitlines()[0] if str(error).strip() else ""
                 print(
-                    f"ingest: the vacuum of master and quarantine failed ({type(error).__name__}: {first}); "
+                    f"ingest: the vacuum of its tables failed ({type(error).__name__}: {first}); "
                     "it runs again after maintenance.interval",
                     file=sys.stderr,
                     flush=True,
