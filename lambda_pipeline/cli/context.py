@@ -102,7 +102,7 @@ class Context:
             self._spark = get_spark(
                 self.settings.spark, packages=self.jvm_packages, extra_conf=extra, short_lived=self.short_lived
             )
-            self.locations.check_master(self._spark.sparkContext.master)  # spark-submit --master may differ
+            self.locations.check_master(self._spark.sparkContext.master or "")  # spark-submit --master may differ
             self.pipeline.check(self._spark)  # every expression analysed before any job starts
         return self._spark
 
