@@ -18,6 +18,8 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import posixpath
+from collections import OrderedDict
 from datetime import date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -26,8 +28,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from lambda_pipeline.core.clock import iso_utc, session_time, utc_now
-from lambda_pipeline.core.deltalog import commits
-from lambda_pipeline.core.tables import table_version
+from lambda_pipeline.core.deltalog import json_lines, read_text
 from lambda_pipeline.core.views import WINDOW_START, View
 from lambda_pipeline.serving_layer.catalog import ServingLayer
 from lambda_pipeline.serving_layer.dashboard_charts import OTHER, TOP_KEYS, drawing, shape_of
@@ -47,15 +48,41 @@ KEY = "_dashboard_key"
 """Columns the dashboard adds to a view's states: which layer a state comes from, and its key's label."""
 
 
+_RATE_POINTS: OrderedDict[tuple[str, int], dict[str, Any] | None] = OrderedDict()
+"""Each master commit's rate-chart point (None: it added no rows), read once: a commit file never changes, and
+on S3 each read is a HEAD and a GET. Bounded to a few charts' worth."""
+
+
+def _rate_point(spark: SparkSession, path: str, version: int) -> tuple[bool, dict[str, Any] | None]:
+    """(found, point) of one master commit: not found once log retention removed it."""
+    key = (path, version)
+    if key in _RATE_POINTS:
+        _RATE_POINTS.move_to_end(key)
+        return True, _RATE_POINTS[key]
+    text = read_text(spark, posixpath.join(path, "_delta_log", f"{version:020d}.json"))
+    if text is None:
+        return False, None
+    point = None
+    for action in json_lines(text):
+        info = (action or {}).get("commitInfo")
+        rows = int(((info or {}).get("operationMetrics") or {}).get("numOutputRows", 0) or 0)
+        if info and rows:
+            point = {"version": version, "at_ms": int(info["timestamp"]), "rows": rows}
+    _RATE_POINTS[key] = point
+    while len(_RATE_POINTS) > 8 * RATE_COMMITS:
+        _RATE_POINTS.popitem(last=False)
+    return True, point
+
+
 def _ingest_commits(spark: SparkSession, path: str, newest: int) -> list[dict[str, Any]]:
-    """(time, rows) of the newest master commits that added rows, read from the commit files."""
+    """(time, rows) of the newest master commits that added rows, read from the commit files (each once)."""
     found: list[dict[str, Any]] = []
-    for version, actions in commits(spark, path, newest, RATE_COMMITS):
-        for action in actions:
-            info = action.get("commitInfo")
-            rows = int(((info or {}).get("operationMetrics") or {}).get("numOutputRows", 0) or 0)
-            if info and rows:
-                found.append({"version": version, "at_ms": int(info["timestamp"]), "rows": rows})
+    for version in range(newest, max(-1, newest - RATE_COMMITS), -1):
+        there, point = _rate_point(spark, path, version)
+        if not there:
+            break
+        if point is not None:
+            found.append(dict(point))
     found.reverse()
     for earlier, later in itertools.pairwise(found):
         later["events_per_second"] = round(later["rows"] * 1000 / max(1, later["at_ms"] - earlier["at_ms"]), 1)
@@ -204,7 +231,7 @@ def dashboard_data(serving: ServingLayer, view_name: str | None = None) -> dict[
         "freshness_lag_seconds": provenance.freshness_lag_seconds,
         "provenance": provenance.as_dict(),
         "pin": pin.as_dict(),
-        "ingest": _ingest_commits(spark, serving.locations.master, table_version(spark, serving.locations.master) or 0),
+        "ingest": _ingest_commits(spark, serving.locations.master, pin.master_version),  # no listing of its own
         "quarantine_reasons": sorted(({"reason": r["reason"], "count": int(r["count"])} for r in reasons), key=str),
         "generated_at": iso_utc(utc_now()),
     }
