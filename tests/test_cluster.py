@@ -51,7 +51,7 @@ from tests.user_pipeline import (
 pytestmark = pytest.mark.integration
 
 _LOGS = itertools.count(1)
-LEASE_TTL = 8  # seconds: the zombie phase waits one lease time
+LEASE_TTL = 20  # seconds: the zombie phase waits one lease time; renewals every ttl/4 must get through a loaded machine
 
 
 def _keyed(rows: list[dict[str, Any]], view: str) -> dict[tuple[Any, ...], dict[str, Any]]:
