@@ -1,8 +1,0 @@
-"""spark-submit entry: `spark-submit --packages <delta> pipelines/jobs/rollback_job.py [options]`."""
-
-import sys
-
-from lambda_pipeline.cli.main import main
-
-if __name__ == "__main__":
-    sys.exit(main(["rollback", *sys.argv[1:]]))
