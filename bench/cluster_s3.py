@@ -52,7 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=500.0, help="valid events/s (default 500)")
     parser.add_argument("--seconds", type=float, default=120.0, help="measured seconds (default 120)")
-    parser.add_argument("--warmup", type=float, default=45.0, help="seconds of load before measuring (default 45)")
+    parser.add_argument(
+        "--warmup", type=float, default=30.0, help="seconds of load before measuring, once the jobs answer (default 30)"
+    )
     parser.add_argument("--trigger", default="2 seconds", help="ingest.trigger of both (default '2 seconds')")
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between the client's queries (default 1)")
     parser.add_argument("--only", choices=("local", "cluster-s3"), help="run one deployment only")
@@ -162,6 +164,19 @@ def poll_freshness(
     }
 
 
+def _await_answer(client: Any, ingest: Any, deadline: float) -> None:
+    """Wait (bounded) until ingest has created its tables and the server answers the query."""
+    while time.monotonic() < deadline:
+        if ingest.poll() is not None:
+            raise RuntimeError(f"ingest exited ({ingest.returncode}) before the load started; see its log")
+        try:
+            client.query(QUERY)
+            return
+        except Exception:  # not up yet, or no table yet
+            time.sleep(1.0)
+    raise RuntimeError("the server did not answer within 600 s")
+
+
 def batch_seconds(output: str) -> float | None:
     """The seconds the batch job reports for its run ("... in 12.3s")."""
     import re
@@ -181,8 +196,9 @@ def run_deployment(
     serve = dep.start("serve", "--port", str(port))
     producer = ProducerProcess(kafka_settings, topic, args, args.rate, dep.name)
     try:
-        produced_at = producer.start()
         client = Client(f"http://127.0.0.1:{port}", timeout=60)
+        _await_answer(client, ingest, deadline=time.monotonic() + 600)  # the load starts on running jobs
+        produced_at = producer.start()
         log = s3.requests() if s3 is not None else None
         result = poll_freshness(client, producer, produced_at, args, ingest, lambda: log.mark() if log else None)
     finally:
