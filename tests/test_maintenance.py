@@ -144,7 +144,8 @@ def test_the_vacuum_of_master_commits_nothing_and_deletes_what_expired(spark, tm
 
     DeltaTable.forPath(_without_vacuum_log(spark), locations.master).vacuum(0.0)
     after = table_files(spark, locations.master)
-    assert after is not None and after.disk_files == 1 < compacted.after.disk_files, (after, compacted.after)
+    # The compaction's report lists no disk (it runs in ingest's micro-batch); the vacuum's does.
+    assert after is not None and after.disk_files == 1 < (vacuumed.after.disk_files or 0), (after, vacuumed.after)
     assert table_version(spark, locations.master) == version
     # Other tables keep their log entries.
     run_batch(spark, CLICKSTREAM, locations)
