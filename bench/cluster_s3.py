@@ -208,7 +208,9 @@ def run_deployment(
     window = result.pop("window")
     if s3 is not None and len(window) == 2:
         (start, first), (end, last) = window
-        requests = s3.requests().since(first)[: len(s3.requests().since(first)) - len(s3.requests().since(last))]
+        log = s3.requests()
+        everything, after = log.since(first), log.since(last)
+        requests = everything[: len(everything) - len(after)]  # those between the two marks
         result["s3_window"] = {"from": start, "to": end, "requests": len(requests)}
         result["s3_requests"] = dict(Counter(r.kind for r in requests))
         result["s3_requests_by_prefix"] = dict(Counter(_area(r.key or r.listed_prefix) for r in requests))
