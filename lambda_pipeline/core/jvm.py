@@ -62,6 +62,7 @@ __all__ = [
     "parse_plan",
     "scala_list",
     "scala_tuple3",
+    "set_context_setting",
     "set_log_level",
     "subquery_alias",
 ]
@@ -180,6 +181,13 @@ class HadoopPath:
         """(files, bytes) under this path, recursively."""
         summary = self._fs.getContentSummary(self._path)
         return int(summary.getFileCount()), int(summary.getLength())
+
+
+def set_context_setting(spark: SparkSession, key: str, value: str) -> None:
+    """Set a setting of the running ``SparkContext`` itself (what ``sc.getConf`` copies from): for settings a
+    library reads from the context when it needs them (Delta's log store class), after the session started."""
+    _jvm(spark)  # the session runs in this process's JVM
+    spark.sparkContext._jsc.sc().conf().set(key, value)
 
 
 def hadoop_setting(spark: SparkSession, key: str) -> str | None:

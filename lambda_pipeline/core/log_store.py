@@ -16,13 +16,18 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from lambda_pipeline.core.log_store_jar import LOG_STORE_CLASS
+
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["SINGLE_DRIVER_STORE", "arbitrates", "arbitrates_with", "log_store_class"]
+__all__ = ["S3A_LOG_STORE_KEY", "SINGLE_DRIVER_STORE", "arbitrates", "arbitrates_with", "log_store_class"]
 
 SINGLE_DRIVER_STORE = "io.delta.storage.S3SingleDriverLogStore"
 """Delta's default log store for the S3 schemes: it arbitrates between the threads of one driver only."""
+S3A_LOG_STORE_KEY = "spark.delta.logStore.s3a.impl"
+_SINGLE_DRIVER_NAMES = frozenset({SINGLE_DRIVER_STORE.rsplit(".", 1)[-1], LOG_STORE_CLASS.rsplit(".", 1)[-1]})
+"""Delta's store, and this project's (``core/log_store_jar.py``), which only lists differently."""
 _S3_SCHEMES = frozenset({"s3", "s3a", "s3n"})
 
 
@@ -46,7 +51,7 @@ def log_store_class(setting: Callable[[str], str | None], path: str) -> str | No
 def arbitrates_with(setting: Callable[[str], str | None], path: str) -> bool:
     """Whether two applications committing to the table at ``path`` cannot both write one version."""
     store = log_store_class(setting, path)
-    return store is None or store.rsplit(".", 1)[-1] != SINGLE_DRIVER_STORE.rsplit(".", 1)[-1]
+    return store is None or store.rsplit(".", 1)[-1] not in _SINGLE_DRIVER_NAMES
 
 
 def arbitrates(spark: SparkSession, path: str) -> bool:

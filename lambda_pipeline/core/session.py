@@ -15,7 +15,7 @@ from lambda_pipeline.core.class_archive import note_recording_jvm, quick_start_o
 from lambda_pipeline.core.config import SparkSettings
 from lambda_pipeline.core.errors import EnvironmentProblem
 from lambda_pipeline.core.java import check_java
-from lambda_pipeline.core.jvm import hadoop_setting, missing_classes
+from lambda_pipeline.core.jvm import hadoop_setting, missing_classes, set_context_setting
 from lambda_pipeline.core.jvm_packages import (
     KAFKA_COORDINATE,
     TOKEN_PROVIDER,
@@ -25,6 +25,8 @@ from lambda_pipeline.core.jvm_packages import (
     resolve_jars,
     token_provider_jar,
 )
+from lambda_pipeline.core.log_store import S3A_LOG_STORE_KEY
+from lambda_pipeline.core.log_store_jar import LOG_STORE_CLASS, log_store_jar
 from lambda_pipeline.core.pinned import PINNED_SESSION
 from lambda_pipeline.core.verbosity import quiet_log4j, quiet_pyspark_loggers, verbose
 
@@ -152,6 +154,11 @@ def get_spark(
             conf = {"spark.jars.excludes": ":".join(TOKEN_PROVIDER), **conf}
             extra_jars.append(str(token_provider_jar()))
         jars = resolve_jars(wanted, conf)
+        if _wants_s3a(wanted) and not _log_store_named(conf):
+            built = log_store_jar(jars, required=False)
+            if built is not None:
+                extra_jars.append(str(built))
+                conf[S3A_LOG_STORE_KEY] = LOG_STORE_CLASS
         conf["spark.jars"] = ",".join(dict.fromkeys([*jars, *extra_jars]))
         if "spark.driver.extraJavaOptions" not in conf:
             options = [] if verbose() else [f"-Dlog4j2.configurationFile=file:{quiet_log4j()}"]
@@ -178,9 +185,33 @@ def get_spark(
         quiet_pyspark_loggers()
     if launched_by_submit():
         _check_submitted_jars(spark, wanted)
+        if _wants_s3a(wanted):
+            _list_from_under_submit(spark)
     _check_delta(spark)
     note_recording_jvm()
     return spark
+
+
+def _wants_s3a(packages: tuple[str, ...]) -> bool:
+    return any(":hadoop-aws:" in package for package in packages)
+
+
+def _log_store_named(conf: dict[str, str]) -> bool:
+    """Whether the settings name an S3 log store themselves (Delta's ``S3DynamoDBLogStore``, say): theirs wins."""
+    return any(key.removeprefix("spark.").startswith("delta.logStore.") for key in conf)
+
+
+def _list_from_under_submit(spark: SparkSession) -> None:
+    """Under spark-submit, use :data:`LOG_STORE_CLASS` for ``s3a://`` if the driver was given its jar (the artifact's
+    ``jars/`` holds it) and spark-submit's ``--conf`` names no log store; else Delta's own store stays.
+
+    Set in the running context, before any Delta table is opened: Delta reads the store's class from the
+    context's settings when it opens a table's log, and the session builder's settings would override ``--conf``.
+    """
+    submitted = dict(spark.sparkContext.getConf().getAll())
+    if _log_store_named(submitted) or missing_classes(spark, [LOG_STORE_CLASS]):
+        return
+    set_context_setting(spark, S3A_LOG_STORE_KEY, LOG_STORE_CLASS)
 
 
 def launched_by_submit() -> bool:

@@ -72,6 +72,7 @@ def jar_groups(*, msk_iam: bool = False, hadoop_aws: bool = False) -> dict[str, 
     through EMRFS (``s3://``) without it.
     """
     from lambda_pipeline.core.jvm_packages import TOKEN_PROVIDER, required_packages, resolve_jars, token_provider_jar
+    from lambda_pipeline.core.log_store_jar import log_store_jar
 
     coordinates = maven_coordinates()
     delta = [Path(jar) for jar in resolve_jars(required_packages(), {})]
@@ -84,8 +85,15 @@ def jar_groups(*, msk_iam: bool = False, hadoop_aws: bool = False) -> dict[str, 
         conf = {"spark.jars.excludes": ":".join(TOKEN_PROVIDER)} if group == "kafka" else {}
         jars = [Path(jar) for jar in resolve_jars(required_packages((coordinates[group],)), conf)]
         groups[group] = [jar for jar in jars if jar.name not in names]
+        if group == "hadoop_aws":  # the s3a log store that lists a table's log from a version (core/log_store_jar.py)
+            groups[group].append(_built(log_store_jar(jars, required=True)))
     groups["kafka"].append(token_provider_jar())
     return groups
+
+
+def _built(jar: Path | None) -> Path:
+    assert jar is not None, "log_store_jar(required=True) raises instead of returning None"
+    return jar
 
 
 def _package_files(root: Path, info: ProjectInfo) -> Iterator[tuple[str, Path]]:
