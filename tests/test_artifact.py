@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import tarfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 from lambda_pipeline.core.config_loader import load_settings
 from lambda_pipeline.deploy.artifact import MANIFEST, build_artifact
 from lambda_pipeline.deploy.project import read_project
-from tests.submit_support import probe_line, spark_submit
+from tests.submit_support import spark_submit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,61 +127,6 @@ def test_default_config_loads_from_inside_the_zip(artifact: tuple[Path, dict], i
     assert where == str(dist / manifest["zip"] / "lambda_pipeline" / "core" / "config_loader.py")
     expected = load_settings(ROOT / "conf" / "local.yaml")
     assert values == f"{expected.pipeline} {expected.spark.master} {expected.batch.interval}"
-
-
-@pytest.mark.integration
-def test_spark_submit_runs_the_pipeline_from_the_artifact_alone(
-    artifact: tuple[Path, dict], isolated_python: Path, request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
-    from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
-    from lambda_pipeline.pipelines.generator import ClickstreamGenerator
-    from lambda_pipeline.serving_layer.catalog import ServingLayer
-    from tests.helpers import assert_same_view, by_key, recompute
-
-    dist, manifest = artifact
-    workdir = tmp_path / "work"
-    settings = load_settings(None)
-    from lambda_pipeline.core.locations import Locations
-
-    locations = Locations.create(settings, workdir)
-    locations.ensure_local_dirs()
-    generator = ClickstreamGenerator(11)
-    sql = "SELECT * FROM serving.page_activity ORDER BY page, window_start"
-
-    def submit(job: str, *args: str) -> str:
-        started = time.perf_counter()
-        result = spark_submit(dist, isolated_python, job, *args, "--workdir", str(workdir), cwd=tmp_path)
-        assert result.returncode == 0, f"{job}: {result.stderr[-3000:]}"
-        # The driver imported the project from the zip on --py-files, nothing else.
-        zipped = dist / manifest["zip"]
-        assert probe_line("lambda_pipeline", zipped / "lambda_pipeline" / "__init__.py") in result.stdout
-        print(f"{job} {' '.join(args)}: {time.perf_counter() - started:.1f}s")
-        return result.stdout
-
-    generator.write(locations.landing, 1600, files=4)
-    submit("ingest", "--once")
-    assert "batch: published run" in submit("batch")
-    generator.write(locations.landing, 400, files=2)  # after the batch: only the speed layer counts these
-    submit("ingest", "--once")
-    submit("speed")
-    output = submit("query", sql, "--format", "json", "--limit", "100000")
-
-    submitted = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
-    spark = request.getfixturevalue("spark")  # started only now: no idle JVM beside the submitted ones
-    serving = ServingLayer(spark, CLICKSTREAM, locations)
-    in_process = serving.query(sql).collect()
-    assert submitted == [json.loads(json.dumps(row.asDict(recursive=True), default=str)) for row in in_process]
-    assert sum(row["events"] for row in submitted) == 2000
-    speed_events = serving.query("SELECT coalesce(sum(events), 0) AS n FROM speed.page_activity").first().n
-    assert speed_events == 400  # the merge really combined both layers
-    frame = serving.query(sql)
-    assert_same_view(by_key(frame), recompute(spark, locations.master), users_tolerance=0.05)
-    # The jobs created their tables with maintenance.retention (168 hours) as Delta's own retentions.
-    from lambda_pipeline.core.tables import table_property
-
-    for path in (locations.master, locations.coverage, locations.speed_partials("page_activity")):
-        for key in ("delta.logRetentionDuration", "delta.deletedFileRetentionDuration"):
-            assert table_property(spark, path, key) == "interval 604800 seconds", (path, key)
 
 
 @pytest.mark.integration

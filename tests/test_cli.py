@@ -40,7 +40,7 @@ def test_bad_override_names_the_key() -> None:
 
 
 @pytest.mark.integration
-def test_demo_runs_end_to_end_and_reruns(tmp_path: Path) -> None:
+def test_demo_runs_end_to_end_and_reruns_and_spark_submit_reads_it(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     first = run_cli("demo", "--events", "600", "--seed", "4", "--workdir", str(workdir))
     assert first.returncode == 0, first.stderr[-3000:]
@@ -55,15 +55,11 @@ def test_demo_runs_end_to_end_and_reruns(tmp_path: Path) -> None:
     )
     assert query.returncode == 0 and query.stdout.splitlines() == ["n", "700"]
 
-
-@pytest.mark.integration
-def test_spark_submit_entry_file_reads_what_the_cli_wrote(tmp_path: Path) -> None:
+    # The spark-submit entry file of the checkout reads what the CLI wrote (no artifact: --packages, PYTHONPATH).
     import pyspark
 
     from lambda_pipeline.core.jvm_packages import DELTA_COORDINATE
 
-    workdir = tmp_path / "demo"
-    assert run_cli("demo", "--events", "200", "--seed", "8", "--workdir", str(workdir)).returncode == 0
     submit = Path(sys.executable).parent / "spark-submit"
     result = subprocess.run(
         [
@@ -91,7 +87,7 @@ def test_spark_submit_entry_file_reads_what_the_cli_wrote(tmp_path: Path) -> Non
         },
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.splitlines()[-2:] == ["n", "200"]
+    assert result.stdout.splitlines()[-2:] == ["n", "700"]
 
 
 @pytest.mark.parametrize("fmt", ["csv", "json"])
