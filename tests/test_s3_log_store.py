@@ -6,14 +6,17 @@ Against the real local S3 server (moto over HTTP), whose request log shows each 
 
 from __future__ import annotations
 
+import shutil
 import urllib.parse
+from pathlib import Path
 
 import pytest
 from chispa import assert_df_equality
 
+from lambda_pipeline.core.errors import EnvironmentProblem
 from lambda_pipeline.core.jvm import delta_snapshot
 from lambda_pipeline.core.log_store import S3A_LOG_STORE_KEY, arbitrates
-from lambda_pipeline.core.log_store_jar import LOG_STORE_CLASS
+from lambda_pipeline.core.log_store_jar import LOG_STORE_CLASS, LOG_STORE_JAR_PREFIX, log_store_jar
 from lambda_pipeline.local_services.s3_server import S3Server
 
 
@@ -62,3 +65,26 @@ def test_a_reader_lists_the_log_from_a_version_and_reads_the_same_state(
     assert len(later) == 1 and later[0].get("start-after") == [f"{log_prefix}00000000000000000000-"], later
     # A missing table is still missing (Delta learns it from the listing's FileNotFoundException).
     assert delta_snapshot(spark, f"s3a://{s3_bucket}/absent") is None
+
+
+def test_the_artifact_s_hadoop_aws_group_carries_the_compiled_store() -> None:
+    import zipfile
+
+    from lambda_pipeline.deploy.artifact import jar_groups
+
+    built = [jar for jar in jar_groups(hadoop_aws=True)["hadoop_aws"] if jar.name.startswith(LOG_STORE_JAR_PREFIX)]
+    assert len(built) == 1, built
+    with zipfile.ZipFile(built[0]) as jar:
+        assert jar.namelist() == [LOG_STORE_CLASS.replace(".", "/") + ".class"]
+        assert {info.date_time for info in jar.infolist()} == {(1980, 1, 1, 0, 0, 0)}  # reproducible bytes
+
+
+def test_without_a_jdk_a_session_keeps_delta_s_store_and_packaging_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LAMBDA_PIPELINE_CACHE", str(tmp_path))  # nothing compiled yet
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert log_store_jar([], required=False) is None
+    assert "Delta's own S3 log store is used" in capsys.readouterr().err
+    with pytest.raises(EnvironmentProblem, match="install a JDK 17"):
+        log_store_jar([], required=True)
