@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from datetime import datetime
+from pathlib import Path
 
 from chispa import assert_df_equality
 from pyspark.sql import types as T
@@ -106,4 +107,55 @@ def test_each_line_is_read_and_parsed_once(spark, settings, locations, capsys) -
     plan = capsys.readouterr().out
     assert plan.count("FileScan text") == 1, plan
     assert plan.count("from_json(") == 1, plan
-    assert "ReusedExchange" in plan and "StreamingDeduplicateWithinWatermark" in plan, plan
+    assert plan.count("Exchange hashpartitioning") == 1, plan  # the one shuffle, into the dedup
+    assert "TransformWithState" in plan and "StreamingDeduplicateWithinWatermark" not in plan, plan
+
+
+def test_the_dedup_marks_one_first_copy_per_new_valid_key_in_a_fixed_order(spark) -> None:
+    from lambda_pipeline.core.jvm import first_copies
+    from lambda_pipeline.ingestion.routing import DEDUP_KEY, DEDUP_ORDER, FIRST_COPY, VALID_KEY_PREFIX
+
+    rows = [  # (key, source_file, raw): three copies of v1 across two files, one of v2, two invalid lines alike
+        ("v1", "b.jsonl", "{1 late}"),
+        ("v1", "a.jsonl", "{1 second}"),
+        ("v1", "a.jsonl", "{1 first}"),
+        ("v2", "a.jsonl", "{2}"),
+        ("x9", "a.jsonl", "bad"),
+        ("x9", "a.jsonl", "bad"),
+    ]
+    frame = spark.createDataFrame(rows, f"{DEDUP_KEY} string, source_file string, raw string").repartition(3)
+    marked = first_copies(frame, DEDUP_KEY, VALID_KEY_PREFIX, DEDUP_ORDER, FIRST_COPY, 60_000)
+    got = sorted((r[DEDUP_KEY], r["source_file"], r["raw"], r[FIRST_COPY]) for r in marked.collect())
+    assert got == sorted(
+        [
+            ("v1", "a.jsonl", "{1 first}", True),
+            ("v1", "a.jsonl", "{1 second}", False),
+            ("v1", "b.jsonl", "{1 late}", False),
+            ("v2", "a.jsonl", "{2}", True),
+            ("x9", "a.jsonl", "bad", False),  # invalid lines: never a first copy, and no state
+            ("x9", "a.jsonl", "bad", False),
+        ]
+    )
+
+
+def test_a_checkpoint_of_the_earlier_dedup_resumes_with_it_exactly(
+    spark, settings, locations, monkeypatch, capsys
+) -> None:
+    """A work directory an earlier release started (Spark's dropDuplicatesWithinWatermark) keeps its dedup state:
+    the job detects it from the checkpoint and resumes with the same operator, so repeats are still caught."""
+    from lambda_pipeline.ingestion import job
+
+    (first,) = ClickstreamGenerator(21).write(locations.landing, 60, files=1)
+    text, ids = Path(first.path).read_text(), set(first.event_ids)  # before ingest archives the file
+    with monkeypatch.context() as patched:  # what an earlier release started
+        patched.setattr(job, "dedup_of", lambda spark, checkpoint: "watermark")
+        start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
+    assert job.dedup_of(spark, locations.checkpoint("ingest")) == "watermark"
+    (Path(locations.landing) / "repeat.jsonl").write_text(text)  # every line of the first file again
+    capsys.readouterr()
+    start_ingest(spark, CLICKSTREAM, settings, locations, once=True).awaitTermination()
+    assert "holds the dedup state of an earlier release" in capsys.readouterr().err
+    master = spark.read.format("delta").load(locations.master)
+    assert master.count() == len(ids) == master.select("event_id").distinct().count()
+    quarantine = spark.read.format("delta").load(locations.quarantine)
+    assert quarantine.filter("reason LIKE 'duplicate:%'").count() >= len(ids)

@@ -23,7 +23,7 @@ from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.leases import Holder, Lease, LeaseLost
 from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.log_store import SINGLE_DRIVER_STORE, arbitrates, arbitrates_with, log_store_class
-from lambda_pipeline.core.log_store_jar import LOG_STORE_CLASS
+from lambda_pipeline.core.project_jars import LOG_STORE_CLASS
 from lambda_pipeline.core.tables import table_version
 from lambda_pipeline.maintenance.maintain import owners_to_stop, run_maintenance
 from lambda_pipeline.pipelines.clickstream import CLICKSTREAM
@@ -50,7 +50,7 @@ S3A_STORE, ANY_STORE = "spark.delta.logStore.s3a.impl", "spark.delta.logStore.cl
         ("s3a://bucket/t", {"spark.delta.logStore.class": DYNAMO}, True),
         ("s3a://bucket/t", {"spark.delta.logStore.s3.impl": DYNAMO}, False),  # another scheme's store
         ("s3a://bucket/t", {"spark.delta.logStore.s3a.impl": SINGLE_DRIVER_STORE}, False),
-        ("s3a://bucket/t", {S3A_STORE: LOG_STORE_CLASS}, False),  # ours only lists differently (log_store_jar.py)
+        ("s3a://bucket/t", {S3A_STORE: LOG_STORE_CLASS}, False),  # ours only lists differently (core/project_jars.py)
         ("s3a://bucket/t", {S3A_STORE: LEGACY_DEFAULT}, False),
         # the per-scheme key wins over the class for every scheme, as in Delta
         ("s3a://bucket/t", {S3A_STORE: SINGLE_DRIVER_STORE, ANY_STORE: DYNAMO}, False),

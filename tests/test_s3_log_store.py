@@ -1,4 +1,4 @@
-"""The project's S3 log store (``core/log_store_jar.py``): a reader lists a table's log from a version, with S3's
+"""The project's S3 log store (``core/project_jars.py``): a reader lists a table's log from a version, with S3's
 ``start-after``, instead of listing the whole ``_delta_log`` each time, and reads the same table state.
 
 Against the real local S3 server (moto over HTTP), whose request log shows each LIST's query.
@@ -16,7 +16,7 @@ from chispa import assert_df_equality
 from lambda_pipeline.core.errors import EnvironmentProblem
 from lambda_pipeline.core.jvm import delta_snapshot
 from lambda_pipeline.core.log_store import S3A_LOG_STORE_KEY, arbitrates
-from lambda_pipeline.core.log_store_jar import LOG_STORE_CLASS, LOG_STORE_JAR_PREFIX, log_store_jar
+from lambda_pipeline.core.project_jars import LOG_STORE_CLASS, LOG_STORE_JAR_PREFIX, log_store_jar
 from lambda_pipeline.local_services.s3_server import S3Server
 
 

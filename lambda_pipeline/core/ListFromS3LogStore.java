@@ -9,7 +9,7 @@
  * the version (ListObjectsV2 startAfter), through the public S3AInternals client: one request, whatever the
  * log's length. Writing is Delta's, unchanged: it arbitrates between the threads of one driver only.
  *
- * Built by lambda_pipeline/core/log_store_jar.py (javac, cached) and shipped in the artifact's jars/.
+ * Built by lambda_pipeline/core/project_jars.py (javac, cached) and shipped in the artifact's jars/.
  */
 package io.lambdapipeline.delta;
 

@@ -26,6 +26,10 @@ need                           why the JVM                                     p
 :func:`gateway_pid`            which JVM process this Python drives            none
 :func:`missing_classes`        which needed classes spark-submit's classpath   none
                                lacks (``--jars``), named before a job fails
+:func:`first_copies`,          the project's own JVM classes: ingest's dedup   PySpark's ``transformWithState``
+:func:`set_context_setting`    with state that expires (``transformWith-       (a Python call and a socket round
+                               State`` with a TTL), Delta's log store class    trip per key: too slow at 10,000
+                               set after start                                 events/s); none for the setting
 :func:`parse_plan`,            the query guard's allow-list works on Spark's   none: Spark Connect's plans are
 :func:`analyzed_plan`,         own parse and resolved plans, and binds the     protobuf, built client-side, with no
 :func:`dataset_of_plan`,       pinned relations into them (serving)            analyzer access
@@ -41,6 +45,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from lambda_pipeline.core.errors import EnvironmentProblem
+from lambda_pipeline.core.project_jars import DEDUP_CLASS
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
@@ -52,6 +59,7 @@ __all__ = [
     "delta_snapshot",
     "empty_scala_map",
     "expression_nodes",
+    "first_copies",
     "first_line",
     "frame_of_dataset",
     "gateway_pid",
@@ -235,6 +243,30 @@ def delta_snapshot(spark: SparkSession, path: str) -> DeltaSnapshot | None:
     if int(snapshot.version()) < 0:
         return None
     return DeltaSnapshot(int(snapshot.version()), str(snapshot.metadata().id()), snapshot)
+
+
+# ---- ingest's dedup ----------------------------------------------------------------------------------
+
+
+def first_copies(
+    frame: DataFrame, key: str, valid_prefix: str, order: Sequence[str], flag: str, horizon_ms: int
+) -> DataFrame:
+    """``frame`` with the boolean column ``flag``: true on the first copy of each key starting with ``valid_prefix``
+    not seen within ``horizon_ms``, the copies of a key ordered by ``order`` (``FirstCopies.java``: state with a
+    time to live, whose cost per micro-batch does not grow with the keys it holds)."""
+    spark = frame.sparkSession
+    if missing_classes(spark, [DEDUP_CLASS]):
+        raise EnvironmentProblem(
+            f"ingest's dedup class {DEDUP_CLASS} is not on the driver's classpath: a local session compiles it at "
+            "start with javac (install a JDK 17: apt-get install openjdk-17-jdk-headless); under spark-submit "
+            "pass the artifact's jars/ with --jars"
+        )
+    jvm = _jvm(spark)
+    columns = spark.sparkContext._gateway.new_array(jvm.java.lang.String, len(order))  # type: ignore[union-attr]
+    for index, name in enumerate(order):
+        columns[index] = name
+    marked = jvm.io.lambdapipeline.dedup.FirstCopies.mark(frame._jdf, key, valid_prefix, columns, flag, horizon_ms)
+    return frame_of_dataset(spark, marked)
 
 
 # ---- Kafka --------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from lambda_pipeline.core.log_store_jar import LOG_STORE_CLASS
+from lambda_pipeline.core.project_jars import LOG_STORE_CLASS
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -27,7 +27,7 @@ SINGLE_DRIVER_STORE = "io.delta.storage.S3SingleDriverLogStore"
 """Delta's default log store for the S3 schemes: it arbitrates between the threads of one driver only."""
 S3A_LOG_STORE_KEY = "spark.delta.logStore.s3a.impl"
 _SINGLE_DRIVER_NAMES = frozenset({SINGLE_DRIVER_STORE.rsplit(".", 1)[-1], LOG_STORE_CLASS.rsplit(".", 1)[-1]})
-"""Delta's store, and this project's (``core/log_store_jar.py``), which only lists differently."""
+"""Delta's store, and this project's (``core/project_jars.py``), which only lists differently."""
 _S3_SCHEMES = frozenset({"s3", "s3a", "s3n"})
 
 

@@ -26,8 +26,8 @@ from lambda_pipeline.core.jvm_packages import (
     token_provider_jar,
 )
 from lambda_pipeline.core.log_store import S3A_LOG_STORE_KEY
-from lambda_pipeline.core.log_store_jar import LOG_STORE_CLASS, log_store_jar
 from lambda_pipeline.core.pinned import PINNED_SESSION
+from lambda_pipeline.core.project_jars import LOG_STORE_CLASS, dedup_jar, log_store_jar
 from lambda_pipeline.core.verbosity import quiet_log4j, quiet_pyspark_loggers, verbose
 
 if TYPE_CHECKING:
@@ -154,6 +154,9 @@ def get_spark(
             conf = {"spark.jars.excludes": ":".join(TOKEN_PROVIDER), **conf}
             extra_jars.append(str(token_provider_jar()))
         jars = resolve_jars(wanted, conf)
+        dedup = dedup_jar(required=False)  # ingest's dedup (without a JDK only ingest fails, and says why)
+        if dedup is not None:
+            extra_jars.append(str(dedup))
         if _wants_s3a(wanted) and not _log_store_named(conf):
             built = log_store_jar(jars, required=False)
             if built is not None:

@@ -65,17 +65,19 @@ def jar_groups(*, msk_iam: bool = False, hadoop_aws: bool = False) -> dict[str, 
     """The jars of each group, resolved from Maven Central now (once per machine, through the session factory's
     resolver and cache, :func:`~lambda_pipeline.core.jvm_packages.resolve_jars`).
 
-    ``delta``: Delta Lake and its dependencies, for every job. Each other group is what its package adds to
+    ``delta``: Delta Lake and its dependencies, and the project's dedup class (``core/project_jars.py``), for
+    every job. Each other group is what its package adds to
     Delta's jars when resolved together (as a session resolves them), so a job passes ``delta`` plus the groups
     it needs. ``kafka`` also holds the connector's token-provider jar, which resolution excludes (see
     core/jvm_packages.py). ``hadoop_aws`` (``s3a://``) is about 690 MB, for its AWS SDK bundle: EMR reaches S3
     through EMRFS (``s3://``) without it.
     """
     from lambda_pipeline.core.jvm_packages import TOKEN_PROVIDER, required_packages, resolve_jars, token_provider_jar
-    from lambda_pipeline.core.log_store_jar import log_store_jar
+    from lambda_pipeline.core.project_jars import dedup_jar, log_store_jar
 
     coordinates = maven_coordinates()
     delta = [Path(jar) for jar in resolve_jars(required_packages(), {})]
+    delta.append(_built(dedup_jar(required=True)))  # ingest's dedup class (core/project_jars.py)
     names = {jar.name for jar in delta}
     groups = {"delta": delta}
     wanted = {"kafka": True, "msk_iam": msk_iam, "hadoop_aws": hadoop_aws}
@@ -85,14 +87,14 @@ def jar_groups(*, msk_iam: bool = False, hadoop_aws: bool = False) -> dict[str, 
         conf = {"spark.jars.excludes": ":".join(TOKEN_PROVIDER)} if group == "kafka" else {}
         jars = [Path(jar) for jar in resolve_jars(required_packages((coordinates[group],)), conf)]
         groups[group] = [jar for jar in jars if jar.name not in names]
-        if group == "hadoop_aws":  # the s3a log store that lists a table's log from a version (core/log_store_jar.py)
+        if group == "hadoop_aws":  # the s3a log store that lists a table's log from a version (core/project_jars.py)
             groups[group].append(_built(log_store_jar(jars, required=True)))
     groups["kafka"].append(token_provider_jar())
     return groups
 
 
 def _built(jar: Path | None) -> Path:
-    assert jar is not None, "log_store_jar(required=True) raises instead of returning None"
+    assert jar is not None, "required=True raises instead of returning None"
     return jar
 
 

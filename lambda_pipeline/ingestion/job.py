@@ -15,10 +15,11 @@ in the same micro-batch. Both branches hang off the same streaming source, so th
 from __future__ import annotations
 
 import posixpath
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pyspark.sql import functions as F
 
@@ -26,6 +27,7 @@ from lambda_pipeline.core.config import Settings
 from lambda_pipeline.core.deltalog import read_text
 from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.errors import LambdaError
+from lambda_pipeline.core.jvm import first_copies
 from lambda_pipeline.core.leases import Lease, LeaseLost, release_with
 from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.pipeline import Pipeline
@@ -43,7 +45,17 @@ from lambda_pipeline.core.tag_writers import IngestContext, TagWriter, TagWriter
 from lambda_pipeline.core.views import INGEST_TAG, INGESTED_AT, EventSource
 from lambda_pipeline.ingestion.data_loss import check_data_loss, record_data_loss
 from lambda_pipeline.ingestion.master import MasterWriter, setup_master_tables
-from lambda_pipeline.ingestion.routing import BRANCH, DEDUP_KEY, REASON, dedup_key, parse_events, route_batch
+from lambda_pipeline.ingestion.routing import (
+    BRANCH,
+    DEDUP_KEY,
+    DEDUP_ORDER,
+    FIRST_COPY,
+    REASON,
+    VALID_KEY_PREFIX,
+    dedup_key,
+    parse_events,
+    route_batch,
+)
 from lambda_pipeline.ingestion.sources import file_lines, kafka_lines
 from lambda_pipeline.ingestion.upkeep import MasterUpkeep
 
@@ -51,7 +63,9 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming import StreamingQuery
 
-__all__ = ["IngestBatch", "ingest_stream", "start"]
+__all__ = ["Dedup", "IngestBatch", "dedup_of", "ingest_stream", "start"]
+
+Dedup = Literal["first_copies", "watermark"]
 
 
 @dataclass
@@ -129,11 +143,13 @@ def ingest_stream(
     *,
     fail_on_data_loss: bool | None = None,
     archive: str | None = None,
+    dedup: Dedup = "first_copies",
 ) -> DataFrame:
-    """Every parsed line (branch ``all``) beside the dedup's first copies (branch ``first``), per micro-batch.
+    """Every parsed line, marked by the dedup as the first copy of its key within the horizon or not.
 
-    One streaming source, read and parsed once: both branches start from the same shuffle by
-    :func:`dedup_key`, which Spark plans once and reuses (the stateful dedup needs that partitioning).
+    One streaming source, read and parsed once, shuffled once by :func:`dedup_key`: the dedup
+    (:func:`~lambda_pipeline.core.jvm.first_copies`) sees every line of a key together and marks each.
+    ``dedup="watermark"`` is the dedup of checkpoints started by an earlier release (:func:`dedup_of`).
     """
     if settings.ingest.source == "kafka":
         lines = kafka_lines(spark, settings.ingest.kafka, fail_on_data_loss=fail_on_data_loss)
@@ -145,12 +161,30 @@ def ingest_stream(
         parse_events(lines, source, settings.ingest.event_time, now)
         .withColumn(INGESTED_AT, now)
         .withColumn(DEDUP_KEY, dedup_key(source))
-        .withWatermark(INGESTED_AT, settings.ingest.dedup_horizon)
+    )
+    horizon_ms = int(duration_seconds(settings.ingest.dedup_horizon) * 1000)
+    if dedup == "first_copies":
+        return first_copies(parsed, DEDUP_KEY, VALID_KEY_PREFIX, DEDUP_ORDER, FIRST_COPY, horizon_ms)
+    # Spark's own dedup, as earlier releases started it: evicts by scanning its whole state every micro-batch.
+    parsed = (
+        parsed.withWatermark(INGESTED_AT, settings.ingest.dedup_horizon)
         # No count: the query's shuffle partitions, which the checkpoint fixes and the dedup's state expects.
         .repartition(DEDUP_KEY)
     )
     firsts = parsed.dropDuplicatesWithinWatermark([DEDUP_KEY]).withColumn(BRANCH, F.lit("first"))
     return parsed.withColumn(BRANCH, F.lit("all")).unionByName(firsts)
+
+
+_OPERATOR_METADATA = ("state", "0", "_metadata", "metadata")
+_WATERMARK_DEDUP = "dedupeWithinWatermark"
+
+
+def dedup_of(spark: SparkSession, checkpoint: str) -> Dedup:
+    """The dedup whose state an ingest checkpoint holds: ``watermark`` for one an earlier release started
+    (Spark's ``dropDuplicatesWithinWatermark``; its state cannot be carried into the new operator, so the job
+    keeps it and resumes exactly), else ``first_copies``."""
+    operator = read_text(spark, posixpath.join(checkpoint, *_OPERATOR_METADATA))
+    return "watermark" if operator is not None and _WATERMARK_DEDUP in operator else "first_copies"
 
 
 def start(
@@ -219,6 +253,15 @@ def _start(
     for layer in layers:
         layer.prepare()
     _refuse_a_new_checkpoint_over_output(spark, locations, checkpoint)
+    dedup = dedup_of(spark, checkpoint)
+    if dedup == "watermark":
+        print(
+            f"lambda-pipeline: ingest: the checkpoint {checkpoint} holds the dedup state of an earlier release "
+            "(Spark's dropDuplicatesWithinWatermark), so ingest resumes with that dedup, exactly; its cost per "
+            "micro-batch grows with the keys it holds. docs/operations.md, 'Upgrading the dedup', says how to move",
+            file=sys.stderr,
+            flush=True,
+        )
     fail_on_data_loss = None
     if settings.ingest.source == "kafka":
         lost = check_data_loss(spark, settings.ingest.kafka, checkpoint, accept=accept_data_loss)
@@ -246,6 +289,7 @@ def _start(
             locations.landing,
             fail_on_data_loss=fail_on_data_loss,
             archive=locations.landing_archive,
+            dedup=dedup,
         )
         .writeStream.queryName(body.query_name)
         .option("checkpointLocation", checkpoint)

@@ -23,11 +23,26 @@ from lambda_pipeline.ingestion.sources import PRE_REASON
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
 
-__all__ = ["BRANCH", "DEDUP_KEY", "REASON", "dedup_key", "parse_events", "route_batch"]
+__all__ = [
+    "BRANCH",
+    "DEDUP_KEY",
+    "DEDUP_ORDER",
+    "FIRST_COPY",
+    "REASON",
+    "VALID_KEY_PREFIX",
+    "dedup_key",
+    "parse_events",
+    "route_batch",
+]
 
 REASON = "reason"
 BRANCH = "_branch"
 DEDUP_KEY = "_dedup_key"
+FIRST_COPY = "_first_copy"
+"""The dedup's verdict on a line (``core/jvm.py`` :func:`first_copies`): the first copy of its key in the horizon."""
+VALID_KEY_PREFIX = "v"
+DEDUP_ORDER = (SOURCE_FILE, RAW)
+"""How the copies of a key within one micro-batch are ordered, so that a replay marks the same one first."""
 _RAW_EXCERPT = 60
 
 
@@ -113,7 +128,7 @@ def dedup_key(source: EventSource) -> Column:
     Every line goes through the dedup (a filter in front of it would be pushed below the shared shuffle
     and split it in two); the prefixes keep an invalid line from ever matching a valid id.
     """
-    valid = F.concat(F.lit("v"), F.col(source.id_column))
+    valid = F.concat(F.lit(VALID_KEY_PREFIX), F.col(source.id_column))
     invalid = F.concat(F.lit("x"), F.xxhash64(F.col(SOURCE_FILE), F.col(RAW)).cast("string"))
     return F.when(F.col(REASON).isNull(), valid).otherwise(invalid)
 
@@ -121,16 +136,22 @@ def dedup_key(source: EventSource) -> Column:
 def route_batch(batch: DataFrame, source: EventSource) -> DataFrame:
     """Route one ingest micro-batch: ``reason`` null for master, else why it goes to quarantine.
 
-    ``batch`` holds every parsed line (branch ``all``) and, from the stateful
-    dedup operator, the lines whose key was seen for the first time within the
-    horizon (branch ``first``). One copy of each first-seen valid id goes to
-    master; the other copies are duplicates. Copies are numbered
-    deterministically, so a replayed micro-batch routes every line the same way.
-    Both branches arrive partitioned by the dedup key, so this needs no shuffle, and one
-    window over each key finds the verdict and numbers the copies (a join would read the
-    micro-batch twice: Spark recomputes it, source read and stateful dedup included, per scan).
+    ``batch`` holds every parsed line, each marked by the dedup (:data:`FIRST_COPY`): the first copy of a valid
+    id not seen within the horizon goes to master, every other copy is a duplicate. The dedup orders the copies
+    of a key within a micro-batch (:data:`DEDUP_ORDER`), so a replayed micro-batch routes every line the same way.
+
+    On a checkpoint of an earlier release the dedup is Spark's ``dropDuplicatesWithinWatermark``: ``batch`` then
+    holds every line (branch ``all``) and the first-seen lines again (branch ``first``), both partitioned by the
+    dedup key, and one window over each key finds the verdict and numbers the copies.
     """
-    # One window over each key's rows, no self-join: Spark recomputes the micro-batch for each scan of it.
+    if FIRST_COPY in batch.columns:  # the dedup marked each line itself: no window, no second shuffle
+        duplicate = F.col(REASON).isNull() & ~F.col(FIRST_COPY)
+        return batch.withColumn(REASON, F.when(duplicate, F.lit(_duplicate(source))).otherwise(F.col(REASON))).drop(
+            FIRST_COPY, DEDUP_KEY
+        )
+    # A checkpoint of an earlier release (Spark's dropDuplicatesWithinWatermark): the dedup emits the first
+    # copies as a second branch. One window over each key's rows, no self-join: Spark recomputes the
+    # micro-batch for each scan of it.
     # The dedup's row (branch "first") sorts after the key's lines, so numbering the lines is unaffected.
     ordered = Window.partitionBy(DEDUP_KEY).orderBy(
         F.col(BRANCH) == "first", F.col(REASON).isNotNull(), SOURCE_FILE, RAW
@@ -146,7 +167,9 @@ def route_batch(batch: DataFrame, source: EventSource) -> DataFrame:
     duplicate = F.col(REASON).isNull() & ~(F.col("_first") & (F.col("_copy") == 1))
     return numbered.withColumn(
         REASON,
-        F.when(duplicate, F.lit(f"duplicate: {source.id_column} already ingested within the dedup horizon")).otherwise(
-            F.col(REASON)
-        ),
+        F.when(duplicate, F.lit(_duplicate(source))).otherwise(F.col(REASON)),
     ).drop("_copy", "_first", DEDUP_KEY)
+
+
+def _duplicate(source: EventSource) -> str:
+    return f"duplicate: {source.id_column} already ingested within the dedup horizon"
