@@ -30,6 +30,7 @@ def test_s3_settings_map_to_s3a_confs() -> None:
     )
     assert local.spark_conf() == {
         "spark.hadoop.fs.s3a.endpoint": "http://127.0.0.1:9000",
+        "spark.hadoop.fs.s3a.optimized.copy.from.local.enabled": "false",
         "spark.hadoop.fs.s3a.endpoint.region": "us-east-1",
         "spark.hadoop.fs.s3a.path.style.access": "true",
         "spark.hadoop.fs.s3a.connection.ssl.enabled": "false",
