@@ -5,9 +5,10 @@
 # bookworm: Debian's last release with an OpenJDK 17 package (the newest ones ship 21 and 25 only).
 FROM python:3.11-slim-bookworm
 
+# The JDK, not only the JRE: javac compiles the project's own JVM classes (lambda_pipeline/core/project_jars.py).
 # procps: Spark's launch scripts call 'ps'.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends openjdk-17-jre-headless procps \
+    && apt-get install -y --no-install-recommends openjdk-17-jdk-headless procps \
     && rm -rf /var/lib/apt/lists/* \
     && ln -s "$(dirname "$(dirname "$(readlink -f "$(command -v java)")")")" /opt/java
 
@@ -34,7 +35,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && rm /tmp/requirements.txt
 
 # 2. The JVM packages (Delta Lake, Spark's Kafka connector and its token-provider jar), resolved from Maven
-#    Central once, here, by the project's own session factory: it keeps the jars in ~/.ivy2.5.2 and their
+#    Central once, and the project's dedup class, compiled once, here, by the project's own session factory: it keeps the jars in ~/.ivy2.5.2 and their
 #    paths in ~/.cache/lambda-pipeline, so the containers start without resolving anything. Only the core
 #    is needed, so changes elsewhere in the code keep this layer.
 USER app

@@ -20,7 +20,7 @@ def check_java() -> str:
     java_home = os.environ.get("JAVA_HOME")
     java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
     hint = (
-        "install OpenJDK 17 or newer (Debian/Ubuntu: apt-get install openjdk-17-jre-headless; "
+        "install OpenJDK 17 or newer (Debian/Ubuntu: apt-get install openjdk-17-jdk-headless; "
         "macOS: brew install openjdk@17) and put it on PATH or set JAVA_HOME"
     )
     if not java or not Path(java).exists():
