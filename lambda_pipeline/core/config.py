@@ -334,9 +334,7 @@ class S3Settings(_Strict):
         }
         if self.endpoint is not None:
             conf["endpoint"] = self.endpoint
-            # Against an S3-compatible server, S3A's copyFromLocalFile goes through the AWS SDK's transfer manager,
-            # whose uploads the local server (moto) answers with a bare "100 Continue" the SDK takes as final
-            # (the dedup's RocksDB files fail to upload); the plain path streams through S3A's own output.
+            # The SDK transfer manager's uploads fail on the local server ("100 Continue"): S3A's own output instead.
             conf["optimized.copy.from.local.enabled"] = "false"
         region = self.region or ("us-east-1" if self.endpoint is not None else None)
         if region is not None:
