@@ -20,7 +20,6 @@ package io.lambdapipeline.dedup;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.Arrays;
-import java.util.Comparator;
 import java.util.List;
 
 import org.apache.spark.api.java.function.MapFunction;
@@ -114,7 +113,7 @@ public final class FirstCopies {
                 if (b == null) {
                     return 1;
                 }
-                int byValue = Comparator.<String>naturalOrder().compare(a.toString(), b.toString());
+                int byValue = a.toString().compareTo(b.toString());
                 if (byValue != 0) {
                     return byValue;
                 }

@@ -21,12 +21,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from lambda_pipeline.core.cache import cache_dir
 from lambda_pipeline.core.errors import EnvironmentProblem
+from lambda_pipeline.core.reproducible import write_zip
 
 __all__ = [
     "DEDUP_CLASS",
@@ -42,7 +42,6 @@ LOG_STORE_JAR_PREFIX = "lambda-pipeline-s3-log-store-"
 DEDUP_CLASS = "io.lambdapipeline.dedup.FirstCopies"
 DEDUP_JAR_PREFIX = "lambda-pipeline-dedup-"
 _HERE = Path(__file__).parent
-_FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # same classes, same jar bytes: the artifact stays reproducible
 _COMPILE_TIMEOUT_SECONDS = 300
 _INSTALL_JDK = "install a JDK 17 (Debian: apt-get install openjdk-17-jdk-headless)"
 
@@ -79,8 +78,7 @@ def dedup_jar(*, required: bool = True) -> Path | None:
         [],
         required=required,
         without=f"javac (a JDK) was not found, and ingest's dedup is a class compiled on first use; {_INSTALL_JDK}",
-        fallback="",
-        quiet=True,
+        fallback=None,  # the session says nothing: only an ingest needs the class, and says why
     )
 
 
@@ -91,9 +89,11 @@ def _compiled(
     *,
     required: bool,
     without: str,
-    fallback: str,
-    quiet: bool = False,
+    fallback: str | None,
 ) -> Path | None:
+    """The cached jar of ``source_name``, compiled if absent. Without ``javac``: ``without`` as an
+    :class:`EnvironmentProblem` if ``required``, else None, after printing ``without; fallback`` unless
+    ``fallback`` is None."""
     import pyspark
 
     source = _HERE / source_name
@@ -107,7 +107,7 @@ def _compiled(
     if javac is None:
         if required:
             raise EnvironmentProblem(without)
-        if not quiet:
+        if fallback is not None:
             print(f"lambda-pipeline: {without}; {fallback}", file=sys.stderr, flush=True)
         return None
     from lambda_pipeline.core.locks import file_lock
@@ -129,13 +129,6 @@ def _compiled(
                     f"javac could not compile {source}: {tail}; the Spark, Delta or Hadoop release installed "
                     "may have changed an API the class uses"
                 )
-            partial = target.with_name(target.name + ".part")
             target.parent.mkdir(parents=True, exist_ok=True)
-            with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-                for file in sorted(classes.rglob("*.class")):
-                    info = zipfile.ZipInfo(file.relative_to(classes).as_posix(), date_time=_FIXED_TIME)
-                    info.external_attr = 0o644 << 16
-                    info.compress_type = zipfile.ZIP_DEFLATED
-                    archive.writestr(info, file.read_bytes())
-            partial.replace(target)
+            write_zip(target, [(file.relative_to(classes).as_posix(), file) for file in classes.rglob("*.class")])
     return target

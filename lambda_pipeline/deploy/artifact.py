@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from lambda_pipeline.core.errors import ConfigError, EnvironmentProblem, LambdaError
+from lambda_pipeline.core.reproducible import FIXED_EPOCH, copy_file, sha256, write_zip
 from lambda_pipeline.deploy.includes import Include, find_includes
 from lambda_pipeline.deploy.packed_env import build_env
 from lambda_pipeline.deploy.project import ROOT, ProjectInfo, read_project
-from lambda_pipeline.deploy.reproducible import FIXED_EPOCH, copy_file, sha256, write_zip
 
 __all__ = ["JAR_GROUPS", "MANIFEST", "build_artifact", "jar_groups", "load_manifest", "maven_coordinates"]
 

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from lambda_pipeline.core.errors import ConfigError
+from lambda_pipeline.core.reproducible import sha256
 from lambda_pipeline.deploy.packed_env import requirement_name
-from lambda_pipeline.deploy.reproducible import sha256
 
 __all__ = ["Include", "carried_module", "find_includes", "local_include"]
 

@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 
 from lambda_pipeline.core.errors import EnvironmentProblem
+from lambda_pipeline.core.reproducible import FIXED_EPOCH
 from lambda_pipeline.deploy.project import ProjectInfo
-from lambda_pipeline.deploy.reproducible import FIXED_EPOCH
 
 __all__ = ["build_env", "requirement_name"]
 

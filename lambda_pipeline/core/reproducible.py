@@ -1,4 +1,5 @@
-"""Same input, same bytes: the fixed timestamps and permissions every file of the artifact is written with.
+"""Same input, same bytes: the fixed timestamps and permissions every file of the artifact is written with,
+and the project's compiled jars too (``core/project_jars.py``).
 
 An unchanged source tree then gives byte-identical files, and ``aws s3 sync`` uploads nothing new.
 """
