@@ -52,3 +52,14 @@ def test_any_other_creation_error_is_raised_at_once(spark, tmp_path: Path) -> No
     assert type(raised.value).__name__ != "ProtocolChangedException"
     assert time.monotonic() - started < 30  # no wait for a version 0 (it waited 60 s)
     assert table_version(spark, path) is None
+
+
+def test_a_location_holding_other_files_is_refused_at_once(spark, tmp_path: Path) -> None:
+    """Only a bare ``_delta_log`` folder is another job's half-made table; other files are the user's."""
+    path = tmp_path / "table"
+    (path / "_delta_log").mkdir(parents=True)
+    (path / "part-0.csv").write_text("id,name\n1,a\n")
+    started = time.monotonic()
+    with pytest.raises(Exception, match=r"DELTA_(CREATE_TABLE_WITH_NON_EMPTY_LOCATION|TABLE_NOT_FOUND)"):
+        ensure_table(spark, str(path), SCHEMA)
+    assert time.monotonic() - started < 15  # not the creation race's wait (30 s)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from pyspark.sql import types as T
 
 from lambda_pipeline.core.errors import LambdaError
-from lambda_pipeline.core.jvm import delta_snapshot
+from lambda_pipeline.core.jvm import HadoopPath, delta_snapshot
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -59,9 +59,14 @@ def sql_path(path: str) -> str:
     return "delta.`" + path.replace("`", "``") + "`"
 
 
-CREATION_RACE_WAIT = 5.0
-"""Seconds a job that lost the race to create a table waits to see the winner's version 0: the winner has
-committed it when the loser's commit fails, so this only covers a slow listing of the log."""
+CREATION_RACE_WAIT = 30.0
+"""Seconds a job that lost the race to create a table waits to see the winner's version 0. The wait ends as
+soon as version 0 is there: it lasts this long only when the winner died between making the log's folder and
+committing."""
+
+_CREATION_RACE_CONDITIONS = frozenset({"DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION", "DELTA_TABLE_NOT_FOUND"})
+"""Delta's errors for a creation that met another job's half-made table: its ``_delta_log`` folder is there
+(so the location "is not empty"), its version 0 not yet (so the table "doesn't exist")."""
 
 _log = logging.getLogger(__name__)
 
@@ -75,13 +80,14 @@ def ensure_table(
 ) -> None:
     """Create the Delta table at ``path`` if absent (version 0, empty, with ``properties``).
 
-    Two jobs starting together (ingest and speed both ensure master) race to write version 0: the loser's
-    commit fails with Delta's ``ProtocolChangedException`` (version 0 carries the protocol), harmless once
-    the winner's version 0 is there, which the loser waits for, briefly (:data:`CREATION_RACE_WAIT`). Any
-    other error is raised at once. The wait asks the log itself: ``DeltaTable.isDeltaTable`` answers from
-    the snapshot this JVM cached before the winner committed, so it would stay false.
+    Two jobs starting together (ingest and speed both ensure master) race to write version 0. The loser fails
+    in one of three ways, all harmless once the winner's version 0 is there, which the loser waits for
+    (:data:`CREATION_RACE_WAIT`): its commit meets the winner's (Delta's ``ProtocolChangedException``: version
+    0 carries the protocol), or it finds the winner's ``_delta_log`` folder before the winner's commit
+    (:data:`_CREATION_RACE_CONDITIONS`). Any other error is raised at once. The wait asks the log itself:
+    ``DeltaTable.isDeltaTable`` answers from the snapshot this JVM cached before the winner committed, so it
+    would stay false.
     """
-    from delta.exceptions import ProtocolChangedException
     from delta.tables import DeltaTable
 
     if table_version(spark, path) is not None:
@@ -93,13 +99,32 @@ def ensure_table(
         builder = builder.property(key, value)
     try:
         builder.execute()
-    except ProtocolChangedException:
+    except Exception as error:
+        if not _lost_creation_race(spark, path, error):
+            raise
         deadline = time.monotonic() + CREATION_RACE_WAIT
         while table_version(spark, path) is None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)  # the winner's version 0, bounded by the deadline
         _log.info("another job created the Delta table at %s first; using its version 0", path)
+
+
+def _lost_creation_race(spark: SparkSession, path: str, error: Exception) -> bool:
+    """Whether ``error`` is how a creation fails when another job creates the same table at the same time.
+
+    The two "half-made table" errors count only when the location holds nothing but a ``_delta_log`` folder:
+    a location with other files is a user's mistake, reported at once.
+    """
+    from delta.exceptions import ProtocolChangedException
+
+    if isinstance(error, ProtocolChangedException):
+        return True
+    condition = getattr(error, "getCondition", lambda: None)()
+    if condition not in _CREATION_RACE_CONDITIONS:
+        return False
+    names = HadoopPath(spark, path).names()
+    return names is not None and set(names) <= {"_delta_log"}
 
 
 def table_version(spark: SparkSession, path: str) -> int | None:
