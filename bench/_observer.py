@@ -330,19 +330,31 @@ class PhaseBreakdown:
     """Collects the jobs' per-micro-batch phase timings (``PhaseTimer`` records) while it is attached.
 
     Spark's progress reports a foreachBatch body as one ``addBatch``; these name what is inside it.
+    ``counters``: read at each record (the end of a body) and added to it as the change since the job's previous
+    record, so a value covers one whole micro-batch cycle: planning and compiling the streaming part, then the body
+    (``lambda_pipeline.core.jvm.codegen_totals`` gives Spark's code compilations).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, counters: Callable[[], dict[str, float]] | None = None) -> None:
         import logging
 
         from lambda_pipeline.core.streaming import MICRO_BATCH_LOGGER
 
         self.records: list[tuple[str, dict[str, float]]] = []
         outer = self
+        last: dict[str, dict[str, float]] = {}
 
         class _Handler(logging.Handler):
             def emit(self, record: logging.LogRecord) -> None:
-                outer.records.append((str(getattr(record, "job", "?")), dict(getattr(record, "phases_ms", {}))))
+                job = str(getattr(record, "job", "?"))
+                phases = dict(getattr(record, "phases_ms", {}))
+                if counters is not None:
+                    now = counters()
+                    before = last.get(job)
+                    if before is not None:
+                        phases.update({name: value - before.get(name, 0.0) for name, value in now.items()})
+                    last[job] = now
+                outer.records.append((job, phases))
 
         self._logger = logging.getLogger(MICRO_BATCH_LOGGER)
         self._handler = _Handler(logging.DEBUG)

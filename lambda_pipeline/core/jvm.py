@@ -34,6 +34,9 @@ need                           why the JVM                                     p
 :func:`analyzed_plan`,         own parse and resolved plans, and binds the     protobuf, built client-side, with no
 :func:`dataset_of_plan`,       pinned relations into them (serving)            analyzer access
 :func:`frame_of_dataset`, ...
+:func:`generated_code`,        whether a per-micro-batch value reaches the     none
+:func:`codegen_totals`         generated code (so every micro-batch compiles
+                               again), and how many compilations ran
 =============================  ==============================================  =====================================
 
 ``tests/test_layout.py`` checks that no other shipped module reaches py4j.
@@ -55,6 +58,7 @@ __all__ = [
     "DeltaSnapshot",
     "HadoopPath",
     "analyzed_plan",
+    "codegen_totals",
     "dataset_of_plan",
     "delta_snapshot",
     "empty_scala_map",
@@ -63,6 +67,7 @@ __all__ = [
     "first_line",
     "frame_of_dataset",
     "gateway_pid",
+    "generated_code",
     "hadoop_setting",
     "java_exception_names",
     "kafka_offsets",
@@ -402,3 +407,23 @@ def subquery_alias(spark: SparkSession, parts: Sequence[str], plan: Any) -> Any:
 
 def scala_tuple3(spark: SparkSession, first: Any, second: Any, third: Any) -> Any:
     return _jvm(spark).scala.Tuple3(first, second, third)
+
+
+# ---- generated code -------------------------------------------------------------------------------------
+
+
+def generated_code(frame: DataFrame) -> list[str]:
+    """The Java source of each whole-stage-codegen subtree of ``frame``'s physical plan (no Spark job runs)."""
+    plan = frame._jdf.queryExecution().executedPlan()
+    debug = _jvm(frame.sparkSession).org.apache.spark.sql.execution.debug.__getattr__("package$").__getattr__("MODULE$")
+    subtrees = debug.codegenStringSeq(plan)
+    return [str(subtrees.apply(i)._2()) for i in range(subtrees.size())]
+
+
+def codegen_totals(spark: SparkSession) -> dict[str, float]:
+    """Spark's generated-code compilations so far in this JVM, and their milliseconds: a class found in
+    Spark's code cache is not compiled again, so a steady micro-batch adds none."""
+    jvm = _jvm(spark)
+    count = jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME().getCount()
+    nanos = jvm.org.apache.spark.sql.catalyst.expressions.codegen.CodeGenerator.compileTime()
+    return {"codegen_compilations": float(count), "codegen_compile_ms": float(nanos) / 1e6}

@@ -29,6 +29,7 @@ from lambda_pipeline.core.durations import duration_seconds
 from lambda_pipeline.core.errors import LambdaError
 from lambda_pipeline.core.jvm import first_copies
 from lambda_pipeline.core.leases import Lease, LeaseLost, release_with
+from lambda_pipeline.core.literals import with_constant
 from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.streaming import (
@@ -117,7 +118,7 @@ class IngestBatch:
         with timer.phase("master_commit"):
             tag, written = self.master.append(valid, batch_id)
         # A replay: the layers' parts come from what master holds for the tag.
-        events = valid.withColumn(INGEST_TAG, F.lit(tag).cast("long")) if written else self.master.rows_of(tag)
+        events = with_constant(valid, INGEST_TAG, tag) if written else self.master.rows_of(tag)
         for writer in self.writers:
             writer.write(events, tag, batch_id, timer, replay=not written)
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from pyspark.sql import functions as F
 
 from lambda_pipeline.core.errors import LambdaError
+from lambda_pipeline.core.literals import with_constant
 from lambda_pipeline.core.locations import Locations
 from lambda_pipeline.core.pipeline import Pipeline
 from lambda_pipeline.core.streaming import OnceAppender
@@ -47,13 +48,9 @@ def setup_master_tables(spark: SparkSession, pipeline: Pipeline, locations: Loca
 
 def quarantine_rows(routed: DataFrame, batch_id: int) -> DataFrame:
     """The quarantine table's rows of a routed micro-batch: every line with a reason."""
-    return routed.filter(F.col(REASON).isNotNull()).select(
-        RAW,
-        SOURCE_FILE,
-        REASON,
-        F.lit(batch_id).cast("long").alias("ingest_batch"),
-        F.col(INGESTED_AT).alias("quarantined_at"),
-    )
+    lines = routed.filter(F.col(REASON).isNotNull()).select(RAW, SOURCE_FILE, REASON, INGESTED_AT)
+    rows = with_constant(lines, "ingest_batch", batch_id).withColumnRenamed(INGESTED_AT, "quarantined_at")
+    return rows.select(*QUARANTINE_SCHEMA.fieldNames())
 
 
 @dataclass
@@ -70,7 +67,7 @@ class MasterWriter:
     def append(self, events: DataFrame, batch_id: int) -> tuple[int, bool]:
         """Append the micro-batch's events to master once: (their ingest tag, whether this call wrote them)."""
         before = latest_version(self.spark, self.locations.master)
-        tagged = events.withColumn(INGEST_TAG, F.lit(before + 1).cast("long"))
+        tagged = with_constant(events, INGEST_TAG, before + 1)
         if not self.keep_raw:
             tagged = tagged.withColumn(RAW, F.lit(None).cast("string"))
         path = self.locations.master
