@@ -106,6 +106,24 @@ def make_generator(kind: str, seed: int, label: str, fractions: tuple[float, flo
     return cls(seed, label, *fractions)
 
 
+def fill_topic(kafka: KafkaSettings, topic: str, messages: int, generator: Any) -> tuple[int, int]:
+    """Send ``messages`` messages of ``generator`` as fast as the broker takes them (a backlog, or a preload):
+    (messages sent, valid events among them)."""
+    from lambda_pipeline.cli.kafka_producer import KafkaEventProducer
+
+    producer = KafkaEventProducer(kafka, topic)
+    sent = events = 0
+    try:
+        while sent < messages:
+            values, valid = generator.batch(min(10_000, messages - sent))
+            producer.send(values)
+            sent, events = sent + len(values), events + valid
+        producer.flush(300)
+    finally:
+        producer.close()
+    return sent, events
+
+
 def produce_worker(
     kafka: KafkaSettings,
     topic: str,

@@ -116,11 +116,18 @@ def write_config(folder: Path, workdir: str, kafka: dict[str, Any], trigger: str
 
 
 def poll_freshness(
-    client: Any, producer: ProducerProcess, produced_at: float, args: argparse.Namespace, ingest: Any, marks: Any
+    client: Any,
+    producer: ProducerProcess,
+    produced_at: float,
+    args: argparse.Namespace,
+    ingest: Any,
+    marks: Any,
+    base: int = 0,
 ) -> dict[str, Any]:
     """Poll the server until the producer finished and every event is visible (bounded); freshness per burst.
 
-    ``marks()`` is called once as the measured window opens and once as the load ends (the S3 request log)."""
+    ``marks()`` is called once as the measured window opens and once as the load ends (the S3 request log);
+    ``base``: the events the server counted before the load (a preload), left out of every total."""
     measured_from = produced_at + args.warmup
     deadline = time.monotonic() + args.warmup + args.seconds + 300
     seen: list[tuple[float, int]] = []
@@ -135,7 +142,7 @@ def poll_freshness(
         started = time.time()
         try:
             answer = client.query(QUERY)
-            seen.append((time.time(), int(answer.table.column("n")[0].as_py() or 0)))
+            seen.append((time.time(), int(answer.table.column("n")[0].as_py() or 0) - base))
             query_ms.append((time.time() - started) * 1000)
         except Exception:  # the server is not up yet
             pass
@@ -147,14 +154,7 @@ def poll_freshness(
         time.sleep(max(0.0, args.poll - (time.time() - started)))
     if result is None:
         raise RuntimeError("the producer did not finish")
-    freshness = []
-    for at, _messages, events in result["log"]:
-        if at < measured_from:
-            continue
-        visible = next((when for when, total in seen if total >= events), None)
-        if visible is not None:
-            freshness.append(visible - at)
-    missing = sum(1 for at, _m, e in result["log"] if at >= measured_from and not any(t >= e for _, t in seen))
+    freshness, missing = freshness_of(seen, result["log"], measured_from)
     return {
         "freshness_s": summary(freshness),
         "bursts_never_seen": missing,
@@ -162,6 +162,23 @@ def poll_freshness(
         "events": result["events"],
         "window": window,
     }
+
+
+def freshness_of(
+    seen: list[tuple[float, int]], log: list[tuple[float, int, int]], measured_from: float
+) -> tuple[list[float], int]:
+    """Per burst produced from ``measured_from`` on: the first answer whose total includes it, minus when it was
+    produced (``log``: the producer's (time, messages, events so far)); and how many bursts no answer showed."""
+    freshness, missing = [], 0
+    for at, _messages, events in log:
+        if at < measured_from:
+            continue
+        visible = next((when for when, total in seen if total >= events), None)
+        if visible is None:
+            missing += 1
+        else:
+            freshness.append(visible - at)
+    return freshness, missing
 
 
 def _await_answer(client: Any, ingest: Any, deadline: float) -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import add_common_args, add_generator_args, environment, generator_mix, percentile, write_results
-from _kafka_load import FastMessages
+from _kafka_load import FastMessages, fill_topic
 from _observer import STATE_FIELDS, PhaseBreakdown
 
 NAME = "microbatch_cost"
@@ -62,23 +62,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def fill_topic(settings: Any, topic: str, messages: int, args: argparse.Namespace) -> int:
-    """Send ``messages`` messages (valid events, ~3 % duplicates, ~2 % malformed) before ingest starts."""
-    from lambda_pipeline.cli.kafka_producer import KafkaEventProducer
-
-    generator = FastMessages(args.seed, "m", args.late_fraction, args.duplicate_fraction, args.malformed_fraction)
-    producer = KafkaEventProducer(settings.ingest.kafka, topic)
-    sent = 0
-    try:
-        while sent < messages:
-            values, _ = generator.batch(min(10_000, messages - sent))
-            producer.send(values)
-            sent += len(values)
-    finally:
-        producer.close()
-    return sent
-
-
 def median(values: list[float]) -> float:
     return percentile(values, 50)
 
@@ -104,7 +87,8 @@ def run_size(spark: Any, broker: Any, size: int, workdir: Path, args: argparse.N
             *args.override,
         ],
     )
-    sent = fill_topic(settings, topic, args.messages or size * (args.batches + 2), args)
+    generator = FastMessages(args.seed, "m", args.late_fraction, args.duplicate_fraction, args.malformed_fraction)
+    sent, _ = fill_topic(settings.ingest.kafka, topic, args.messages or size * (args.batches + 2), generator)
     locations = Locations.create(settings, workdir)
     locations.ensure_local_dirs()
     breakdown = PhaseBreakdown(counters=lambda: codegen_totals(spark)).attach()
