@@ -164,8 +164,8 @@ class MaintenanceSettings(_Strict):
     compact_target_mb: int = Field(
         default=128,
         gt=0,
-        description="compaction writes files of up to this size and leaves larger ones alone: each run rewrites "
-        "the small files and at most one such file of older data",
+        description="compaction writes files of up to this size and rewrites only files under a quarter of it: "
+        "each run rewrites what the micro-batches wrote since the last one",
     )
     ingest_compact_every: str = Field(
         default="5 minutes",
