@@ -77,6 +77,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def job_env() -> dict[str, str]:
+    """The jobs' environment: this one's, ``PYTHONPATH`` included (an A/B runs a worktree's code through it)."""
+    return {k: v for k, v in os.environ.items() if k != "PYSPARK_SUBMIT_ARGS"}
+
+
 def wait_until(what: str, check: Any, timeout: float, alive: Any) -> float:
     """Poll ``check()`` every second until true (bounded by ``timeout``); the seconds it took."""
     started = time.monotonic()
@@ -111,7 +116,7 @@ def run_pipeline(folder: Path, broker: Any, args: argparse.Namespace, preload_ev
         settings.ingest.trigger,
         {"spark": {"master": "local[2]", "shuffle_partitions": 2, "log_level": "WARN"}},
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYSPARK_SUBMIT_ARGS")}
+    env = job_env()
     command = [sys.executable, "-m", "lambda_pipeline.cli"]
     dep = Deployment("pipeline", folder, config, lambda job, rest: [*command, job, *rest], env)
     port = free_port()
@@ -150,7 +155,7 @@ def run_plain(folder: Path, broker: Any, args: argparse.Namespace, preload_event
     settings = load_settings(None, [f"ingest.kafka.bootstrap_servers={broker.bootstrap_servers}"])
     base = preload(settings.ingest.kafka, topic, preload_events, args)
     table, answers = folder / "table", folder / "answers.txt"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYSPARK_SUBMIT_ARGS")}
+    env = job_env()
 
     def start(*command: str, log: str) -> subprocess.Popen[bytes]:
         with (folder / log).open("wb") as out:
