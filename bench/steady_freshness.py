@@ -65,6 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--phases", default="plain,pipeline", help="comma-separated: plain, pipeline")
     parser.add_argument("--set", action="append", default=[], dest="override", help="a pipeline config override")
+    parser.add_argument(
+        "--serve-set", action="append", default=[], metavar="KEY=VALUE", help="a config override of the server only"
+    )
+    parser.add_argument("--serve-nice", type=int, default=0, help="run the server under nice -n N (default 0)")
     parser.add_argument("--output", default=str(RESULTS_DIR / "steady_freshness.json"))
     parser.set_defaults(  # what ProducerProcess reads: a clean load, so that a total says which bursts are in
         generator="fast", seed=11, ticks_per_second=4.0, late_fraction=0.0, duplicate_fraction=0.0,
@@ -118,10 +122,13 @@ def run_pipeline(folder: Path, broker: Any, args: argparse.Namespace, preload_ev
     )
     env = job_env()
     command = [sys.executable, "-m", "lambda_pipeline.cli"]
-    dep = Deployment("pipeline", folder, config, lambda job, rest: [*command, job, *rest], env)
+    niced = ["nice", "-n", str(args.serve_nice)] if args.serve_nice else []
+    dep = Deployment(
+        "pipeline", folder, config, lambda job, rest: [*(niced if job == "serve" else []), *command, job, *rest], env
+    )
     port = free_port()
     ingest = dep.start("ingest", *(item for o in args.override for item in ("--set", o)))
-    serve = dep.start("serve", "--port", str(port))
+    serve = dep.start("serve", "--port", str(port), *(item for o in args.serve_set for item in ("--set", o)))
     producer = ProducerProcess(settings.ingest.kafka, topic, args, args.rate, "pipeline")
     client = Client(f"http://127.0.0.1:{port}", timeout=60)
 
