@@ -2,7 +2,7 @@
 
 Spark compiles each stage to Java and caches the compiled class by its source. A long literal is written
 into that source (``5L``), so a value that changes at every micro-batch makes every micro-batch compile its
-stages again: about 200 ms of driver time per micro-batch at the ingest's size. An array literal is not
+stages again (6 of ingest's classes per micro-batch, docs/benchmarks.md). An array literal is not
 written into the source: Spark passes it to the compiled class as a reference. So the value goes in as a
 one-element array, and a generator (which the optimizer never folds) takes it out again.
 """
