@@ -204,7 +204,7 @@ def run_plain(folder: Path, broker: Any, args: argparse.Namespace, preload_event
         while time.monotonic() < deadline:
             alive()
             result = result or producer.poll()
-            if result is not None and answers_so_far()[-1][1] - base >= result["events"]:
+            if result is not None and max(n for _, n, _ in answers_so_far()) - base >= result["events"]:
                 break
             time.sleep(1.0)
         if result is None:
