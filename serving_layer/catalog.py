@@ -23,7 +23,12 @@ from lambda_pipeline.serving_layer.cache import ServingCache
 from lambda_pipeline.serving_layer.execution import execute
 from lambda_pipeline.serving_layer.guard import Statement
 from lambda_pipeline.serving_layer.pin import Pin, take_pin
-from lambda_pipeline.serving_layer.provenance import Provenance, provenance_at, with_freshness_lag
+from lambda_pipeline.serving_layer.provenance import (
+    Provenance,
+    provenance_at,
+    provenance_of_files,
+    with_freshness_lag,
+)
 from lambda_pipeline.serving_layer.relations import LayerRelations
 
 if TYPE_CHECKING:
@@ -119,14 +124,20 @@ class ServingLayer:
     def provenance(self, view_name: str, pin: Pin | None = None) -> Provenance:
         """Versions and freshness behind ``serving.<view>`` at ``pin`` (the current pin by default).
 
-        Two small Spark jobs per view and pin, so the answer is kept for the newest pin asked for: a server
-        answering many queries between two commits computes it once. Its freshness lag is of the time of asking.
+        In a long-lived server, from the speed table's log and a batch figure kept per publication: no Spark job
+        after an ingest commit. Elsewhere, two small Spark jobs per view and pin. Either way the answer is kept for
+        the newest pin asked for. Its freshness lag is of the time of asking.
         """
         pin = pin or self._pin or self.take_pin()
 
         def compute() -> Provenance:
             view = self.pipeline.view(view_name)
-            batch, speed = self.relations.batch_states(view, pin), self.relations.speed_partials(view, pin)
-            return provenance_at(view_name, pin, batch, speed)
+            batch = self.relations.batch_states(view, pin)
+            files = self.relations.speed_files(view, pin)
+            if files is not None:
+                known = provenance_of_files(view_name, pin, files, self.relations.batch_newest_window(view, pin))
+                if known is not None:
+                    return known
+            return provenance_at(view_name, pin, batch, self.relations.speed_partials(view, pin))
 
         return with_freshness_lag(self._cache.value(("provenance", view_name), pin.key, compute))

@@ -7,6 +7,7 @@ whose batch view or speed partials hold another definition than the view's is re
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from lambda_pipeline.core.errors import LambdaError
@@ -17,6 +18,9 @@ from lambda_pipeline.core.views import View
 from lambda_pipeline.serving_layer.cache import ServingCache
 from lambda_pipeline.serving_layer.merge import merge, states, uncovered
 from lambda_pipeline.serving_layer.pin import Pin
+from lambda_pipeline.serving_layer.provenance import newest_window
+from lambda_pipeline.serving_layer.speed_files import SpeedFile, SpeedFileIndex
+from lambda_pipeline.serving_layer.speed_frames import SpeedFrames
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -29,7 +33,8 @@ class LayerRelations:
 
     ``keep_layers``: also keep each view's batch states and uncovered speed partials in memory (a
     long-lived server's choice: every merged query reads both, and they change only with a publication or
-    an ingest commit).
+    an ingest commit). The speed partials are then read per tag from the files the table's log names
+    (:mod:`.speed_files`, :mod:`.speed_frames`): a commit costs the read of its own file.
     """
 
     def __init__(
@@ -37,6 +42,8 @@ class LayerRelations:
     ) -> None:
         self.session, self.pipeline, self.locations = session, pipeline, locations
         self._cache, self._keep_layers = cache, keep_layers
+        self._indexes: dict[str, SpeedFileIndex] = {}
+        self._frames: dict[str, SpeedFrames] = {}
 
     def relation(self, layer: str, name: str, pin: Pin) -> DataFrame:
         """The DataFrame behind ``<layer>.<name>`` at ``pin``."""
@@ -113,6 +120,15 @@ class LayerRelations:
         key = (path, pin.table_id(self.locations.coverage), version)
         return self._cache.frame(("batch states", view.name), key, read)
 
+    def batch_newest_window(self, view: View, pin: Pin) -> datetime | None:
+        """The newest window of the pinned batch view (one small job per publication, kept under its version)."""
+        version = pin.coverage.view_versions.get(view.name)
+        if version is None:
+            return None
+        key = (self.locations.batch_view(view.name), pin.table_id(self.locations.coverage), version)
+        slot = ("batch newest window", view.name)
+        return self._cache.value(slot, key, lambda: newest_window(self.batch_states(view, pin)))
+
     def speed_partials(self, view: View, pin: Pin) -> DataFrame:
         """The speed partials the pinned coverage does not include, at the pinned speed version."""
         version = dict(pin.speed_versions)[view.name]
@@ -120,6 +136,12 @@ class LayerRelations:
             return self._empty_partials(view, by_tag=True)
         path = self.locations.speed_partials(view.name)
         covered = pin.coverage.covered_for(view.name)
+        files = self.speed_files(view, pin)
+        if files is not None:
+            frames = self._frames.get(view.name)
+            if frames is None or frames.view != view:
+                frames = self._frames[view.name] = SpeedFrames(self.session, view, path)
+            return frames.partials(files, covered)
 
         def read() -> DataFrame:
             partials = self.session.read.format("delta").option("versionAsOf", version).load(path)
@@ -128,6 +150,18 @@ class LayerRelations:
         if not self._keep_layers:
             return read()
         return self._cache.frame(("speed partials", view.name), (path, pin.table_id(path), version, covered), read)
+
+    def speed_files(self, view: View, pin: Pin) -> list[SpeedFile] | None:
+        """The speed table's live files at the pin, from its log, in a long-lived server; None elsewhere, and
+        where the log holds what :class:`SpeedFileIndex` does not follow (then Delta's reader reads it)."""
+        version = dict(pin.speed_versions).get(view.name)
+        if not self._keep_layers or version is None:
+            return None
+        path = self.locations.speed_partials(view.name)
+        index = self._indexes.get(path)
+        if index is None:
+            index = self._indexes[path] = SpeedFileIndex(self.session, path)
+        return index.live(version, pin.table_id(path))
 
     def speed_states(self, view: View, pin: Pin) -> DataFrame:
         return states(view, self.speed_partials(view, pin))

@@ -250,6 +250,19 @@ def delta_snapshot(spark: SparkSession, path: str) -> DeltaSnapshot | None:
     return DeltaSnapshot(int(snapshot.version()), str(snapshot.metadata().id()), snapshot)
 
 
+def delta_files_at(spark: SparkSession, path: str, version: int) -> tuple[str, dict[str, str], DataFrame]:
+    """The table's id, its configuration and its live files at ``version`` (``path``, ``partitionValues``, ``stats``
+    and ``deletionVector`` of each add action): the one Spark job a reader that follows the log needs to start."""
+    jvm = _jvm(spark)
+    none = jvm.scala.Option.empty()
+    log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
+    snapshot = log.getSnapshotAt(version, none, none, False)
+    metadata = snapshot.metadata()
+    configuration = dict(jvm.scala.jdk.javaapi.CollectionConverters.asJava(metadata.configuration()))
+    files = frame_of_dataset(spark, snapshot.allFiles().toDF())
+    return str(metadata.id()), {str(k): str(v) for k, v in configuration.items()}, files
+
+
 # ---- ingest's dedup ----------------------------------------------------------------------------------
 
 
