@@ -19,7 +19,12 @@ in this figure: ``bench/dedup_state.py`` measures the dedup with expiry.
 **Freshness** of a burst = the first answer whose total includes it, minus when it was produced (the preload is
 subtracted from every total). Over ``--seconds`` after ``--warmup``.
 
+``--load-clients N`` adds N clients of the pipeline's server that send the same query back to back during the load;
+freshness is still that of the measured client, which polls every ``--poll`` seconds (``--poll 0 --load-clients 7``:
+eight clients back to back).
+
     python bench/steady_freshness.py --rate 10000 --seconds 300 --warmup 60
+    python bench/steady_freshness.py --phases pipeline --poll 0 --load-clients 7
 
 It prints pipeline / plain ratios and writes ``bench/results/steady_freshness.json``.
 """
@@ -31,6 +36,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -64,6 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="minutes of the rate preloaded before the load (default: the dedup horizon of the config)",
     )
     parser.add_argument("--phases", default="plain,pipeline", help="comma-separated: plain, pipeline")
+    parser.add_argument(
+        "--load-clients",
+        type=int,
+        default=0,
+        help="more clients of the pipeline's server, each polling back to back during the load (default 0)",
+    )
     parser.add_argument("--set", action="append", default=[], dest="override", help="a pipeline config override")
     parser.add_argument(
         "--serve-set", action="append", default=[], metavar="KEY=VALUE", help="a config override of the server only"
@@ -146,14 +158,52 @@ def run_pipeline(folder: Path, broker: Any, args: argparse.Namespace, preload_ev
     try:
         drain_s = wait_until("the preload visible", drained, 600 + base / DRAIN_FLOOR_EVENTS_PER_S, alive)
         print(f"  preload drained and visible after {drain_s:.0f} s; load starts", flush=True)
+        load = LoadClients(f"http://127.0.0.1:{port}", args.load_clients)
         produced_at = producer.start()
-        result = poll_freshness(client, producer, produced_at, args, ingest, lambda: None, base=base)
+        try:
+            result = poll_freshness(client, producer, produced_at, args, ingest, lambda: None, base=base)
+        finally:
+            load_result = load.stop()
     finally:
         producer.stop()
         dep.stop(ingest)
         dep.stop(serve)
     result.pop("window", None)
-    return {**result, "preload_events": base, "preload_drain_s": drain_s, "dedup_keys_at_start": base}
+    extra = {"load_clients": load_result} if args.load_clients else {}
+    return {**result, **extra, "preload_events": base, "preload_drain_s": drain_s, "dedup_keys_at_start": base}
+
+
+class LoadClients:
+    """``count`` clients that send the measured query back to back until stopped: the load of many users."""
+
+    def __init__(self, url: str, count: int) -> None:
+        from lambda_pipeline.serving_layer.client import Client
+
+        self.done, self.query_ms, self.failures = threading.Event(), [], 0
+        self._lock = threading.Lock()
+        self.threads = [
+            threading.Thread(target=self._poll, args=(Client(url, timeout=60),), daemon=True) for _ in range(count)
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def _poll(self, client: Any) -> None:
+        while not self.done.is_set():
+            started = time.time()
+            try:
+                client.query(QUERY)
+                with self._lock:
+                    self.query_ms.append((time.time() - started) * 1000)
+            except Exception:  # counted; a busy server answers 503
+                with self._lock:
+                    self.failures += 1
+                self.done.wait(0.1)
+
+    def stop(self) -> dict[str, Any]:
+        self.done.set()
+        for thread in self.threads:
+            thread.join(timeout=120)
+        return {"clients": len(self.threads), "query_ms": summary(self.query_ms), "failures": self.failures}
 
 
 def run_plain(folder: Path, broker: Any, args: argparse.Namespace, preload_events: int) -> dict[str, Any]:
@@ -255,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
             results[phase] = run(folder, broker, args, preload_events)
             fresh, query = results[phase]["freshness_s"], results[phase]["query_ms"]
             print(f"  freshness p50 {fresh['p50']:.2f} s, p99 {fresh['p99']:.2f} s; query p50 {query['p50']:.0f} ms")
+            if "load_clients" in results[phase]:
+                load = results[phase]["load_clients"]
+                back_to_back = load["query_ms"]["p50"]
+                print(f"  with {load['clients']} more clients back to back: their query p50 {back_to_back:.0f} ms")
     finally:
         broker.stop(timeout=30)
     ratios = {}
