@@ -80,7 +80,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--serve-set", action="append", default=[], metavar="KEY=VALUE", help="a config override of the server only"
     )
-    parser.add_argument("--serve-nice", type=int, default=0, help="run the server under nice -n N (default 0)")
+    parser.add_argument(
+        "--serve-nice",
+        type=int,
+        default=0,
+        help="run the server under nice -n N, and its session's autogroup too (default 0)",
+    )
     parser.add_argument("--output", default=str(RESULTS_DIR / "steady_freshness.json"))
     parser.set_defaults(  # what ProducerProcess reads: a clean load, so that a total says which bursts are in
         generator="fast", seed=11, ticks_per_second=4.0, late_fraction=0.0, duplicate_fraction=0.0,
@@ -134,7 +139,11 @@ def run_pipeline(folder: Path, broker: Any, args: argparse.Namespace, preload_ev
     )
     env = job_env()
     command = [sys.executable, "-m", "lambda_pipeline.cli"]
-    niced = ["nice", "-n", str(args.serve_nice)] if args.serve_nice else []
+    # The server runs in a session of its own. Where the kernel groups sessions for the scheduler (autogroup), a
+    # process's nice weighs only within its session: the session's own nice (/proc/self/autogroup) is what
+    # weighs against ingest's session.
+    autogroup = f'echo {args.serve_nice} > /proc/self/autogroup 2>/dev/null; exec nice -n {args.serve_nice} "$@"'
+    niced = ["sh", "-c", autogroup, "sh"] if args.serve_nice else []
     dep = Deployment(
         "pipeline", folder, config, lambda job, rest: [*(niced if job == "serve" else []), *command, job, *rest], env
     )
