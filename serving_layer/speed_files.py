@@ -35,6 +35,10 @@ __all__ = ["SpeedFile", "SpeedFileIndex"]
 TOMBSTONE_VERSIONS = 200
 """Removed files are remembered this many versions, so that a pin that old is still answered exactly."""
 
+RETRY_AFTER_VERSIONS = 100
+"""After a table was found unfollowable, the versions answered None before its file list is read again: a table
+with deletion vectors costs one listing job per this many commits, not one per query."""
+
 _IGNORED_ACTIONS = frozenset({"commitInfo", "txn", "cdc", "domainMetadata"})
 """Actions that do not change which data files are live."""
 
@@ -79,6 +83,8 @@ class SpeedFileIndex:
         """The oldest version answered exactly (files removed before it are forgotten)."""
         self._version: int | None = None
         self._files: dict[str, SpeedFile] = {}
+        self._refused: tuple[str, int] | None = None
+        """(table id, version) of the last listing found unfollowable."""
         self.resets = 0
         """How many times the index started over (one Spark job each): what the tests and benchmarks watch."""
 
@@ -88,6 +94,9 @@ class SpeedFileIndex:
         if table_id is None:
             return None
         with self._lock:
+            refused_at = self._refused[1] if self._refused is not None and self._refused[0] == table_id else None
+            if refused_at is not None and refused_at <= version < refused_at + RETRY_AFTER_VERSIONS:
+                return None
             stale = self._version is None or table_id != self._table_id or version < self._first
             behind = not stale and version > self._version_or(-1) and not self._advance(version)
             if (stale or behind) and not self._reset(version, table_id):
@@ -101,16 +110,20 @@ class SpeedFileIndex:
         self.resets += 1
         self._version, self._files = None, {}
         found_id, configuration, listing = delta_files_at(self.spark, self.table, version)
-        if found_id != table_id or not _plain(configuration):
-            return False
         files: dict[str, SpeedFile] = {}
-        for row in listing.select("path", "partitionValues", "stats", "deletionVector").collect():
-            described = _described(row.path, row.partitionValues, row.stats, row.deletionVector, version)
-            if described is None:
-                return False
-            files[described.path] = described
-        self._table_id, self._first, self._version, self._files = table_id, version, version, files
-        return True
+        if found_id == table_id and _plain(configuration):
+            for row in listing.select("path", "partitionValues", "stats", "deletionVector").collect():
+                described = _described(row.path, row.partitionValues, row.stats, row.deletionVector, version)
+                if described is None:
+                    break
+                files[described.path] = described
+            else:
+                self._table_id, self._first, self._version, self._files = table_id, version, version, files
+                self._refused = None
+                return True
+        if found_id == table_id:
+            self._refused = (table_id, version)
+        return False
 
     def _advance(self, to: int) -> bool:
         """Apply the commits after the index's version up to ``to``; False on anything not followed."""

@@ -113,4 +113,7 @@ def test_the_index_follows_appends_and_removes_and_starts_over_on_what_it_does_n
     assert tags(index, latest_version(spark, path)) == {2, 3} and index.resets == 2
     spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')")
     assert tags(index, latest_version(spark, path)) is None  # files may be read only in part: Delta's reader reads
+    refused = index.resets
+    append(4)
+    assert tags(index, latest_version(spark, path)) is None and index.resets == refused  # no listing job per query
     assert index.live(1, "another table's id") is None
