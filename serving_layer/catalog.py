@@ -132,12 +132,12 @@ class ServingLayer:
 
         def compute() -> Provenance:
             view = self.pipeline.view(view_name)
-            batch = self.relations.batch_states(view, pin)
             files = self.relations.speed_files(view, pin)
             if files is not None:
                 known = provenance_of_files(view_name, pin, files, self.relations.batch_newest_window(view, pin))
                 if known is not None:
                     return known
-            return provenance_at(view_name, pin, batch, self.relations.speed_partials(view, pin))
+            batch, speed = self.relations.batch_states(view, pin), self.relations.speed_partials(view, pin)
+            return provenance_at(view_name, pin, batch, speed)
 
         return with_freshness_lag(self._cache.value(("provenance", view_name), pin.key, compute))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import posixpath
 from collections import OrderedDict
 from datetime import date, datetime
 from decimal import Decimal
@@ -28,7 +27,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from lambda_pipeline.core.clock import iso_utc, session_time, utc_now
-from lambda_pipeline.core.deltalog import json_lines, read_text
+from lambda_pipeline.core.deltalog import commit
 from lambda_pipeline.core.views import WINDOW_START, View
 from lambda_pipeline.serving_layer.catalog import ServingLayer
 from lambda_pipeline.serving_layer.dashboard_charts import OTHER, TOP_KEYS, drawing, shape_of
@@ -59,12 +58,12 @@ def _rate_point(spark: SparkSession, path: str, version: int) -> tuple[bool, dic
     if key in _RATE_POINTS:
         _RATE_POINTS.move_to_end(key)
         return True, _RATE_POINTS[key]
-    text = read_text(spark, posixpath.join(path, "_delta_log", f"{version:020d}.json"))
-    if text is None:
+    actions = commit(spark, path, version)
+    if actions is None:
         return False, None
     point = None
-    for action in json_lines(text):
-        info = (action or {}).get("commitInfo")
+    for action in actions:
+        info = action.get("commitInfo")
         rows = int(((info or {}).get("operationMetrics") or {}).get("numOutputRows", 0) or 0)
         if info and rows:
             point = {"version": version, "at_ms": int(info["timestamp"]), "rows": rows}

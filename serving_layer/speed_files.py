@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from lambda_pipeline.core.deltalog import json_lines, read_text
+from lambda_pipeline.core.deltalog import commit
 from lambda_pipeline.core.jvm import delta_files_at
 from lambda_pipeline.core.views import INGEST_TAG, INGESTED_AT_MAX, WINDOW_START
 
@@ -128,8 +128,8 @@ class SpeedFileIndex:
     def _advance(self, to: int) -> bool:
         """Apply the commits after the index's version up to ``to``; False on anything not followed."""
         for version in range(self._version_or(-1) + 1, to + 1):
-            text = read_text(self.spark, posixpath.join(self.table, "_delta_log", f"{version:020d}.json"))
-            if text is None or not self._apply(version, json_lines(text)):
+            actions = commit(self.spark, self.table, version)
+            if actions is None or not self._apply(version, actions):
                 return False
             self._version = version
         self._forget_before(to - TOMBSTONE_VERSIONS)
@@ -137,7 +137,7 @@ class SpeedFileIndex:
 
     def _apply(self, version: int, actions: list[Any]) -> bool:
         for action in actions:
-            kind = next(iter(action), None) if isinstance(action, dict) else None
+            kind = next(iter(action), None)
             if kind in _IGNORED_ACTIONS:
                 continue
             body: dict[str, Any] = action[kind] if kind else {}

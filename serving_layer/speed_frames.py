@@ -87,7 +87,7 @@ class SpeedFrames:
     def _fold(self, block: _Part | None, recent: _Part, rest: frozenset[_Key], covered: int) -> _Part:
         """A new block: the old one without the tags now covered, the recent tags and the new ones, in memory
         before the old parts are released (a query planned on them meanwhile still reads them)."""
-        sources = [] if block is None else [block.frame.filter(F.col(INGEST_TAG) > covered)]
+        sources = [] if block is None else [uncovered(block.frame, covered=covered)]
         kept = recent.keys & rest
         if kept:
             sources.append(recent.frame.filter(F.col(INGEST_TAG).isin(sorted(key[0] for key in kept))))

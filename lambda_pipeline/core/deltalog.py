@@ -17,7 +17,7 @@ from lambda_pipeline.core.jvm import HadoopPath
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["commits", "json_lines", "read_text"]
+__all__ = ["commit", "commits", "json_lines", "read_text"]
 
 
 def read_text(spark: SparkSession, path: str) -> str | None:
@@ -42,9 +42,14 @@ def commits(spark: SparkSession, table: str, newest: int, scan: int) -> Iterator
 
     Stops early where log retention has removed a commit file: the older ones are gone too.
     """
-    log = posixpath.join(table, "_delta_log")
     for version in range(newest, max(-1, newest - scan), -1):
-        text = read_text(spark, posixpath.join(log, f"{version:020d}.json"))
-        if text is None:
+        actions = commit(spark, table, version)
+        if actions is None:
             return
-        yield version, [action or {} for action in json_lines(text)]
+        yield version, actions
+
+
+def commit(spark: SparkSession, table: str, version: int) -> list[dict[str, Any]] | None:
+    """The actions of one commit of the Delta table, or None where log retention removed (or never wrote) it."""
+    text = read_text(spark, posixpath.join(table, "_delta_log", f"{version:020d}.json"))
+    return None if text is None else [action or {} for action in json_lines(text)]
